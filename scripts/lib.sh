@@ -1,0 +1,34 @@
+# Shared helpers for scripts/demo and scripts/test. Source it; do not run it.
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$REPO/target/e2e-venv"
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+# Creates target/e2e-venv with the pinned Python packages (moto server, aws CLI, boto3, pytest).
+ensure_python_env() {
+    local req="$REPO/tests/e2e/requirements.txt" stamp="$VENV/.requirements.sha256"
+    local want; want="$(sha256sum "$req" | cut -d' ' -f1)"
+    if [[ -x "$VENV/bin/python" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+        return 0
+    fi
+    say "Installing Python test dependencies into target/e2e-venv"
+    if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
+        if [[ $(id -u) == 0 ]]; then
+            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv python3-pip >/dev/null
+        else
+            echo "python3-venv is missing; install it (apt-get install python3-venv) and retry" >&2
+            return 1
+        fi
+    fi
+    mkdir -p "$REPO/target"
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install -q --disable-pip-version-check -r "$req"
+    echo "$want" > "$stamp"
+}
+
+# Builds the release binary (the e2e suites and the demo run it).
+build_release() {
+    say "Building apgate (release)"
+    (cd "$REPO" && cargo build --release --quiet)
+}

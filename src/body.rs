@@ -1,0 +1,140 @@
+//! Body types: one boxed body for every response, and a metering wrapper that counts bytes as
+//! they stream and reports when the body ends (or is dropped half-way).
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+
+/// Errors from any body.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body of every response apgate sends, and of every upstream request.
+pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
+
+pub fn empty() -> ResponseBody {
+    Empty::<Bytes>::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
+}
+
+/// How a metered body ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyEnd {
+    /// Every byte went through.
+    Complete,
+    /// The body failed or was dropped before its end.
+    Aborted,
+}
+
+pin_project_lite::pin_project! {
+    /// Counts the data bytes of a body and calls `on_end` once, when it ends or is dropped.
+    pub struct Metered<B, F: FnOnce(u64, BodyEnd)> {
+        #[pin]
+        inner: B,
+        bytes: u64,
+        on_end: Option<F>,
+    }
+
+    impl<B, F: FnOnce(u64, BodyEnd)> PinnedDrop for Metered<B, F> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(f) = this.on_end.take() {
+                f(*this.bytes, BodyEnd::Aborted);
+            }
+        }
+    }
+}
+
+impl<B, F: FnOnce(u64, BodyEnd)> std::fmt::Debug for Metered<B, F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metered")
+            .field("bytes", &self.bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B, F: FnOnce(u64, BodyEnd)> Metered<B, F> {
+    pub fn new(inner: B, on_end: F) -> Self {
+        Self {
+            inner,
+            bytes: 0,
+            on_end: Some(on_end),
+        }
+    }
+}
+
+impl<B, F> Body for Metered<B, F>
+where
+    B: Body<Data = Bytes>,
+    F: FnOnce(u64, BodyEnd),
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    *this.bytes += data.len() as u64;
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(f) = this.on_end.take() {
+                    f(*this.bytes, BodyEnd::Aborted);
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(f) = this.on_end.take() {
+                    f(*this.bytes, BodyEnd::Complete);
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn counts_bytes_and_reports_completion_once() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        let body = Metered::new(Full::new(Bytes::from_static(b"hello world")), move |n, end| {
+            s.lock().unwrap().push((n, end))
+        });
+        let collected = body.collect().await.unwrap().to_bytes();
+        assert_eq!(&collected[..], b"hello world");
+        assert_eq!(*seen.lock().unwrap(), [(11, BodyEnd::Complete)]);
+    }
+
+    #[test]
+    fn reports_an_abort_when_dropped_early() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        drop(Metered::new(Full::new(Bytes::from_static(b"x")), move |n, end| {
+            s.lock().unwrap().push((n, end))
+        }));
+        assert_eq!(*seen.lock().unwrap(), [(0, BodyEnd::Aborted)]);
+    }
+}

@@ -1,0 +1,148 @@
+//! Configuration: parsed once from TOML ([`raw`]) into validated types ([`validate`]).
+//!
+//! Nothing downstream of [`Config::from_toml`] sees strings it must still check: addresses are
+//! `SocketAddr`s, access points are [`AccessPoint`]s, secrets are [`Secret`]s.
+
+mod raw;
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+pub use validate::ConfigError;
+
+use crate::s3::{AccessPoint, BucketName, OperationClass};
+use crate::secret::Secret;
+
+/// The whole, validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub admin: AdminConfig,
+    pub listeners: Vec<ListenerConfig>,
+    pub sigv4: SigV4Config,
+    pub addressing: AddressingConfig,
+    pub upstream: UpstreamConfig,
+    pub credentials: CredentialsConfig,
+    pub identities: Vec<IdentityConfig>,
+    pub routes: Vec<RouteConfig>,
+}
+
+/// The admin port: `/metrics`, `/healthz`, `/readyz`.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub address: SocketAddr,
+}
+
+/// A data-plane listener and how it identifies callers.
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub address: SocketAddr,
+    /// Tried in order; the first method that applies decides.
+    pub identity_methods: Vec<IdentityMethod>,
+    /// For [`IdentityMethod::Source`]: source networks and the identity each stands for. The most
+    /// specific (longest) matching network wins.
+    pub sources: Vec<(IpNet, String)>,
+}
+
+/// One way of working out who is calling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdentityMethod {
+    /// An `Authorization: AWS4-HMAC-SHA256 ...` header made with a key apgate issued.
+    SigV4,
+    /// The source address of the connection.
+    Source,
+}
+
+/// Inbound SigV4 checks.
+#[derive(Debug, Clone)]
+pub struct SigV4Config {
+    /// Credential-scope regions a client may sign with. Clients sign with their own configured
+    /// region; outbound, apgate always signs with the access point's region.
+    pub accepted_regions: Vec<String>,
+    /// How far `x-amz-date` may be from apgate's clock (S3 allows 15 minutes).
+    pub max_clock_skew: Duration,
+}
+
+/// Inbound addressing.
+#[derive(Debug, Clone)]
+pub struct AddressingConfig {
+    /// Base domains for virtual-hosted requests (`bucket.<domain>`), lower case.
+    pub virtual_host_domains: Vec<String>,
+}
+
+/// Where re-signed requests go.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// The default region (used for credential look-ups); requests are signed for each access
+    /// point's own region.
+    pub region: String,
+    pub endpoint: Endpoint,
+    pub connect_timeout: Duration,
+    pub response_header_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_host: usize,
+}
+
+/// How the upstream is reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `https://{access point host}`.
+    Aws,
+    /// Connect to this URL; the Host header and signature still name the access point host.
+    Custom(http::Uri),
+}
+
+/// apgate's own credentials, used to sign outbound requests.
+#[derive(Debug, Clone)]
+pub enum CredentialsConfig {
+    /// The aws-config default chain: env, profile, web identity, ECS container credentials, IMDSv2.
+    Default,
+    Static {
+        access_key_id: String,
+        secret_access_key: Secret,
+        session_token: Option<Secret>,
+    },
+}
+
+/// A caller apgate knows.
+#[derive(Debug, Clone)]
+pub struct IdentityConfig {
+    pub name: String,
+    /// SigV4 keys apgate issued to this caller.
+    pub keys: Vec<KeyConfig>,
+}
+
+/// An inbound access key.
+#[derive(Debug, Clone)]
+pub struct KeyConfig {
+    pub access_key_id: String,
+    pub secret_access_key: Secret,
+}
+
+/// A routing rule: (identity, bucket, key prefix, operations) → access point.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub identity: String,
+    pub bucket: BucketName,
+    pub prefix: String,
+    pub operations: Vec<OperationClass>,
+    pub access_point: AccessPoint,
+}
+
+impl Config {
+    /// Parses and validates a configuration. Secrets named by `env` or `file` are read now.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        validate::from_toml(text, &validate::ProcessEnv)
+    }
+
+    /// Reads, parses and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::single("", format!("cannot read {}: {e}", path.display())))?;
+        Self::from_toml(&text)
+    }
+}

@@ -1,0 +1,491 @@
+//! Turns [`RawConfig`] into [`Config`], collecting every problem with the key path it is at.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use super::raw::{RawConfig, RawCredentials, RawEndpoint, RawSecret};
+use super::{
+    AddressingConfig, AdminConfig, Config, CredentialsConfig, Endpoint, IdentityConfig, IdentityMethod, KeyConfig,
+    ListenerConfig, RouteConfig, SigV4Config, UpstreamConfig,
+};
+use crate::s3::{AccessPoint, BucketName, OperationClass};
+use crate::secret::Secret;
+
+/// Every problem found in a configuration, each with its key path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub problems: Vec<Problem>,
+}
+
+/// One problem: `path` names the key (`routes[2].access_point`), `message` says what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub path: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub(crate) fn single(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            problems: vec![Problem {
+                path: path.into(),
+                message: message.into(),
+            }],
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            if p.path.is_empty() {
+                write!(f, "{}", p.message)?;
+            } else {
+                write!(f, "{}: {}", p.path, p.message)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Where `env` secrets are read from; tests pass a map instead of touching the process.
+pub(crate) trait Env {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+pub(crate) struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl Env for HashMap<String, String> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.get(name).cloned()
+    }
+}
+
+struct Checker<'a> {
+    problems: Vec<Problem>,
+    env: &'a dyn Env,
+}
+
+impl Checker<'_> {
+    fn problem(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    fn addr(&mut self, path: &str, s: &str) -> Option<SocketAddr> {
+        match s.parse() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.problem(
+                    path,
+                    format!("{s:?}: want an IP address and port, e.g. \"127.0.0.1:8080\""),
+                );
+                None
+            }
+        }
+    }
+
+    fn seconds(&mut self, path: &str, v: Option<f64>, default: f64) -> Duration {
+        let v = v.unwrap_or(default);
+        if !(v.is_finite() && v > 0.0 && v <= 86_400.0) {
+            self.problem(path, format!("{v}: want a number of seconds above 0 and at most 86400"));
+            return Duration::from_secs_f64(default);
+        }
+        Duration::from_secs_f64(v)
+    }
+
+    fn secret(&mut self, path: &str, raw: &RawSecret) -> Option<Secret> {
+        let given = [raw.env.is_some(), raw.file.is_some(), raw.insecure_inline.is_some()];
+        if given.iter().filter(|g| **g).count() != 1 {
+            self.problem(
+                path,
+                "give exactly one of env = \"NAME\", file = \"/path\" or insecure_inline = \"...\"",
+            );
+            return None;
+        }
+        if let Some(name) = &raw.env {
+            return match self.env.var(name) {
+                Some(v) if !v.trim().is_empty() => Some(Secret::new(v.trim())),
+                Some(_) => {
+                    self.problem(format!("{path}.env"), format!("environment variable {name} is empty"));
+                    None
+                }
+                None => {
+                    self.problem(format!("{path}.env"), format!("environment variable {name} is not set"));
+                    None
+                }
+            };
+        }
+        if let Some(file) = &raw.file {
+            return match std::fs::read_to_string(file) {
+                Ok(v) if !v.trim().is_empty() => Some(Secret::new(v.trim())),
+                Ok(_) => {
+                    self.problem(format!("{path}.file"), format!("{} is empty", file.display()));
+                    None
+                }
+                Err(e) => {
+                    self.problem(format!("{path}.file"), format!("cannot read {}: {e}", file.display()));
+                    None
+                }
+            };
+        }
+        match raw.insecure_inline.as_deref() {
+            Some(v) if !v.is_empty() => Some(Secret::new(v)),
+            _ => {
+                self.problem(format!("{path}.insecure_inline"), "is empty");
+                None
+            }
+        }
+    }
+}
+
+pub(super) fn from_toml(text: &str, env: &dyn Env) -> Result<Config, ConfigError> {
+    let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::single("", toml_message(&e)))?;
+    validate(raw, env)
+}
+
+/// toml's message carries the line, a snippet and the offending key; keep it on one paragraph.
+fn toml_message(e: &toml::de::Error) -> String {
+    format!("invalid TOML: {}", e.to_string().trim_end())
+}
+
+fn validate(raw: RawConfig, env: &dyn Env) -> Result<Config, ConfigError> {
+    let mut c = Checker {
+        problems: Vec::new(),
+        env,
+    };
+    let unspecified = SocketAddr::from(([127, 0, 0, 1], 0));
+
+    let admin = AdminConfig {
+        address: c.addr("admin.address", &raw.admin.address).unwrap_or(unspecified),
+    };
+
+    let identity_names: HashSet<&str> = raw.identities.iter().map(|i| i.name.as_str()).collect();
+
+    if raw.listeners.is_empty() {
+        c.problem("listeners", "at least one listener is required");
+    }
+    let mut listeners = Vec::new();
+    let mut listener_names = HashSet::new();
+    for (i, l) in raw.listeners.iter().enumerate() {
+        let p = format!("listeners[{i}]");
+        if l.name.is_empty() {
+            c.problem(format!("{p}.name"), "must not be empty");
+        } else if !listener_names.insert(l.name.as_str()) {
+            c.problem(format!("{p}.name"), format!("{:?} is used by another listener", l.name));
+        }
+        let address = c.addr(&format!("{p}.address"), &l.address).unwrap_or(unspecified);
+        let mut methods = Vec::new();
+        if l.identity_methods.is_empty() {
+            c.problem(
+                format!("{p}.identity_methods"),
+                "name at least one of \"sigv4\", \"source\"",
+            );
+        }
+        for (j, m) in l.identity_methods.iter().enumerate() {
+            let method = match m.as_str() {
+                "sigv4" => IdentityMethod::SigV4,
+                "source" => IdentityMethod::Source,
+                other => {
+                    c.problem(
+                        format!("{p}.identity_methods[{j}]"),
+                        format!("{other:?}: unknown method (want \"sigv4\" or \"source\")"),
+                    );
+                    continue;
+                }
+            };
+            if methods.contains(&method) {
+                c.problem(format!("{p}.identity_methods[{j}]"), format!("{m:?} is listed twice"));
+            }
+            methods.push(method);
+        }
+        let mut sources = Vec::new();
+        for (j, s) in l.sources.iter().enumerate() {
+            let sp = format!("{p}.sources[{j}]");
+            match s
+                .cidr
+                .parse::<IpNet>()
+                .or_else(|_| s.cidr.parse::<std::net::IpAddr>().map(IpNet::from))
+            {
+                Ok(net) => sources.push((net.trunc(), s.identity.clone())),
+                Err(_) => c.problem(
+                    format!("{sp}.cidr"),
+                    format!("{:?}: want a CIDR such as 10.0.0.0/16", s.cidr),
+                ),
+            }
+            if !identity_names.contains(s.identity.as_str()) {
+                c.problem(format!("{sp}.identity"), format!("{:?}: no such identity", s.identity));
+            }
+        }
+        if methods.contains(&IdentityMethod::Source) && l.sources.is_empty() {
+            c.problem(
+                format!("{p}.sources"),
+                "the \"source\" method needs at least one [[listeners.sources]] entry",
+            );
+        }
+        if !methods.contains(&IdentityMethod::Source) && !l.sources.is_empty() {
+            c.problem(
+                format!("{p}.sources"),
+                "sources are given but \"source\" is not in identity_methods",
+            );
+        }
+        listeners.push(ListenerConfig {
+            name: l.name.clone(),
+            address,
+            identity_methods: methods,
+            sources,
+        });
+    }
+    let mut addrs = HashSet::new();
+    for (i, l) in listeners.iter().enumerate() {
+        if l.address.port() != 0 && !addrs.insert(l.address) {
+            c.problem(
+                format!("listeners[{i}].address"),
+                format!("{} is used by another listener", l.address),
+            );
+        }
+    }
+    if admin.address.port() != 0 && addrs.contains(&admin.address) {
+        c.problem("admin.address", format!("{} is also a listener address", admin.address));
+    }
+
+    let accepted_regions = raw
+        .sigv4
+        .accepted_regions
+        .clone()
+        .unwrap_or_else(|| vec![raw.upstream.region.clone()]);
+    if accepted_regions.is_empty() {
+        c.problem("sigv4.accepted_regions", "must list at least one region");
+    }
+    let skew = raw.sigv4.max_clock_skew_seconds.unwrap_or(900);
+    if skew == 0 || skew > 3600 {
+        c.problem(
+            "sigv4.max_clock_skew_seconds",
+            format!("{skew}: want 1 to 3600 (S3 uses 900)"),
+        );
+    }
+    let sigv4 = SigV4Config {
+        accepted_regions,
+        max_clock_skew: Duration::from_secs(skew),
+    };
+
+    let mut domains = Vec::new();
+    for (i, d) in raw.addressing.virtual_host_domains.iter().enumerate() {
+        let d = d.trim_start_matches('.').to_ascii_lowercase();
+        let valid = !d.is_empty()
+            && d.split('.')
+                .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+        if valid {
+            domains.push(d);
+        } else {
+            c.problem(
+                format!("addressing.virtual_host_domains[{i}]"),
+                format!("{d:?}: not a DNS name"),
+            );
+        }
+    }
+    let addressing = AddressingConfig {
+        virtual_host_domains: domains,
+    };
+
+    let u = &raw.upstream;
+    if u.region.is_empty() {
+        c.problem("upstream.region", "must not be empty");
+    }
+    let endpoint = match &u.endpoint {
+        None | Some(RawEndpoint::Aws) => Endpoint::Aws,
+        Some(RawEndpoint::Custom { url }) => match url.parse::<http::Uri>() {
+            Ok(uri)
+                if matches!(uri.scheme_str(), Some("http" | "https"))
+                    && uri.authority().is_some()
+                    && uri.path() == "/"
+                    && uri.query().is_none() =>
+            {
+                Endpoint::Custom(uri)
+            }
+            _ => {
+                c.problem(
+                    "upstream.endpoint.url",
+                    format!("{url:?}: want http(s)://HOST[:PORT] with no path"),
+                );
+                Endpoint::Aws
+            }
+        },
+    };
+    let upstream = UpstreamConfig {
+        region: u.region.clone(),
+        endpoint,
+        connect_timeout: c.seconds("upstream.connect_timeout_seconds", u.connect_timeout_seconds, 5.0),
+        response_header_timeout: c.seconds(
+            "upstream.response_header_timeout_seconds",
+            u.response_header_timeout_seconds,
+            60.0,
+        ),
+        pool_idle_timeout: c.seconds("upstream.pool_idle_timeout_seconds", u.pool_idle_timeout_seconds, 30.0),
+        pool_max_idle_per_host: u.pool_max_idle_per_host.unwrap_or(64),
+    };
+
+    let credentials = match &raw.credentials {
+        RawCredentials::Default => CredentialsConfig::Default,
+        RawCredentials::Static {
+            access_key_id,
+            secret_access_key,
+            session_token,
+        } => {
+            let akid = c.secret("credentials.access_key_id", access_key_id);
+            let secret = c.secret("credentials.secret_access_key", secret_access_key);
+            let token = session_token
+                .as_ref()
+                .and_then(|t| c.secret("credentials.session_token", t));
+            match (akid, secret) {
+                (Some(a), Some(s)) => CredentialsConfig::Static {
+                    access_key_id: a.expose().to_owned(),
+                    secret_access_key: s,
+                    session_token: token,
+                },
+                _ => CredentialsConfig::Default,
+            }
+        }
+    };
+
+    let mut identities = Vec::new();
+    let mut seen_names = HashSet::new();
+    let mut seen_keys: HashMap<String, String> = HashMap::new();
+    for (i, ident) in raw.identities.iter().enumerate() {
+        let p = format!("identities[{i}]");
+        if !valid_identity_name(&ident.name) {
+            c.problem(
+                format!("{p}.name"),
+                format!("{:?}: want 1-64 characters of a-z, A-Z, 0-9, '-', '_', '.'", ident.name),
+            );
+        } else if !seen_names.insert(ident.name.as_str()) {
+            c.problem(format!("{p}.name"), format!("{:?} is defined twice", ident.name));
+        }
+        let mut keys = Vec::new();
+        for (j, k) in ident.keys.iter().enumerate() {
+            let kp = format!("{p}.keys[{j}]");
+            let akid = &k.access_key_id;
+            if akid.len() < 16 || akid.len() > 128 || !akid.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                c.problem(
+                    format!("{kp}.access_key_id"),
+                    format!("{akid:?}: want 16-128 letters and digits"),
+                );
+            }
+            if let Some(other) = seen_keys.insert(akid.clone(), ident.name.clone()) {
+                c.problem(
+                    format!("{kp}.access_key_id"),
+                    format!("{akid:?} is already a key of identity {other:?}"),
+                );
+            }
+            if let Some(secret) = c.secret(&format!("{kp}.secret_access_key"), &k.secret_access_key) {
+                if secret.expose().len() < 16 {
+                    c.problem(format!("{kp}.secret_access_key"), "is shorter than 16 characters");
+                }
+                keys.push(KeyConfig {
+                    access_key_id: akid.clone(),
+                    secret_access_key: secret,
+                });
+            }
+        }
+        identities.push(IdentityConfig {
+            name: ident.name.clone(),
+            keys,
+        });
+    }
+
+    let mut routes = Vec::new();
+    for (i, r) in raw.routes.iter().enumerate() {
+        let p = format!("routes[{i}]");
+        if !identity_names.contains(r.identity.as_str()) {
+            c.problem(format!("{p}.identity"), format!("{:?}: no such identity", r.identity));
+        }
+        let bucket = match BucketName::parse(&r.bucket) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                c.problem(format!("{p}.bucket"), e.to_string());
+                None
+            }
+        };
+        let ap = match AccessPoint::parse(&r.access_point) {
+            Ok(ap) => Some(ap),
+            Err(e) => {
+                c.problem(format!("{p}.access_point"), format!("{:?}: {e}", r.access_point));
+                None
+            }
+        };
+        let mut operations = Vec::new();
+        match &r.operations {
+            None => operations.extend(OperationClass::ALL),
+            Some(list) => {
+                if list.is_empty() {
+                    c.problem(
+                        format!("{p}.operations"),
+                        "an empty list allows nothing; omit the key to allow all",
+                    );
+                }
+                for (j, o) in list.iter().enumerate() {
+                    match OperationClass::parse(o) {
+                        Some(class) if !operations.contains(&class) => operations.push(class),
+                        Some(_) => c.problem(format!("{p}.operations[{j}]"), format!("{o:?} is listed twice")),
+                        None => c.problem(
+                            format!("{p}.operations[{j}]"),
+                            format!("{o:?}: want \"read\", \"write\", \"delete\" or \"list\""),
+                        ),
+                    }
+                }
+            }
+        }
+        operations.sort();
+        if let (Some(bucket), Some(access_point)) = (bucket, ap) {
+            routes.push(RouteConfig {
+                identity: r.identity.clone(),
+                bucket,
+                prefix: r.prefix.clone(),
+                operations,
+                access_point,
+            });
+        }
+    }
+
+    if c.problems.is_empty() {
+        Ok(Config {
+            admin,
+            listeners,
+            sigv4,
+            addressing,
+            upstream,
+            credentials,
+            identities,
+            routes,
+        })
+    } else {
+        Err(ConfigError { problems: c.problems })
+    }
+}
+
+fn valid_identity_name(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,228 @@
+use std::collections::HashMap;
+
+use super::*;
+
+const BASE: &str = r#"
+[admin]
+address = "127.0.0.1:9090"
+
+[[listeners]]
+name = "shared"
+address = "127.0.0.1:8080"
+identity_methods = ["sigv4"]
+
+[[listeners]]
+name = "sidecar"
+address = "127.0.0.1:8081"
+identity_methods = ["source"]
+
+[[listeners.sources]]
+cidr = "10.0.0.0/8"
+identity = "app"
+
+[upstream]
+region = "us-east-1"
+endpoint = { mode = "custom", url = "http://127.0.0.1:5000" }
+
+[credentials]
+type = "static"
+access_key_id = { insecure_inline = "AKIDEXAMPLE" }
+secret_access_key = { env = "UPSTREAM_SECRET" }
+
+[[identities]]
+name = "bob"
+
+[[identities.keys]]
+access_key_id = "APGTESTBOB0000000001"
+secret_access_key = { env = "BOB_SECRET" }
+
+[[identities]]
+name = "app"
+
+[[routes]]
+identity = "bob"
+bucket = "access-point-test"
+prefix = "Bob/"
+access_point = "arn:aws:s3:us-east-1:123456789012:accesspoint/bob-access-point-test"
+
+[[routes]]
+identity = "app"
+bucket = "access-point-test"
+prefix = "app/"
+operations = ["read", "list"]
+access_point = "arn:aws:s3:us-east-1:123456789012:accesspoint/app-vpc-access-point-test"
+"#;
+
+fn env() -> HashMap<String, String> {
+    HashMap::from([
+        ("UPSTREAM_SECRET".to_owned(), "upstream-secret-0123456789".to_owned()),
+        ("BOB_SECRET".to_owned(), "bob-secret-0123456789abcdef".to_owned()),
+    ])
+}
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    from_toml(text, &env())
+}
+
+#[test]
+fn parses_the_reference_config() {
+    let c = parse(BASE).unwrap();
+    assert_eq!(c.listeners.len(), 2);
+    assert_eq!(c.listeners[1].identity_methods, [IdentityMethod::Source]);
+    assert_eq!(c.listeners[1].sources[0].0.to_string(), "10.0.0.0/8");
+    assert_eq!(
+        c.sigv4.accepted_regions,
+        ["us-east-1"],
+        "defaults to the upstream region"
+    );
+    assert_eq!(c.sigv4.max_clock_skew, Duration::from_secs(900));
+    assert_eq!(c.routes[1].operations, [OperationClass::Read, OperationClass::List]);
+    assert_eq!(c.routes[0].operations.len(), 4, "no operations key allows all");
+    assert_eq!(
+        c.identities[0].keys[0].secret_access_key.expose(),
+        "bob-secret-0123456789abcdef"
+    );
+    assert!(matches!(c.upstream.endpoint, Endpoint::Custom(_)));
+}
+
+#[test]
+fn the_shipped_configs_are_valid() {
+    // The shipped configs read their upstream keys from the environment at run time.
+    let env = HashMap::from([
+        ("APGATE_UPSTREAM_ACCESS_KEY_ID".to_owned(), "AKIDEXAMPLE".to_owned()),
+        ("APGATE_UPSTREAM_SECRET_ACCESS_KEY".to_owned(), "x".repeat(40)),
+        ("APGATE_BOB_SECRET".to_owned(), "y".repeat(40)),
+    ]);
+    let configs = [
+        ("demo.toml", include_str!("../../../config/demo.toml")),
+        ("sidecar.toml", include_str!("../../../config/sidecar.toml")),
+        (
+            "shared-gateway.toml",
+            include_str!("../../../config/shared-gateway.toml"),
+        ),
+    ];
+    for (name, text) in configs {
+        if let Err(e) = from_toml(text, &env) {
+            panic!("{name}: {e}");
+        }
+    }
+}
+
+/// Each case replaces one line of BASE and expects a problem at a key path.
+#[test]
+fn reports_each_problem_with_its_key_path() {
+    let cases: &[(&str, &str, &str, &str)] = &[
+        (
+            "access_point = \"arn:aws:s3:us-east-1:123456789012:accesspoint/bob-access-point-test\"",
+            "access_point = \"arn:aws:s3:us-east-1:12345:accesspoint/x\"",
+            "routes[0].access_point",
+            "account must be 12 digits",
+        ),
+        (
+            "identity = \"bob\"\nbucket",
+            "identity = \"carol\"\nbucket",
+            "routes[0].identity",
+            "no such identity",
+        ),
+        (
+            "bucket = \"access-point-test\"\nprefix = \"Bob/\"",
+            "bucket = \"Access_Point\"\nprefix = \"Bob/\"",
+            "routes[0].bucket",
+            "not valid",
+        ),
+        (
+            "operations = [\"read\", \"list\"]",
+            "operations = [\"read\", \"fly\"]",
+            "routes[1].operations[1]",
+            "want \"read\"",
+        ),
+        (
+            "address = \"127.0.0.1:9090\"",
+            "address = \"localhost\"",
+            "admin.address",
+            "want an IP address",
+        ),
+        (
+            "address = \"127.0.0.1:8081\"",
+            "address = \"127.0.0.1:8080\"",
+            "listeners[1].address",
+            "used by another listener",
+        ),
+        (
+            "identity_methods = [\"sigv4\"]",
+            "identity_methods = [\"sigv5\"]",
+            "listeners[0].identity_methods[0]",
+            "unknown method",
+        ),
+        (
+            "cidr = \"10.0.0.0/8\"",
+            "cidr = \"10.0.0.0/33\"",
+            "listeners[1].sources[0].cidr",
+            "want a CIDR",
+        ),
+        (
+            "identity = \"app\"\n\n[upstream]",
+            "identity = \"ghost\"\n\n[upstream]",
+            "listeners[1].sources[0].identity",
+            "no such identity",
+        ),
+        (
+            "secret_access_key = { env = \"BOB_SECRET\" }",
+            "secret_access_key = { env = \"NOPE\" }",
+            "identities[0].keys[0].secret_access_key.env",
+            "NOPE is not set",
+        ),
+        (
+            "secret_access_key = { env = \"BOB_SECRET\" }",
+            "secret_access_key = { env = \"BOB_SECRET\", insecure_inline = \"x\" }",
+            "identities[0].keys[0].secret_access_key",
+            "exactly one of",
+        ),
+        (
+            "access_key_id = \"APGTESTBOB0000000001\"",
+            "access_key_id = \"short\"",
+            "identities[0].keys[0].access_key_id",
+            "16-128",
+        ),
+        (
+            "url = \"http://127.0.0.1:5000\"",
+            "url = \"ftp://x/y\"",
+            "upstream.endpoint.url",
+            "want http(s)",
+        ),
+        (
+            "region = \"us-east-1\"\nendpoint",
+            "region = \"us-east-1\"\nconnect_timeout_seconds = -1.0\nendpoint",
+            "upstream.connect_timeout_seconds",
+            "above 0",
+        ),
+    ];
+    for (from, to, path, message) in cases {
+        assert!(BASE.contains(from), "case does not apply: {from}");
+        let text = BASE.replacen(from, to, 1);
+        let err = parse(&text).expect_err(to);
+        let hit = err
+            .problems
+            .iter()
+            .any(|p| p.path == *path && p.message.contains(message));
+        assert!(hit, "want {path}: ..{message}.., got:\n{err}");
+    }
+}
+
+#[test]
+fn unknown_keys_are_errors() {
+    let text = BASE.replacen("[upstream]\n", "[upstream]\nregoin = \"x\"\n", 1);
+    let err = parse(&text).unwrap_err().to_string();
+    assert!(err.contains("unknown field `regoin`"), "{err}");
+    let text = BASE.replacen("type = \"static\"", "type = \"magic\"", 1);
+    assert!(parse(&text).is_err());
+}
+
+#[test]
+fn collects_every_problem_not_just_the_first() {
+    let text = BASE
+        .replacen("address = \"127.0.0.1:9090\"", "address = \"x\"", 1)
+        .replacen("prefix = \"Bob/\"", "prefix = \"Bob/\"\noperations = []", 1);
+    let err = parse(&text).unwrap_err();
+    assert_eq!(err.problems.len(), 2, "{err}");
+}

@@ -1,0 +1,34 @@
+//! apgate: a transparent S3 access-point gateway.
+//!
+//! Legacy clients send plain bucket-style S3 requests; apgate works out who is calling, picks the
+//! access point for that caller and bucket, rewrites the request to it, re-signs it with its own
+//! credentials and streams it upstream.
+//!
+//! # Layout
+//! - [`config`]: TOML → validated types.
+//! - [`s3`]: addressing, operations, access point ARNs, encodings (pure).
+//! - [`identity`]: who is calling (SigV4, source networks).
+//! - [`routing`]: (identity, bucket, prefix, class) → access point (pure).
+//! - [`rewrite`]: the outbound request head (pure).
+//! - [`signing`]: outbound SigV4 and apgate's credentials.
+//! - [`upstream`]: the pooled client.
+//! - [`proxy`]: one request, phase by phase.
+//! - [`app`], [`admin`], [`metrics`]: running it.
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+pub mod admin;
+pub mod app;
+pub mod body;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod identity;
+pub mod metrics;
+pub mod proxy;
+pub mod rewrite;
+pub mod routing;
+pub mod s3;
+pub mod secret;
+pub mod signing;
+pub mod upstream;

@@ -1,0 +1,14 @@
+//! The S3 wire protocol as apgate sees it: addressing, access point ARNs, operations and the
+//! percent-encoding rules. Everything here is pure: no IO, no state.
+
+pub mod access_point;
+pub mod addressing;
+pub mod amzdate;
+pub mod encoding;
+pub mod operation;
+pub mod payload;
+
+pub use access_point::AccessPoint;
+pub use addressing::{BucketName, S3Target};
+pub use operation::{Operation, OperationClass, Support};
+pub use payload::PayloadHash;

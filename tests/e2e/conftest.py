@@ -1,0 +1,308 @@
+"""Shared fixtures for apgate's end-to-end tests.
+
+- ``moto``: a fresh moto server (moto_launcher.py, SigV4 fix, request log) set up by
+  setup_moto.py, with SigV4 + IAM enforced. Module scope: every test module gets its
+  own world.
+- ``apgate``: the apgate binary in front of that moto, with a generated config
+  (shared SigV4 listener, sidecar source listener, admin port).
+
+Run: target/e2e-venv/bin/python -m pytest tests/e2e -q
+
+Environment knobs:
+- APGATE_BIN: apgate binary (default target/release/apgate).
+- E2E_MOTO_LAUNCHER_ARGS: extra launcher args; "--without-sigv4-fix" reproduces
+  moto's stock signature bug (diagnostics only).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shlex
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+sys.path.insert(0, str(HERE))
+
+import setup_moto  # noqa: E402
+
+REGION = "us-east-1"
+ACCOUNT = setup_moto.ACCOUNT
+BUCKET = setup_moto.BUCKET
+BOB_AP = setup_moto.BOB_AP
+APP_AP = setup_moto.APP_AP
+BOB_AP_HOST = f"{BOB_AP}-{ACCOUNT}.s3-accesspoint.{REGION}.amazonaws.com"
+APP_AP_HOST = f"{APP_AP}-{ACCOUNT}.s3-accesspoint.{REGION}.amazonaws.com"
+BOB_ACCESS_KEY_ID = "APGTESTBOB0000000001"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, proc: subprocess.Popen, timeout: float, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode}:\n{_tail(log)}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"port {port} not listening after {timeout}s:\n{_tail(log)}")
+
+
+def _tail(path: Path, n: int = 4000) -> str:
+    try:
+        return path.read_text(errors="replace")[-n:]
+    except OSError:
+        return "<no log>"
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@dataclass
+class Moto:
+    host: str
+    port: int
+    access_key_id: str
+    secret_access_key: str
+    account: str
+    request_log: Path
+    process_log: Path
+    region: str = REGION
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def addr(self) -> tuple[str, int]:
+        return (self.host, self.port)
+
+    def log_mark(self) -> int:
+        """Position in the request log; pass to log_since()."""
+        return self.request_log.stat().st_size
+
+    def log_since(self, mark: int) -> list[dict]:
+        """Requests moto received after log_mark() returned mark."""
+        with open(self.request_log, "rb") as fh:
+            fh.seek(mark)
+            return [json.loads(line) for line in fh.read().decode("utf-8").splitlines() if line]
+
+
+@pytest.fixture(scope="module")
+def moto(tmp_path_factory) -> Moto:
+    tmp = tmp_path_factory.mktemp("moto")
+    port = free_port()
+    request_log = tmp / "requests.jsonl"
+    request_log.touch()
+    process_log = tmp / "moto.log"
+    extra = shlex.split(os.environ.get("E2E_MOTO_LAUNCHER_ARGS", ""))
+    with open(process_log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, str(HERE / "moto_launcher.py"), "--host", "127.0.0.1",
+             "--port", str(port), "--request-log", str(request_log), *extra],
+            stdout=out, stderr=subprocess.STDOUT, cwd=tmp,
+        )
+    try:
+        wait_port(port, proc, 60, process_log)
+        creds = setup_moto.setup_world(f"http://127.0.0.1:{port}", REGION)
+        (tmp / "creds.json").write_text(json.dumps(creds))
+        yield Moto(
+            host="127.0.0.1", port=port,
+            access_key_id=creds["access_key_id"],
+            secret_access_key=creds["secret_access_key"],
+            account=creds["account"],
+            request_log=request_log, process_log=process_log,
+        )
+    finally:
+        stop(proc)
+
+
+@pytest.fixture(scope="module")
+def moto_s3(moto):
+    """boto3 straight to moto as the gateway's upstream user (path style, bucket ARNs):
+    for checking what really landed in the bucket."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3", endpoint_url=moto.endpoint, region_name=moto.region,
+        aws_access_key_id=moto.access_key_id, aws_secret_access_key=moto.secret_access_key,
+        config=Config(s3={"addressing_style": "path"}, retries={"mode": "standard", "total_max_attempts": 1}),
+    )
+
+
+# --------------------------------------------------------------------------- apgate
+
+@dataclass
+class Apgate:
+    admin_port: int
+    shared_port: int
+    sidecar_port: int
+    bob_access_key_id: str
+    bob_secret_access_key: str
+    config_path: Path
+    log_path: Path
+    moto: Moto
+    workdir: Path
+    region: str = REGION
+    env: dict = field(default_factory=dict)
+
+    @property
+    def shared_endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.shared_port}"
+
+    @property
+    def sidecar_endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.sidecar_port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    def log(self) -> str:
+        return _tail(self.log_path, 20000)
+
+
+def apgate_config(admin: int, shared: int, sidecar: int, moto_port: int) -> str:
+    return f"""\
+# generated by tests/e2e/conftest.py
+[admin]
+address = "127.0.0.1:{admin}"
+
+[[listeners]]
+name = "shared"
+address = "127.0.0.1:{shared}"
+identity_methods = ["sigv4"]
+
+[[listeners]]
+name = "sidecar"
+address = "127.0.0.1:{sidecar}"
+identity_methods = ["source"]
+
+[[listeners.sources]]
+cidr = "127.0.0.0/8"
+identity = "app"
+
+[sigv4]
+accepted_regions = ["{REGION}"]
+max_clock_skew_seconds = 900
+
+[addressing]
+virtual_host_domains = ["s3.localhost"]
+
+[upstream]
+region = "{REGION}"
+endpoint = {{ mode = "custom", url = "http://127.0.0.1:{moto_port}" }}
+connect_timeout_seconds = 5
+response_header_timeout_seconds = 60
+
+[credentials]
+type = "static"
+access_key_id = {{ env = "APGATE_UPSTREAM_ACCESS_KEY_ID" }}
+secret_access_key = {{ env = "APGATE_UPSTREAM_SECRET_ACCESS_KEY" }}
+
+[[identities]]
+name = "bob"
+
+[[identities.keys]]
+access_key_id = "{BOB_ACCESS_KEY_ID}"
+secret_access_key = {{ env = "APGATE_TEST_BOB_SECRET" }}
+
+[[identities]]
+name = "app"
+
+[[routes]]
+identity = "bob"
+bucket = "{BUCKET}"
+prefix = "Bob/"
+access_point = "arn:aws:s3:{REGION}:{ACCOUNT}:accesspoint/{BOB_AP}"
+
+[[routes]]
+identity = "app"
+bucket = "{BUCKET}"
+prefix = "app/"
+operations = ["read", "list"]
+access_point = "arn:aws:s3:{REGION}:{ACCOUNT}:accesspoint/{APP_AP}"
+"""
+
+
+def _readyz(url: str) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as resp:
+            return resp.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except OSError:
+        return None
+
+
+@pytest.fixture(scope="module")
+def apgate(moto: Moto, tmp_path_factory) -> Apgate:
+    binary = Path(os.environ.get("APGATE_BIN", REPO / "target" / "release" / "apgate"))
+    if not binary.is_file():
+        pytest.fail(f"apgate binary not found at {binary} (cargo build --release)")
+    tmp = tmp_path_factory.mktemp("apgate")
+    admin, shared, sidecar = free_port(), free_port(), free_port()
+    while len({admin, shared, sidecar, moto.port}) < 4:
+        shared, sidecar = free_port(), free_port()
+    config = tmp / "apgate.toml"
+    config.write_text(apgate_config(admin, shared, sidecar, moto.port))
+    bob_secret = secrets.token_urlsafe(30)
+    env = {
+        k: v for k, v in os.environ.items()
+        if not k.startswith("AWS_") and not k.startswith("APGATE_")
+    }
+    env.update({
+        "APGATE_UPSTREAM_ACCESS_KEY_ID": moto.access_key_id,
+        "APGATE_UPSTREAM_SECRET_ACCESS_KEY": moto.secret_access_key,
+        "APGATE_TEST_BOB_SECRET": bob_secret,
+        "AWS_EC2_METADATA_DISABLED": "true",
+    })
+    log_path = tmp / "apgate.log"
+    with open(log_path, "wb") as out:
+        proc = subprocess.Popen(
+            [str(binary), "serve", "-c", str(config)],
+            stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"apgate exited with {proc.returncode}:\n{_tail(log_path)}")
+            if _readyz(f"http://127.0.0.1:{admin}/readyz") == 200:
+                break
+            if time.monotonic() > deadline:
+                pytest.fail(f"apgate /readyz not 200 after 30s:\n{_tail(log_path)}")
+            time.sleep(0.1)
+        yield Apgate(
+            admin_port=admin, shared_port=shared, sidecar_port=sidecar,
+            bob_access_key_id=BOB_ACCESS_KEY_ID, bob_secret_access_key=bob_secret,
+            config_path=config, log_path=log_path, moto=moto, workdir=tmp, env=env,
+        )
+    finally:
+        stop(proc)
