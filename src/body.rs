@@ -34,24 +34,28 @@ pub enum BodyEnd {
 
 pin_project_lite::pin_project! {
     /// Counts the data bytes of a body and calls `on_end` once, when it ends or is dropped.
-    pub struct Metered<B, F: FnOnce(u64, BodyEnd)> {
+    pub struct Metered<B: Body, F: FnOnce(u64, BodyEnd)> {
         #[pin]
         inner: B,
         bytes: u64,
         on_end: Option<F>,
     }
 
-    impl<B, F: FnOnce(u64, BodyEnd)> PinnedDrop for Metered<B, F> {
+    impl<B: Body, F: FnOnce(u64, BodyEnd)> PinnedDrop for Metered<B, F> {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if let Some(f) = this.on_end.take() {
-                f(*this.bytes, BodyEnd::Aborted);
+                // hyper stops polling a body once it reports its end (a Content-Length body after
+                // its last byte, an empty body at once), so a body that reached its end is only
+                // ever seen ending here.
+                let end = if this.inner.is_end_stream() { BodyEnd::Complete } else { BodyEnd::Aborted };
+                f(*this.bytes, end);
             }
         }
     }
 }
 
-impl<B, F: FnOnce(u64, BodyEnd)> std::fmt::Debug for Metered<B, F> {
+impl<B: Body, F: FnOnce(u64, BodyEnd)> std::fmt::Debug for Metered<B, F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Metered")
             .field("bytes", &self.bytes)
@@ -59,7 +63,7 @@ impl<B, F: FnOnce(u64, BodyEnd)> std::fmt::Debug for Metered<B, F> {
     }
 }
 
-impl<B, F: FnOnce(u64, BodyEnd)> Metered<B, F> {
+impl<B: Body, F: FnOnce(u64, BodyEnd)> Metered<B, F> {
     pub fn new(inner: B, on_end: F) -> Self {
         Self {
             inner,
@@ -126,6 +130,30 @@ mod tests {
         let collected = body.collect().await.unwrap().to_bytes();
         assert_eq!(&collected[..], b"hello world");
         assert_eq!(*seen.lock().unwrap(), [(11, BodyEnd::Complete)]);
+    }
+
+    #[tokio::test]
+    async fn a_body_read_to_its_length_is_complete_without_a_final_poll() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        let mut body = Metered::new(Full::new(Bytes::from_static(b"abc")), move |n, end| {
+            s.lock().unwrap().push((n, end))
+        });
+        let frame = body.frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), "abc");
+        assert!(body.is_end_stream());
+        drop(body);
+        assert_eq!(*seen.lock().unwrap(), [(3, BodyEnd::Complete)]);
+    }
+
+    #[test]
+    fn an_empty_body_never_polled_is_complete() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        drop(Metered::new(Empty::<Bytes>::new(), move |n, end| {
+            s.lock().unwrap().push((n, end))
+        }));
+        assert_eq!(*seen.lock().unwrap(), [(0, BodyEnd::Complete)]);
     }
 
     #[test]

@@ -22,7 +22,11 @@ fn no_ignored_or_should_panic_tests_and_no_mod_rs() {
     for dir in ["src", "tests", "benches"] {
         rust_files(&root.join(dir), &mut files);
     }
-    assert!(files.len() > 10, "found only {} files: is the walk broken?", files.len());
+    assert!(
+        files.len() > 10,
+        "found only {} files: is the walk broken?",
+        files.len()
+    );
     // Built from pieces so this file does not trip its own check.
     let banned = [format!("#[{}", "ignore"), format!("#[{}", "should_panic")];
     let mut problems = Vec::new();
