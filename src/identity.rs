@@ -77,6 +77,14 @@ pub fn authenticate(
     for m in methods {
         match m {
             IdentityMethod::SigV4 => {
+                if sigv4::is_presigned(target) {
+                    let v = verifier.verify_presigned(method, target, headers, now)?;
+                    return Ok(CallerIdentity {
+                        name: v.identity,
+                        method: *m,
+                        payload: v.payload,
+                    });
+                }
                 if headers.contains_key(http::header::AUTHORIZATION) {
                     let v = verifier.verify(method, target, headers, now)?;
                     return Ok(CallerIdentity {

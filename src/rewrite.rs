@@ -8,6 +8,7 @@ use http::header::{self, HeaderMap, HeaderName};
 use http::{Method, Uri};
 
 use crate::config::Endpoint;
+use crate::identity::sigv4::PRESIGN_PARAMS;
 use crate::s3::encoding::{uri_encode_into, Slash};
 use crate::s3::{AccessPoint, S3Target};
 
@@ -56,7 +57,12 @@ pub fn rewrite(
     if let Some(key) = &target.key {
         uri_encode_into(&mut pq, key.as_bytes(), Slash::Keep);
     }
-    for (i, p) in target.query.iter().enumerate() {
+    // Inbound query authentication is apgate's to check, not the upstream's: apgate signs anew.
+    let forwarded = target
+        .query
+        .iter()
+        .filter(|p| !PRESIGN_PARAMS.contains(&p.key.as_str()));
+    for (i, p) in forwarded.enumerate() {
         pq.push(if i == 0 { '?' } else { '&' });
         uri_encode_into(&mut pq, p.key.as_bytes(), Slash::Encode);
         if !p.value.is_empty() {
@@ -125,6 +131,11 @@ mod tests {
                 "/?list-type=2&prefix=a%20b%2Bc%2F&encoding-type=url",
             ),
             ("/bkt/k", "uploads", "/k?uploads"),
+            (
+                "/bkt/k",
+                "versionId=1&X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=a%2Fb&X-Amz-Date=x&X-Amz-Expires=60&X-Amz-SignedHeaders=host&X-Amz-Signature=00",
+                "/k?versionId=1",
+            ),
             (
                 "/bkt/k",
                 "partNumber=1&uploadId=a%2Fb",

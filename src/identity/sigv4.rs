@@ -213,6 +213,172 @@ impl SigV4Verifier {
     }
 }
 
+/// The query parameters of a presigned (query-authenticated) SigV4 request.
+pub const PRESIGN_PARAMS: &[&str] = &[
+    "X-Amz-Algorithm",
+    "X-Amz-Credential",
+    "X-Amz-Date",
+    "X-Amz-Expires",
+    "X-Amz-SignedHeaders",
+    "X-Amz-Signature",
+    "X-Amz-Security-Token",
+];
+
+/// The longest validity S3 accepts for a presigned URL (7 days).
+pub const MAX_PRESIGN_EXPIRES_SECONDS: u64 = 604_800;
+
+/// Whether the request carries SigV4 query authentication.
+pub fn is_presigned(target: &S3Target) -> bool {
+    target.has_param("X-Amz-Signature") || target.has_param("X-Amz-Algorithm") || target.has_param("X-Amz-Credential")
+}
+
+impl SigV4Verifier {
+    /// Verifies a presigned URL (<https://docs.aws.amazon.com/AmazonS3/latest/API/sigv4-query-string-auth.html>):
+    /// the signature is over the query without `X-Amz-Signature`, with `UNSIGNED-PAYLOAD` as the
+    /// payload hash; the URL is valid from `X-Amz-Date` for `X-Amz-Expires` seconds (at most 7 days).
+    pub fn verify_presigned(
+        &self,
+        method: &Method,
+        target: &S3Target,
+        headers: &HeaderMap,
+        now: SystemTime,
+    ) -> Result<Verified, GatewayError> {
+        if headers.contains_key(http::header::AUTHORIZATION) {
+            return Err(GatewayError::client(
+                S3ErrorCode::InvalidArgument,
+                "Only one auth mechanism allowed; only the X-Amz-Algorithm query parameter or the Authorization header should be specified.",
+            ));
+        }
+        let param = |name: &str| {
+            target
+                .param(name)
+                .ok_or_else(|| query_error(&format!("Query-string authentication requires the {name} parameter.")))
+        };
+        if param("X-Amz-Algorithm")? != ALGORITHM {
+            return Err(query_error("X-Amz-Algorithm only supports \"AWS4-HMAC-SHA256\"."));
+        }
+        let credential = param("X-Amz-Credential")?;
+        let amz_date = param("X-Amz-Date")?;
+        let expires = param("X-Amz-Expires")?;
+        let signed = param("X-Amz-SignedHeaders")?;
+        let signature = param("X-Amz-Signature")?;
+
+        let scope: Vec<&str> = credential.split('/').collect();
+        if scope.len() != 5 || scope[4] != "aws4_request" || scope[0].is_empty() {
+            return Err(query_error(
+                "X-Amz-Credential must be ACCESS_KEY/YYYYMMDD/REGION/s3/aws4_request.",
+            ));
+        }
+        let (akid, date, region, service) = (scope[0], scope[1], scope[2], scope[3]);
+        if service != "s3" {
+            return Err(query_error(&format!(
+                "The service '{service}' in X-Amz-Credential is wrong; expecting 's3'."
+            )));
+        }
+        if !self.accepted_regions.iter().any(|r| r == region) {
+            return Err(query_error(&format!(
+                "The region '{region}' is wrong; expecting '{}'.",
+                self.accepted_regions.first().map_or("", String::as_str)
+            )));
+        }
+        let request_time = amzdate::parse(amz_date)
+            .ok_or_else(|| query_error("X-Amz-Date must be in the ISO8601 basic format YYYYMMDD'T'HHMMSS'Z'."))?;
+        if !amz_date.starts_with(date) || date.len() != 8 {
+            return Err(query_error("The date in X-Amz-Credential does not match X-Amz-Date."));
+        }
+        let expires: u64 = expires
+            .parse()
+            .map_err(|_| query_error("X-Amz-Expires should be a number of seconds."))?;
+        if expires == 0 {
+            return Err(query_error("X-Amz-Expires must be positive."));
+        }
+        if expires > MAX_PRESIGN_EXPIRES_SECONDS {
+            return Err(query_error(
+                "X-Amz-Expires must be less than a week (in seconds) that is 604800.",
+            ));
+        }
+        let signed_headers: Vec<&str> = signed.split(';').collect();
+        let well_formed = signed_headers.iter().all(|h| {
+            !h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_' || b == b'.')
+        });
+        if !well_formed || !signed_headers.windows(2).all(|w| w[0] < w[1]) || !signed_headers.contains(&"host") {
+            return Err(query_error(
+                "X-Amz-SignedHeaders must be sorted lowercase header names including host.",
+            ));
+        }
+        if signature.len() != 64
+            || !signature
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return Err(query_error("X-Amz-Signature must be 64 lowercase hex characters."));
+        }
+        let key = self.keys.get(akid).ok_or_else(|| {
+            GatewayError::client(
+                S3ErrorCode::InvalidAccessKeyId,
+                "The AWS Access Key Id you provided does not exist in our records.",
+            )
+            .with_detail("AWSAccessKeyId", akid)
+        })?;
+        if request_time > now + self.max_skew {
+            return Err(
+                GatewayError::client(S3ErrorCode::AccessDenied, "Request is not valid yet.")
+                    .with_detail("X-Amz-Date", amz_date)
+                    .with_detail("ServerTime", amzdate::format(now)),
+            );
+        }
+        if now > request_time + Duration::from_secs(expires) {
+            return Err(GatewayError::client(S3ErrorCode::AccessDenied, "Request has expired.")
+                .with_detail("X-Amz-Expires", expires.to_string())
+                .with_detail("Expires", amzdate::format(request_time + Duration::from_secs(expires)))
+                .with_detail("ServerTime", amzdate::format(now)));
+        }
+        let unsigned: Vec<&str> = headers
+            .keys()
+            .map(http::HeaderName::as_str)
+            .filter(|h| h.starts_with("x-amz-") && !signed_headers.contains(h))
+            .collect();
+        if !unsigned.is_empty() {
+            return Err(GatewayError::client(
+                S3ErrorCode::AccessDenied,
+                "There were headers present in the request which were not signed.",
+            )
+            .with_detail("HeadersNotSigned", unsigned.join(", ")));
+        }
+
+        let payload = PayloadHash::Unsigned;
+        let creq = canonical_request_with_query(
+            method.as_str(),
+            &target.raw_path,
+            &canonical_query(&target.raw_query, &["X-Amz-Signature"]),
+            headers,
+            &signed_headers,
+            payload.as_str().as_bytes(),
+        );
+        let scope = format!("{date}/{region}/{service}/aws4_request");
+        let sts = string_to_sign(amz_date, &scope, &creq);
+        let expected = hex::encode(hmac(&signing_key(&key.secret, date, region, service), sts.as_bytes()));
+        if !ct_eq(expected.as_bytes(), signature.as_bytes()) {
+            return Err(GatewayError::client(
+                S3ErrorCode::SignatureDoesNotMatch,
+                "The request signature we calculated does not match the signature you provided. Check your key and signing method.",
+            )
+            .with_detail("AWSAccessKeyId", akid));
+        }
+        Ok(Verified {
+            identity: key.identity.clone(),
+            access_key_id: akid.to_owned(),
+            payload,
+        })
+    }
+}
+
+fn query_error(message: &str) -> GatewayError {
+    GatewayError::client(S3ErrorCode::AuthorizationQueryParametersError, message)
+}
+
 fn malformed(message: &str) -> GatewayError {
     GatewayError::client(S3ErrorCode::AuthorizationHeaderMalformed, message)
 }
@@ -312,12 +478,25 @@ pub fn canonical_request(
     signed_headers: &[&str],
     payload_hash: &[u8],
 ) -> Vec<u8> {
+    let query = canonical_query(raw_query, &[]);
+    canonical_request_with_query(method, raw_path, &query, headers, signed_headers, payload_hash)
+}
+
+/// As [`canonical_request`], with the canonical query string already built.
+fn canonical_request_with_query(
+    method: &str,
+    raw_path: &str,
+    canonical_query: &str,
+    headers: &HeaderMap,
+    signed_headers: &[&str],
+    payload_hash: &[u8],
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(512);
     out.extend_from_slice(method.as_bytes());
     out.push(b'\n');
     out.extend_from_slice(raw_path.as_bytes());
     out.push(b'\n');
-    out.extend_from_slice(canonical_query(raw_query, &[]).as_bytes());
+    out.extend_from_slice(canonical_query.as_bytes());
     out.push(b'\n');
     for name in signed_headers {
         out.extend_from_slice(name.as_bytes());

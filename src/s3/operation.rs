@@ -257,7 +257,10 @@ impl Operation {
 /// Bucket sub-resources that make a bucket-level GET something other than ListObjects.
 fn has_bucket_subresource(target: &S3Target) -> bool {
     const LIST_PARAMS: &[&str] = &["prefix", "delimiter", "marker", "max-keys", "encoding-type", "x-id"];
-    target.query.iter().any(|p| !LIST_PARAMS.contains(&p.key.as_str()))
+    target
+        .query
+        .iter()
+        .any(|p| !LIST_PARAMS.contains(&p.key.as_str()) && !p.key.starts_with("X-Amz-"))
 }
 
 #[cfg(test)]
@@ -287,6 +290,13 @@ mod tests {
             ("GET", "/bkt", "versions", false, ListObjectVersions),
             ("GET", "/bkt", "uploads", false, ListMultipartUploads),
             ("GET", "/bkt", "policy", false, BucketManagement),
+            (
+                "GET",
+                "/bkt",
+                "prefix=a&X-Amz-Signature=00&X-Amz-Date=x",
+                false,
+                ListObjects,
+            ),
             ("PUT", "/bkt", "", false, BucketManagement),
             ("DELETE", "/bkt", "", false, BucketManagement),
             ("POST", "/bkt", "delete", false, DeleteObjects),
