@@ -27,6 +27,27 @@ ensure_python_env() {
     echo "$want" > "$stamp"
 }
 
+# Installs the S3 command-line clients the e2e suite drives besides the aws CLI: s3cmd comes from
+# PyPI through requirements.txt (ensure_python_env), rclone from Debian's package when it is not
+# already on PATH. Without root and without rclone it fails: the client tests are not optional.
+ensure_clients() {
+    if [[ ! -x "$VENV/bin/s3cmd" ]]; then
+        echo "s3cmd missing from target/e2e-venv (it is in tests/e2e/requirements.txt): run ensure_python_env" >&2
+        return 1
+    fi
+    if command -v rclone >/dev/null 2>&1; then
+        return 0
+    fi
+    if [[ $(id -u) != 0 ]]; then
+        echo "rclone is missing and this is not root: install it (apt-get install rclone) and retry" >&2
+        return 1
+    fi
+    say "Installing rclone (Debian package)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends rclone >/dev/null
+    command -v rclone >/dev/null 2>&1 || { echo "rclone still not on PATH after apt-get install" >&2; return 1; }
+}
+
 # Builds the release binary (the e2e suites and the demo run it).
 build_release() {
     say "Building apgate (release)"

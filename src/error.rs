@@ -37,6 +37,7 @@ pub enum S3ErrorCode {
     InvalidArgument,
     InvalidBucketName,
     InvalidURI,
+    MalformedXML,
     MissingContentLength,
     NotImplemented,
     MethodNotAllowed,
@@ -63,6 +64,7 @@ impl S3ErrorCode {
             Self::InvalidArgument => "InvalidArgument",
             Self::InvalidBucketName => "InvalidBucketName",
             Self::InvalidURI => "InvalidURI",
+            Self::MalformedXML => "MalformedXML",
             Self::MissingContentLength => "MissingContentLength",
             Self::NotImplemented => "NotImplemented",
             Self::MethodNotAllowed => "MethodNotAllowed",
@@ -86,7 +88,8 @@ impl S3ErrorCode {
             | Self::InvalidRequest
             | Self::InvalidArgument
             | Self::InvalidBucketName
-            | Self::InvalidURI => StatusCode::BAD_REQUEST,
+            | Self::InvalidURI
+            | Self::MalformedXML => StatusCode::BAD_REQUEST,
             Self::MissingContentLength => StatusCode::LENGTH_REQUIRED,
             Self::NotImplemented => StatusCode::NOT_IMPLEMENTED,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,

@@ -12,6 +12,7 @@ use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
@@ -21,8 +22,11 @@ use crate::error::{xml_escape_into, GatewayError, S3ErrorCode};
 use crate::identity::{self, CallerIdentity};
 use crate::metrics::NONE;
 use crate::routing::{Route, Scope};
+use crate::s3::addressing::AddressingStyle;
 use crate::s3::addressing::{parse_target, AddressingError};
-use crate::s3::{Operation, PayloadHash, Support};
+use crate::s3::copy_source::CopySource;
+use crate::s3::encoding::{uri_encode_into, Slash};
+use crate::s3::{AccessPoint, BucketName, Operation, OperationClass, PayloadHash, S3Target, Support};
 use crate::signing::sign_request;
 
 /// What is known about a request so far, for its metrics and its log line.
@@ -74,7 +78,8 @@ pub async fn handle(
         Ok(resp) => resp,
         Err(error) => {
             let resp = error_response(&state, &ctx, error);
-            finish(&state, &ctx, resp.status(), 0, BodyEnd::Complete, None);
+            let len = resp.body().size_hint().exact().unwrap_or(0);
+            finish(&state, &ctx, resp.status(), len, BodyEnd::Complete, None);
             resp
         }
     };
@@ -168,6 +173,15 @@ async fn proxy(
     ctx.access_point = Some(Arc::from(route.access_point.name()));
     let ap = route.access_point.clone();
 
+    if ctx.operation == Operation::GetBucketLocation {
+        return Ok(bucket_location(state, ctx, ap.region()));
+    }
+    // A copy reads its source through the access point the caller's routes give for the source.
+    let copy_source = match ctx.operation {
+        Operation::CopyObject | Operation::UploadPartCopy => Some(copy_source_header(state, &caller, &parts, &ap)?),
+        _ => None,
+    };
+
     // Rewrite and sign.
     let outbound = crate::rewrite::rewrite(
         &parts.method,
@@ -187,6 +201,25 @@ async fn proxy(
     up_parts.method = parts.method.clone();
     up_parts.uri = outbound.connect_uri;
     up_parts.headers = outbound.headers;
+    if let Some(value) = copy_source {
+        up_parts.headers.insert("x-amz-copy-source", value);
+    }
+
+    // The body: DeleteObjects names its keys in the body, so that (small) body is read and every
+    // key checked against the routes first; everything else streams as the upstream polls it.
+    let received = state
+        .metrics
+        .received_bytes
+        .with_label_values(&[ctx.identity_label(), ctx.access_point_label()]);
+    let upstream_body = if ctx.operation == Operation::DeleteObjects {
+        let bytes = read_delete_objects(state, &caller, bucket, &ap, &parts, body).await?;
+        received.inc_by(bytes.len() as u64);
+        body::full(bytes)
+    } else {
+        Metered::new(body, move |n, _| received.inc_by(n))
+            .map_err(Into::into)
+            .boxed_unsync()
+    };
     sign_request(
         &mut up_parts,
         &outbound.signing_uri,
@@ -197,14 +230,7 @@ async fn proxy(
     )
     .map_err(|e| GatewayError::client(S3ErrorCode::InvalidArgument, e.to_string()))?;
 
-    // Forward: the inbound body streams upstream as the upstream client polls it.
-    let received = state
-        .metrics
-        .received_bytes
-        .with_label_values(&[ctx.identity_label(), ctx.access_point_label()]);
-    let upstream_body = Metered::new(body, move |n, _| received.inc_by(n))
-        .map_err(Into::into)
-        .boxed_unsync();
+    // Forward.
     let up_req = Request::from_parts(up_parts, upstream_body);
     let sent_at = Instant::now();
     let up_resp = state.upstream.send(up_req).await.map_err(|e| {
@@ -230,7 +256,8 @@ async fn proxy(
         .with_label_values(&[ctx.access_point_label(), ctx.operation.as_str()])
         .observe(sent_at.elapsed().as_secs_f64());
 
-    // Respond: stream the upstream body back, counting it, and log when it ends.
+    // Respond: bodies that name the bucket are rewritten (they are small); everything else streams
+    // back as is. Either way bytes are counted and the request is logged when the body ends.
     let (mut resp_parts, resp_body) = up_resp.into_parts();
     strip_hop_by_hop(&mut resp_parts.headers);
     let status = resp_parts.status;
@@ -239,15 +266,220 @@ async fn proxy(
         .get("x-amz-request-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    let resp_body: ResponseBody = if ctx.head || !reveals_bucket(ctx.operation, &resp_parts) {
+        resp_body.map_err(Into::into).boxed_unsync()
+    } else {
+        let view_location = client_location(&parts, &target, bucket);
+        let endpoint = parts
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
+        let view = crate::s3::xml::ClientView {
+            bucket: bucket.as_str(),
+            location: view_location.as_deref(),
+            endpoint,
+        };
+        let rewritten = rewrite_response_body(ctx, resp_body, &view).await?;
+        resp_parts.headers.remove(header::TRANSFER_ENCODING);
+        resp_parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(rewritten.len()));
+        body::full(rewritten)
+    };
     let state2 = state.clone();
     let done = clone_ctx(ctx);
     let metered = Metered::new(resp_body, move |n, end| {
         finish(&state2, &done, status, n, end, upstream_request_id.as_deref())
     });
-    Ok(Response::from_parts(
-        resp_parts,
-        metered.map_err(Into::into).boxed_unsync(),
-    ))
+    Ok(Response::from_parts(resp_parts, metered.boxed_unsync()))
+}
+
+/// The most a DeleteObjects body may be: 1000 keys of up to 1024 bytes, escaped, plus framing.
+const MAX_DELETE_OBJECTS_BODY: usize = 8 << 20;
+/// The most a response body apgate rewrites may be (a 1000-key listing is well under this).
+const MAX_REWRITTEN_RESPONSE: usize = 32 << 20;
+
+/// Whether a response body may name the upstream bucket or access point and must be rewritten.
+fn reveals_bucket(op: Operation, parts: &http::response::Parts) -> bool {
+    let xml = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|ct| ct.contains("xml"));
+    let listing = matches!(
+        op,
+        Operation::ListObjects
+            | Operation::ListObjectsV2
+            | Operation::ListObjectVersions
+            | Operation::ListMultipartUploads
+            | Operation::CreateMultipartUpload
+            | Operation::CompleteMultipartUpload
+            | Operation::ListParts
+    );
+    xml && (listing || !parts.status.is_success())
+}
+
+/// The client-facing URL of the target object, for `Location` elements.
+fn client_location(parts: &http::request::Parts, target: &S3Target, bucket: &BucketName) -> Option<String> {
+    let host = parts.headers.get(header::HOST)?.to_str().ok()?;
+    let key = target.key.as_deref()?;
+    let mut url = format!("http://{host}/");
+    if target.style == AddressingStyle::Path {
+        url.push_str(bucket.as_str());
+        url.push('/');
+    }
+    uri_encode_into(&mut url, key.as_bytes(), Slash::Keep);
+    Some(url)
+}
+
+async fn rewrite_response_body(
+    ctx: &Ctx,
+    body: Incoming,
+    view: &crate::s3::xml::ClientView<'_>,
+) -> Result<Bytes, GatewayError> {
+    let limited = http_body_util::Limited::new(body, MAX_REWRITTEN_RESPONSE);
+    let bytes = limited.collect().await.map_err(|e| {
+        tracing::warn!(error = %e, request_id = %ctx.request_id, "Reading an upstream XML body failed.");
+        GatewayError::upstream(S3ErrorCode::BadGateway, "The upstream response could not be read.")
+    })?;
+    let bytes = bytes.to_bytes();
+    match crate::s3::xml::rewrite_response(&bytes, view) {
+        Ok(out) => Ok(Bytes::from(out)),
+        Err(_) if bytes.is_empty() || !bytes.trim_ascii_start().starts_with(b"<") => Ok(bytes),
+        Err(error) => {
+            // A body we cannot parse might still name the access point: refuse rather than leak it.
+            tracing::warn!(%error, request_id = %ctx.request_id, "Upstream XML body could not be rewritten.");
+            Err(GatewayError::upstream(
+                S3ErrorCode::BadGateway,
+                "The upstream sent a response apgate could not read.",
+            ))
+        }
+    }
+}
+
+/// The `x-amz-copy-source` to send upstream: the source's access point object ARN. The caller
+/// must be allowed to read the source; source and destination must be in the same region.
+fn copy_source_header(
+    state: &State,
+    caller: &CallerIdentity,
+    parts: &http::request::Parts,
+    dest: &AccessPoint,
+) -> Result<HeaderValue, GatewayError> {
+    let raw = parts
+        .headers
+        .get("x-amz-copy-source")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| GatewayError::client(S3ErrorCode::InvalidArgument, "x-amz-copy-source is not valid ASCII."))?;
+    let source = CopySource::parse(raw).map_err(|e| {
+        GatewayError::client(
+            S3ErrorCode::InvalidArgument,
+            format!("Copy Source must mention the source bucket and key: {e}."),
+        )
+    })?;
+    let route = state
+        .router
+        .route(
+            &caller.name,
+            &source.bucket,
+            Scope::Key(&source.key),
+            OperationClass::Read,
+        )
+        .map_err(|denial| {
+            GatewayError::client(S3ErrorCode::AccessDenied, format!("{} (copy source)", denial.message()))
+        })?;
+    if route.access_point.region() != dest.region() {
+        return Err(GatewayError::client(
+            S3ErrorCode::InvalidRequest,
+            "Copies through access points must stay within one region.",
+        ));
+    }
+    HeaderValue::from_str(&source.to_access_point_header(&route.access_point))
+        .map_err(|_| GatewayError::internal("the rewritten copy source is not a valid header"))
+}
+
+/// Reads a DeleteObjects body (bounded) and checks every key against the caller's routes: each must
+/// be deletable, through the same access point as the request.
+async fn read_delete_objects(
+    state: &State,
+    caller: &CallerIdentity,
+    bucket: &BucketName,
+    ap: &AccessPoint,
+    parts: &http::request::Parts,
+    body: Incoming,
+) -> Result<Bytes, GatewayError> {
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_DELETE_OBJECTS_BODY) {
+        return Err(GatewayError::client(
+            S3ErrorCode::MalformedXML,
+            "The DeleteObjects request body is too large.",
+        ));
+    }
+    let bytes = http_body_util::Limited::new(body, MAX_DELETE_OBJECTS_BODY)
+        .collect()
+        .await
+        .map_err(|_| {
+            GatewayError::client(
+                S3ErrorCode::MalformedXML,
+                "The DeleteObjects request body could not be read or is too large.",
+            )
+        })?
+        .to_bytes();
+    let entries = crate::s3::xml::delete_objects_keys(&bytes).map_err(|e| {
+        GatewayError::client(
+            S3ErrorCode::MalformedXML,
+            format!("The XML you provided was not well-formed: {e}."),
+        )
+    })?;
+    if entries.is_empty() || entries.len() > 1000 {
+        return Err(GatewayError::client(
+            S3ErrorCode::MalformedXML,
+            "DeleteObjects takes 1 to 1000 keys.",
+        ));
+    }
+    for entry in &entries {
+        let route = state
+            .router
+            .route(&caller.name, bucket, Scope::Key(&entry.key), OperationClass::Delete)
+            .map_err(|denial| GatewayError::client(S3ErrorCode::AccessDenied, denial.message()))?;
+        if route.access_point.arn() != ap.arn() {
+            return Err(GatewayError::client(
+                S3ErrorCode::AccessDenied,
+                "Access Denied: the keys of one DeleteObjects request must all be reachable through the same access point.",
+            ));
+        }
+    }
+    Ok(bytes)
+}
+
+/// GetBucketLocation, answered from the access point's region (empty for us-east-1, as S3 does).
+fn bucket_location(state: &Arc<State>, ctx: &Ctx, region: &str) -> Response<ResponseBody> {
+    let mut xml = String::from(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<LocationConstraint xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">",
+    );
+    if region != "us-east-1" {
+        xml_escape_into(&mut xml, region);
+    }
+    xml.push_str("</LocationConstraint>");
+    xml_response(state, ctx, xml)
+}
+
+fn xml_response(state: &Arc<State>, ctx: &Ctx, xml: String) -> Response<ResponseBody> {
+    let len = xml.len();
+    let mut resp = Response::new(body::full(Bytes::from(xml)));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/xml"));
+    resp.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
+        resp.headers_mut().insert("x-amz-request-id", v);
+    }
+    finish(state, ctx, StatusCode::OK, len as u64, BodyEnd::Complete, None);
+    resp
 }
 
 fn clone_ctx(c: &Ctx) -> Ctx {
@@ -335,17 +567,7 @@ fn list_buckets(state: &Arc<State>, ctx: &Ctx, caller: &CallerIdentity) -> Respo
         xml.push_str("</Name><CreationDate>1970-01-01T00:00:00.000Z</CreationDate></Bucket>");
     }
     xml.push_str("</Buckets></ListAllMyBucketsResult>");
-    let len = xml.len();
-    let mut resp = Response::new(body::full(Bytes::from(xml)));
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/xml"));
-    resp.headers_mut()
-        .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
-        resp.headers_mut().insert("x-amz-request-id", v);
-    }
-    finish(state, ctx, StatusCode::OK, len as u64, BodyEnd::Complete, None);
-    resp
+    xml_response(state, ctx, xml)
 }
 
 fn error_response(state: &State, ctx: &Ctx, error: GatewayError) -> Response<ResponseBody> {

@@ -54,7 +54,7 @@ impl Denial {
         match self {
             Self::NoRouteForBucket => "Access Denied: no route gives this caller the bucket.".to_owned(),
             Self::OutsidePrefixes { .. } => {
-                "Access Denied: the key is outside the prefixes this caller may use.".to_owned()
+                "Access Denied: the key or listing prefix is outside the prefixes this caller may use (a listing must give a prefix inside them).".to_owned()
             }
             Self::OperationNotAllowed { class, .. } => {
                 format!(

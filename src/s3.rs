@@ -4,9 +4,11 @@
 pub mod access_point;
 pub mod addressing;
 pub mod amzdate;
+pub mod copy_source;
 pub mod encoding;
 pub mod operation;
 pub mod payload;
+pub mod xml;
 
 pub use access_point::AccessPoint;
 pub use addressing::{BucketName, S3Target};

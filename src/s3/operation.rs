@@ -232,11 +232,6 @@ impl Operation {
     pub fn support(self) -> Support {
         match self {
             Self::ListBuckets => Support::Synthesized,
-            // Copies name a source bucket that must be rewritten to an access point and checked
-            // against the caller's routes; DeleteObjects names keys in its body that must be
-            // checked against route prefixes. Forwarding them unchanged would let a caller reach
-            // keys or buckets its routes do not give it, so they wait for that rewriting.
-            Self::CopyObject | Self::UploadPartCopy | Self::DeleteObjects => Support::NotYet,
             Self::BucketManagement => Support::NotThroughAccessPoints,
             Self::Unknown => Support::NotThroughAccessPoints,
             _ => Support::Forwarded,
@@ -327,14 +322,16 @@ mod tests {
     }
 
     #[test]
-    fn unsafe_operations_are_not_forwarded_yet() {
+    fn support_is_decided_per_operation() {
         for op in [
             Operation::CopyObject,
             Operation::UploadPartCopy,
             Operation::DeleteObjects,
+            Operation::GetBucketLocation,
         ] {
-            assert_eq!(op.support(), Support::NotYet, "{op:?}");
+            assert_eq!(op.support(), Support::Forwarded, "{op:?}");
         }
+        assert_eq!(Operation::ListBuckets.support(), Support::Synthesized);
         assert_eq!(Operation::BucketManagement.support(), Support::NotThroughAccessPoints);
         assert_eq!(Operation::GetObject.support(), Support::Forwarded);
     }

@@ -45,6 +45,8 @@ APP_AP = setup_moto.APP_AP
 BOB_AP_HOST = f"{BOB_AP}-{ACCOUNT}.s3-accesspoint.{REGION}.amazonaws.com"
 APP_AP_HOST = f"{APP_AP}-{ACCOUNT}.s3-accesspoint.{REGION}.amazonaws.com"
 BOB_ACCESS_KEY_ID = "APGTESTBOB0000000001"
+# A client-facing bucket name for bob that differs from the real bucket (see apgate_config).
+BOB_ALIAS_BUCKET = "bob-legacy-name"
 
 
 def free_port() -> int:
@@ -239,6 +241,14 @@ name = "app"
 [[routes]]
 identity = "bob"
 bucket = "{BUCKET}"
+prefix = "Bob/"
+access_point = "arn:aws:s3:{REGION}:{ACCOUNT}:accesspoint/{BOB_AP}"
+
+# bob also reaches his prefix under a client-facing name that is not the real bucket's, so tests
+# can see apgate rewrite bucket-revealing response fields.
+[[routes]]
+identity = "bob"
+bucket = "{BOB_ALIAS_BUCKET}"
 prefix = "Bob/"
 access_point = "arn:aws:s3:{REGION}:{ACCOUNT}:accesspoint/{BOB_AP}"
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Run moto's server in-process, with a fixed SigV4 check and an optional request log.
+"""Run moto's server in-process, with a fixed SigV4 check, access point object ARNs
+accepted as copy sources, and an optional request log.
 
     python moto_launcher.py --host 127.0.0.1 --port PORT [--request-log FILE]
 
@@ -21,18 +22,49 @@ received on the wire (WSGI ``RAW_URI``, falling back to ``REQUEST_URI``: path + 
 byte for byte). Everything else -- which headers are signed, the payload hash header,
 the credential lookup, the IAM policy evaluation -- is moto's own code, unchanged.
 No file under site-packages is edited.
+
+The access-point copy-source fix
+--------------------------------
+For a copy through an access point, AWS SDKs (and apgate) send ``x-amz-copy-source`` as
+the URL-encoded access point *object ARN*,
+``arn:aws:s3:REGION:ACCOUNT:accesspoint/NAME/object/KEY`` (optionally followed by an
+unencoded ``?versionId=ID``); real S3 accepts that. moto 5.2.1 does not:
+``S3Response.copy_object`` and ``S3Response.upload_part_copy`` both split the decoded
+path at the first ``/`` into bucket and key, so the source bucket becomes
+``arn:aws:s3:REGION:ACCOUNT:accesspoint`` and the copy fails with NoSuchBucket.
+
+The patch wraps exactly those two handlers. When the header (path part URL-decoded) is an
+access point object ARN (``accesspoint/NAME`` or ``accesspoint:NAME``), NAME is resolved
+in account ACCOUNT through moto's own S3 Control backend (the same lookup moto does for
+an access point Host) and, for the duration of the handler call only, the handler sees
+``x-amz-copy-source: BUCKET/KEY`` (re-encoded; the ``?versionId=`` suffix kept verbatim).
+An unknown access point is answered with NoSuchBucket (404), as moto answers any unknown
+source bucket. Any other copy source (``bucket/key``, ``/bucket/key``, other ARN kinds)
+reaches moto untouched. The ARN's region is not checked (moto does not record where an
+access point lives), and -- as for plain sources -- moto checks no permission on the
+source.
+
+Ordering: moto authenticates (signature + IAM) in ``_key_response_put`` *before* it
+dispatches to these handlers, over the request's own headers; the rewrite is a swapped
+header view on the response object, never a change to the request. The wrapper refuses
+to run (RuntimeError -> 500) if moto has not authenticated the request by then, so a
+future moto that reorders this cannot silently verify signatures over rewritten headers.
+No file under site-packages is edited.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
+import re
 import signal
 import sys
 import threading
-from typing import Any
-from urllib.parse import urlsplit
+from dataclasses import dataclass
+from typing import Any, Callable
+from urllib.parse import quote, unquote, urlsplit
 
 _RAW_TARGET_ATTR = "_apgate_raw_request_target"
 
@@ -95,6 +127,136 @@ def install_sigv4_raw_uri_fix() -> None:
     ActionAuthenticatorMixin._authenticate_and_authorize_action = _authenticate_and_authorize_action  # type: ignore[method-assign]
 
 
+# ------------------------------------------------------------ access point copy sources
+
+_COPY_SOURCE_HEADER = "x-amz-copy-source"
+_AUTHENTICATED_ATTR = "_apgate_s3_authenticated"
+
+# arn:PARTITION:s3:REGION:ACCOUNT:accesspoint/NAME/object/KEY (also accesspoint:NAME).
+# Only plain S3 access points: s3-outposts / s3-object-lambda ARNs do not match.
+_AP_OBJECT_ARN = re.compile(
+    r"arn:(?P<partition>[^:/]+):s3:(?P<region>[^:/]*):(?P<account>[^:/]+)"
+    r":accesspoint[/:](?P<name>[^/:]+)/object/(?P<key>.+)",
+    re.DOTALL,
+)
+
+
+@dataclass(frozen=True)
+class AccessPointCopySource:
+    partition: str
+    region: str
+    account: str
+    name: str
+    key: str
+    query: str | None  # what followed the first "?", verbatim (e.g. "versionId=XYZ")
+
+
+def parse_access_point_copy_source(header: str) -> AccessPointCopySource | None:
+    """The access point object ARN in an ``x-amz-copy-source`` value, or None if the
+    value is not one. Like S3 (and moto), the value is ``urlencode(source)`` optionally
+    followed by an unencoded ``?versionId=...``: split at the first ``?``, then decode."""
+    path, sep, query = header.partition("?")
+    m = _AP_OBJECT_ARN.fullmatch(unquote(path).lstrip("/"))
+    if m is None:
+        return None
+    return AccessPointCopySource(**m.groupdict(), query=query if sep else None)
+
+
+def bucket_copy_source(bucket: str, key: str, query: str | None) -> str:
+    """An ``x-amz-copy-source`` value naming BUCKET/KEY, encoded so that moto's parser
+    (``unquote(urlparse(v).path).lstrip("/").split("/", 1)``) yields exactly
+    (bucket, key): everything but ``/`` is percent-encoded, so ``?``, ``#``, ``;``, ``%``
+    inside the key cannot be taken for query, fragment, params or escapes."""
+    value = quote(f"{bucket}/{key}".encode("utf-8"), safe="/")
+    return value if query is None else f"{value}?{query}"
+
+
+def translate_access_point_copy_source(
+    header: str, resolve_bucket: Callable[[AccessPointCopySource], str | None]
+) -> tuple[AccessPointCopySource | None, str | None]:
+    """(parsed ARN, rewritten header). (None, None): not an access point ARN, leave the
+    header alone. (parsed, None): an ARN whose access point ``resolve_bucket`` does not
+    know. Pure apart from ``resolve_bucket``."""
+    parsed = parse_access_point_copy_source(header)
+    if parsed is None:
+        return None, None
+    bucket = resolve_bucket(parsed)
+    if bucket is None:
+        return parsed, None
+    return parsed, bucket_copy_source(bucket, parsed.key, parsed.query)
+
+
+def moto_access_point_bucket(src: AccessPointCopySource) -> str | None:
+    """The bucket of access point src.name in account src.account, from moto's S3 Control
+    backend (as S3Response.parse_bucket_name_from_url does for access point hosts);
+    None if there is no such access point. Never creates backends for unknown accounts."""
+    from moto.s3control import s3control_backends
+    from moto.s3control.exceptions import AccessPointNotFound
+
+    if src.account not in s3control_backends:
+        return None
+    try:
+        backend = s3control_backends[src.account][src.partition]
+        return backend.get_access_point(src.account, src.name).bucket
+    except (KeyError, AccessPointNotFound):
+        return None
+
+
+def install_access_point_copy_source_fix() -> None:
+    """Monkeypatch moto's CopyObject / UploadPartCopy handlers to accept access point
+    object ARNs as ``x-amz-copy-source`` (see the module docstring)."""
+    from werkzeug.datastructures import Headers
+
+    from moto.s3.exceptions import MissingBucket
+    from moto.s3.responses import S3Response
+
+    if getattr(S3Response.copy_object, "_apgate_patched", False):
+        return
+
+    original_s3_auth = S3Response._authenticate_and_authorize_s3_action
+
+    def _authenticate_and_authorize_s3_action(self: Any, *args: Any, **kwargs: Any) -> None:
+        original_s3_auth(self, *args, **kwargs)
+        # only reached if moto accepted the request (or auth is not enforced yet)
+        setattr(self, _AUTHENTICATED_ATTR, True)
+
+    def with_translated_copy_source(handler: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        @functools.wraps(handler)
+        def wrapper(self: Any) -> Any:
+            value = self.headers.get(_COPY_SOURCE_HEADER)
+            if isinstance(value, bytes):
+                value = value.decode("utf-8")
+            if not value:
+                return handler(self)
+            parsed, translated = translate_access_point_copy_source(value, moto_access_point_bucket)
+            if parsed is None:
+                return handler(self)
+            if not getattr(self, _AUTHENTICATED_ATTR, False):
+                raise RuntimeError(
+                    f"moto changed: S3Response.{handler.__name__} reached before "
+                    "authentication; not rewriting x-amz-copy-source"
+                )
+            if translated is None:
+                raise MissingBucket(
+                    f"arn:{parsed.partition}:s3:{parsed.region}:{parsed.account}:accesspoint/{parsed.name}"
+                )
+            original_headers = self.headers
+            view = Headers(original_headers)
+            view.set(_COPY_SOURCE_HEADER, translated)
+            self.headers = view
+            try:
+                return handler(self)
+            finally:
+                self.headers = original_headers
+
+        wrapper._apgate_patched = True  # type: ignore[attr-defined]
+        return wrapper
+
+    S3Response._authenticate_and_authorize_s3_action = _authenticate_and_authorize_s3_action  # type: ignore[method-assign]
+    S3Response.copy_object = with_translated_copy_source(S3Response.copy_object)  # type: ignore[method-assign]
+    S3Response.upload_part_copy = with_translated_copy_source(S3Response.upload_part_copy)  # type: ignore[method-assign]
+
+
 class RequestLogMiddleware:
     """Append one JSON line per request, before moto handles it."""
 
@@ -127,6 +289,11 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="diagnostic only: run moto's stock (buggy) signature check",
     )
+    parser.add_argument(
+        "--without-copy-source-ap-fix",
+        action="store_true",
+        help="diagnostic only: moto's stock copy-source parsing (access point ARNs -> NoSuchBucket)",
+    )
     args = parser.parse_args(argv)
 
     os.environ.setdefault("MOTO_PORT", str(args.port))
@@ -137,6 +304,8 @@ def main(argv: list[str] | None = None) -> None:
 
     if not args.without_sigv4_fix:
         install_sigv4_raw_uri_fix()
+    if not args.without_copy_source_ap_fix:
+        install_access_point_copy_source_fix()
 
     app: Any = DomainDispatcherApplication(create_backend_app)
     app.debug = True

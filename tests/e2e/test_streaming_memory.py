@@ -91,6 +91,16 @@ class FakeUpstream:
     def requests(self) -> list[dict]:
         return [json.loads(line) for line in self.request_log.read_text().splitlines() if line]
 
+    def requests_after(self, mark: int, count: int, timeout: float = 10.0) -> list[dict]:
+        """The requests logged after `mark`, waiting until `count` are there: the fake upstream
+        logs a GET only after it has sent the whole body, which can be after the client read it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            seen = self.requests()[mark:]
+            if len(seen) >= count or time.monotonic() > deadline:
+                return seen
+            time.sleep(0.05)
+
 
 @dataclass
 class StreamingApgate:
@@ -304,7 +314,7 @@ def test_1gib_put_and_get_stream_without_buffering(streaming_apgate: StreamingAp
         f"apgate peak RSS {mib(final_hwm):.1f} MiB >= {mib(MAX_HWM_KIB):.0f} MiB: is it buffering bodies?")
 
     # What reached the upstream: the access point host and key, re-signed, unsigned payload.
-    seen = fake_upstream.requests()[mark:]
+    seen = fake_upstream.requests_after(mark, 2)
     assert [(r["method"], r["path"]) for r in seen] == [("PUT", UPSTREAM_PATH), ("GET", UPSTREAM_PATH)], seen
     for r in seen:
         assert r["host"] == AP_HOST, r
