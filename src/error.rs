@@ -38,6 +38,8 @@ pub enum S3ErrorCode {
     InvalidBucketName,
     InvalidURI,
     MalformedXML,
+    IncompleteBody,
+    InvalidChunkSizeError,
     MissingContentLength,
     NotImplemented,
     MethodNotAllowed,
@@ -65,6 +67,8 @@ impl S3ErrorCode {
             Self::InvalidBucketName => "InvalidBucketName",
             Self::InvalidURI => "InvalidURI",
             Self::MalformedXML => "MalformedXML",
+            Self::IncompleteBody => "IncompleteBody",
+            Self::InvalidChunkSizeError => "InvalidChunkSizeError",
             Self::MissingContentLength => "MissingContentLength",
             Self::NotImplemented => "NotImplemented",
             Self::MethodNotAllowed => "MethodNotAllowed",
@@ -81,7 +85,8 @@ impl S3ErrorCode {
             Self::AccessDenied
             | Self::InvalidAccessKeyId
             | Self::SignatureDoesNotMatch
-            | Self::RequestTimeTooSkewed => StatusCode::FORBIDDEN,
+            | Self::RequestTimeTooSkewed
+            | Self::InvalidChunkSizeError => StatusCode::FORBIDDEN,
             Self::AuthorizationHeaderMalformed
             | Self::AuthorizationQueryParametersError
             | Self::MissingSecurityHeader
@@ -89,7 +94,8 @@ impl S3ErrorCode {
             | Self::InvalidArgument
             | Self::InvalidBucketName
             | Self::InvalidURI
-            | Self::MalformedXML => StatusCode::BAD_REQUEST,
+            | Self::MalformedXML
+            | Self::IncompleteBody => StatusCode::BAD_REQUEST,
             Self::MissingContentLength => StatusCode::LENGTH_REQUIRED,
             Self::NotImplemented => StatusCode::NOT_IMPLEMENTED,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,

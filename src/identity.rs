@@ -20,13 +20,16 @@ use crate::s3::{PayloadHash, S3Target};
 pub use sigv4::SigV4Verifier;
 
 /// The caller, once identified.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct CallerIdentity {
     pub name: Arc<str>,
     /// How the caller was identified.
     pub method: IdentityMethod,
     /// What the caller declared about its payload (forwarded when it is safe to).
     pub payload: PayloadHash,
+    /// For signed aws-chunked payloads of a SigV4 caller: the key and seed its chunks are checked
+    /// against. `None` for callers trusted without a signature, whose chunks are re-signed unchecked.
+    pub chunks: Option<crate::chunked::Inbound>,
 }
 
 /// Source networks of one listener, most specific first.
@@ -83,6 +86,7 @@ pub fn authenticate(
                         name: v.identity,
                         method: *m,
                         payload: v.payload,
+                        chunks: v.chunks,
                     });
                 }
                 if headers.contains_key(http::header::AUTHORIZATION) {
@@ -91,6 +95,7 @@ pub fn authenticate(
                         name: v.identity,
                         method: *m,
                         payload: v.payload,
+                        chunks: v.chunks,
                     });
                 }
             }
@@ -109,6 +114,7 @@ pub fn authenticate(
                         name: name.clone(),
                         method: *m,
                         payload,
+                        chunks: None,
                     });
                 }
             }

@@ -20,6 +20,7 @@
 pub mod admin;
 pub mod app;
 pub mod body;
+pub mod chunked;
 pub mod cli;
 pub mod config;
 pub mod error;

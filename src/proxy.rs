@@ -18,15 +18,19 @@ use hyper::body::Incoming;
 
 use crate::app::{ListenerState, State};
 use crate::body::{self, BodyEnd, Metered, ResponseBody};
+use crate::chunked::{ChunkKey, FailureSlot, ResignChunks};
 use crate::error::{xml_escape_into, GatewayError, S3ErrorCode};
+use crate::identity::sigv4::signing_key;
 use crate::identity::{self, CallerIdentity};
 use crate::metrics::NONE;
 use crate::routing::{Route, Scope};
 use crate::s3::addressing::AddressingStyle;
 use crate::s3::addressing::{parse_target, AddressingError};
+use crate::s3::amzdate;
 use crate::s3::copy_source::CopySource;
 use crate::s3::encoding::{uri_encode_into, Slash};
 use crate::s3::{AccessPoint, BucketName, Operation, OperationClass, PayloadHash, S3Target, Support};
+use crate::secret::Secret;
 use crate::signing::sign_request;
 
 /// What is known about a request so far, for its metrics and its log line.
@@ -74,10 +78,21 @@ pub async fn handle(
         access_point: None,
     };
     state.metrics.inflight.inc();
+    let has_body = req.headers().contains_key(header::TRANSFER_ENCODING)
+        || req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
     let resp = match proxy(&state, &listener, &mut ctx, req).await {
         Ok(resp) => resp,
         Err(error) => {
-            let resp = error_response(&state, &ctx, error);
+            let mut resp = error_response(&state, &ctx, error);
+            if has_body {
+                // The body was refused unread (or only partly read): the connection cannot carry
+                // another request, so say so rather than let the client reuse it and fail.
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
             let len = resp.body().size_hint().exact().unwrap_or(0);
             finish(&state, &ctx, resp.status(), len, BodyEnd::Complete, None);
             resp
@@ -211,29 +226,61 @@ async fn proxy(
         .metrics
         .received_bytes
         .with_label_values(&[ctx.identity_label(), ctx.access_point_label()]);
-    let upstream_body = if ctx.operation == Operation::DeleteObjects {
-        let bytes = read_delete_objects(state, &caller, bucket, &ap, &parts, body).await?;
-        received.inc_by(bytes.len() as u64);
-        body::full(bytes)
-    } else {
-        Metered::new(body, move |n, _| received.inc_by(n))
-            .map_err(Into::into)
-            .boxed_unsync()
-    };
-    sign_request(
+    let signed_at = SystemTime::now();
+    let seed = sign_request(
         &mut up_parts,
         &outbound.signing_uri,
         &caller.payload,
         &credentials,
         ap.region(),
-        SystemTime::now(),
+        signed_at,
     )
     .map_err(|e| GatewayError::client(S3ErrorCode::InvalidArgument, e.to_string()))?;
+    let chunk_failure: FailureSlot = Arc::default();
+    let upstream_body = match &caller.payload {
+        _ if ctx.operation == Operation::DeleteObjects => {
+            let bytes = read_delete_objects(state, &caller, bucket, &ap, &parts, body).await?;
+            received.inc_by(bytes.len() as u64);
+            body::full(bytes)
+        }
+        PayloadHash::StreamingSigned { trailer } => {
+            // Every chunk is checked against the caller's key and re-signed with apgate's, chained
+            // from the seed signature just put on the upstream request.
+            let amz_date = amzdate::format(signed_at);
+            let date = &amz_date[..8];
+            let key = Secret::new(credentials.secret_access_key());
+            let outbound_key = ChunkKey::new(
+                signing_key(&key, date, ap.region(), "s3"),
+                amz_date.clone(),
+                format!("{date}/{}/s3/aws4_request", ap.region()),
+            );
+            let metered = Metered::new(body, move |n, _| received.inc_by(n));
+            ResignChunks::new(
+                metered,
+                caller.chunks.clone(),
+                outbound_key,
+                seed,
+                *trailer,
+                decoded_length(&parts)?,
+                chunk_failure.clone(),
+            )
+            .boxed_unsync()
+        }
+        _ => Metered::new(body, move |n, _| received.inc_by(n))
+            .map_err(Into::into)
+            .boxed_unsync(),
+    };
 
     // Forward.
     let up_req = Request::from_parts(up_parts, upstream_body);
     let sent_at = Instant::now();
-    let up_resp = state.upstream.send(up_req).await.map_err(|e| {
+    let sent = state.upstream.send(up_req).await;
+    // A refused chunk aborted the upstream request: the caller hears why, whatever the upstream did.
+    if let Some(failure) = chunk_failure.get() {
+        tracing::info!(error = %failure, request_id = %ctx.request_id, "Signed aws-chunked body refused; upstream request aborted.");
+        return Err(failure.to_gateway_error());
+    }
+    let up_resp = sent.map_err(|e| {
         state
             .metrics
             .upstream_errors
@@ -499,34 +546,46 @@ fn clone_ctx(c: &Ctx) -> Ctx {
 
 /// Refuses payload modes apgate cannot forward safely.
 fn check_payload(parts: &http::request::Parts, payload: &PayloadHash) -> Result<(), GatewayError> {
-    match payload {
-        PayloadHash::StreamingSigned { .. } | PayloadHash::StreamingSigV4a => {
-            return Err(GatewayError::client(
-                S3ErrorCode::NotImplemented,
-                "Signed aws-chunked payloads (STREAMING-AWS4-*) are not supported by this apgate version; sign the payload hash or use UNSIGNED-PAYLOAD.",
-            ))
-        }
-        PayloadHash::Sha256(_) | PayloadHash::Unsigned | PayloadHash::StreamingUnsignedTrailer => {}
+    if *payload == PayloadHash::StreamingSigV4a {
+        return Err(GatewayError::client(
+            S3ErrorCode::NotImplemented,
+            "SigV4a streaming payloads (STREAMING-AWS4-ECDSA-P256-SHA256-PAYLOAD) are not supported; use SigV4.",
+        ));
     }
     let chunked = parts
         .headers
         .get_all(header::TRANSFER_ENCODING)
         .iter()
         .any(|v| v.as_bytes().eq_ignore_ascii_case(b"chunked"));
-    let aws_chunked = matches!(payload, PayloadHash::StreamingUnsignedTrailer);
+    let aws_chunked = matches!(
+        payload,
+        PayloadHash::StreamingUnsignedTrailer | PayloadHash::StreamingSigned { .. }
+    );
     if chunked && !aws_chunked {
         return Err(GatewayError::client(
             S3ErrorCode::MissingContentLength,
             "You must provide the Content-Length HTTP header (or an aws-chunked body with x-amz-decoded-content-length).",
         ));
     }
-    if aws_chunked && !parts.headers.contains_key("x-amz-decoded-content-length") {
-        return Err(GatewayError::client(
-            S3ErrorCode::MissingContentLength,
-            "aws-chunked bodies need x-amz-decoded-content-length.",
-        ));
+    if aws_chunked {
+        decoded_length(parts)?;
     }
     Ok(())
+}
+
+/// `x-amz-decoded-content-length`, required on every aws-chunked body.
+fn decoded_length(parts: &http::request::Parts) -> Result<u64, GatewayError> {
+    parts
+        .headers
+        .get("x-amz-decoded-content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| {
+            GatewayError::client(
+                S3ErrorCode::MissingContentLength,
+                "aws-chunked bodies need a numeric x-amz-decoded-content-length.",
+            )
+        })
 }
 
 fn addressing_error(e: AddressingError) -> GatewayError {

@@ -20,7 +20,7 @@ use crate::s3::PayloadHash;
 #[error("cannot sign the upstream request: {0}")]
 pub struct SignError(String);
 
-/// Signs `parts` in place. `signing_uri` is `https://{access point host}{path}?{query}`, already
+/// Signs `parts` in place and returns the signature (the seed of a signed aws-chunked body). `signing_uri` is `https://{access point host}{path}?{query}`, already
 /// encoded; the headers present in `parts` are signed (minus aws-sigv4's default exclusions:
 /// `authorization`, `user-agent`, `x-amzn-trace-id`, `transfer-encoding`).
 pub fn sign_request(
@@ -30,7 +30,7 @@ pub fn sign_request(
     credentials: &Credentials,
     region: &str,
     now: SystemTime,
-) -> Result<(), SignError> {
+) -> Result<String, SignError> {
     let identity: Identity = credentials.clone().into();
     let mut settings = SigningSettings::default();
     settings.percent_encoding_mode = PercentEncodingMode::Single;
@@ -61,7 +61,7 @@ pub fn sign_request(
     };
     let signable = SignableRequest::new(parts.method.as_str(), signing_uri, headers.into_iter(), body)
         .map_err(|e| SignError(e.to_string()))?;
-    let (instructions, _signature) = sign(signable, &params)
+    let (instructions, signature) = sign(signable, &params)
         .map_err(|e| SignError(e.to_string()))?
         .into_parts();
     for (name, value) in instructions.headers() {
@@ -69,5 +69,5 @@ pub fn sign_request(
         let name = http::HeaderName::from_bytes(name.as_bytes()).map_err(|e| SignError(e.to_string()))?;
         parts.headers.insert(name, value);
     }
-    Ok(())
+    Ok(signature)
 }

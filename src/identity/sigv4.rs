@@ -41,11 +41,13 @@ struct IssuedKey {
 }
 
 /// A request whose signature checked out.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Verified {
     pub identity: Arc<str>,
     pub access_key_id: String,
     pub payload: PayloadHash,
+    /// For signed aws-chunked payloads: what each chunk signature is checked against.
+    pub chunks: Option<crate::chunked::Inbound>,
 }
 
 /// The parts of an `Authorization` header.
@@ -205,10 +207,15 @@ impl SigV4Verifier {
             )
             .with_detail("AWSAccessKeyId", auth.access_key_id));
         }
+        let chunks = matches!(payload, PayloadHash::StreamingSigned { .. }).then(|| crate::chunked::Inbound {
+            key: crate::chunked::ChunkKey::new(signing_key, amz_date, scope),
+            seed: auth.signature.to_owned(),
+        });
         Ok(Verified {
             identity: key.identity.clone(),
             access_key_id: auth.access_key_id.to_owned(),
             payload,
+            chunks,
         })
     }
 }
@@ -371,6 +378,7 @@ impl SigV4Verifier {
             identity: key.identity.clone(),
             access_key_id: akid.to_owned(),
             payload,
+            chunks: None,
         })
     }
 }

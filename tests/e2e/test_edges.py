@@ -360,3 +360,22 @@ def test_head_error_has_no_body(apgate, moto):
     assert resp.headers.get("content-length", "0") == "0", resp.headers
     assert resp.headers.get("x-amz-request-id"), resp.headers
     assert_nothing_upstream(moto, mark)
+
+
+def test_refused_request_with_unread_body_closes_the_connection(apgate, moto):
+    """Regression: a PUT refused without reading its body left the connection looking reusable; the
+    client's next request on it then failed with a closed connection (seen as a flaky HEAD after a
+    denied PUT). apgate now says `Connection: close` on such refusals."""
+    import http.client
+    target = f"/{BUCKET}/app/refused-body.txt"
+    headers = s3wire.sign("PUT", shared_host(apgate), target, access_key=apgate.bob_access_key_id,
+                          secret_key=apgate.bob_secret_access_key, body=b"x" * 1000)
+    conn = http.client.HTTPConnection("127.0.0.1", apgate.shared_port, timeout=10)
+    mark = moto.log_mark()
+    conn.request("PUT", target, body=b"x" * 1000, headers=headers)
+    resp = conn.getresponse()
+    resp.read()
+    assert resp.status == 403
+    assert resp.getheader("Connection", "").lower() == "close"
+    conn.close()
+    assert_nothing_upstream(moto, mark)
