@@ -28,8 +28,10 @@ pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
 pub enum BodyEnd {
     /// Every byte went through.
     Complete,
-    /// The body failed or was dropped before its end.
+    /// The body was dropped before its end (the reader stopped).
     Aborted,
+    /// The body itself failed (for a request body: the client broke off or sent too little).
+    Failed,
 }
 
 pin_project_lite::pin_project! {
@@ -92,7 +94,7 @@ where
             }
             Poll::Ready(Some(Err(_))) => {
                 if let Some(f) = this.on_end.take() {
-                    f(*this.bytes, BodyEnd::Aborted);
+                    f(*this.bytes, BodyEnd::Failed);
                 }
             }
             Poll::Ready(None) => {

@@ -51,8 +51,12 @@ pub struct ListenerConfig {
 /// One way of working out who is calling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IdentityMethod {
-    /// An `Authorization: AWS4-HMAC-SHA256 ...` header made with a key apgate issued.
+    /// An `Authorization: AWS4-HMAC-SHA256 ...` header or a SigV4 presigned URL made with a key apgate
+    /// issued.
     SigV4,
+    /// Legacy SigV2 (`Authorization: AWS key:signature`, or `?AWSAccessKeyId=&Signature=&Expires=`)
+    /// made with a key apgate issued. Opt-in.
+    SigV2,
     /// The source address of the connection.
     Source,
 }

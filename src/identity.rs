@@ -4,6 +4,7 @@
 //! signature is an error, never a fall-through to a weaker method. `source` applies when the
 //! connection's address is in a configured network; any signature the caller sent is ignored.
 
+pub mod sigv2;
 pub mod sigv4;
 
 use std::net::IpAddr;
@@ -89,8 +90,27 @@ pub fn authenticate(
                         chunks: v.chunks,
                     });
                 }
-                if headers.contains_key(http::header::AUTHORIZATION) {
+                let v2_enabled = methods.contains(&IdentityMethod::SigV2);
+                if !v2_enabled && (sigv2::is_presigned_v2(target)) {
+                    return Err(GatewayError::client(
+                        S3ErrorCode::InvalidRequest,
+                        "SigV2 presigned URLs are not enabled on this listener. Please use AWS4-HMAC-SHA256.",
+                    ));
+                }
+                let v2_header = sigv2::is_header_v2(headers);
+                if headers.contains_key(http::header::AUTHORIZATION) && !(v2_header && v2_enabled) {
                     let v = verifier.verify(method, target, headers, now)?;
+                    return Ok(CallerIdentity {
+                        name: v.identity,
+                        method: *m,
+                        payload: v.payload,
+                        chunks: v.chunks,
+                    });
+                }
+            }
+            IdentityMethod::SigV2 => {
+                if sigv2::is_header_v2(headers) || sigv2::is_presigned_v2(target) {
+                    let v = sigv2::verify(verifier, method, target, headers, now)?;
                     return Ok(CallerIdentity {
                         name: v.identity,
                         method: *m,

@@ -7,6 +7,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -83,15 +84,47 @@ pub async fn handle(
             .headers()
             .get(header::CONTENT_LENGTH)
             .is_some_and(|v| v.as_bytes() != b"0");
-    let resp = match proxy(&state, &listener, &mut ctx, req).await {
+    let expects_continue = req
+        .headers()
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let (parts, body) = req.into_parts();
+    let mut unread_body = Some(body);
+    let client_body_failed = Arc::new(AtomicBool::new(false));
+    let resp = match proxy(
+        &state,
+        &listener,
+        &mut ctx,
+        parts,
+        &mut unread_body,
+        &client_body_failed,
+    )
+    .await
+    {
         Ok(resp) => resp,
         Err(error) => {
             let mut resp = error_response(&state, &ctx, error);
-            if has_body {
-                // The body was refused unread (or only partly read): the connection cannot carry
-                // another request, so say so rather than let the client reuse it and fail.
-                resp.headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            match unread_body.take() {
+                Some(body) if has_body && !expects_continue => {
+                    // The client is sending a body we refused. Closing now would make it fail with a
+                    // broken pipe before it reads our answer; read and discard a bounded amount
+                    // first, then close.
+                    tokio::spawn(discard(body));
+                    resp.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                Some(_) if has_body => {
+                    // Expect: 100-continue: the client waits for our answer and sends nothing.
+                    resp.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                Some(_) => {}
+                None if has_body => {
+                    // The body was (partly) streamed upstream: the connection cannot be reused.
+                    resp.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                None => {}
             }
             let len = resp.body().size_hint().exact().unwrap_or(0);
             finish(&state, &ctx, resp.status(), len, BodyEnd::Complete, None);
@@ -105,10 +138,10 @@ async fn proxy(
     state: &Arc<State>,
     listener: &ListenerState,
     ctx: &mut Ctx,
-    req: Request<Incoming>,
+    parts: http::request::Parts,
+    unread_body: &mut Option<Incoming>,
+    client_body_failed: &Arc<AtomicBool>,
 ) -> Result<Response<ResponseBody>, GatewayError> {
-    let (parts, body) = req.into_parts();
-
     // Parse.
     if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
         return Err(GatewayError::client(
@@ -237,6 +270,9 @@ async fn proxy(
     )
     .map_err(|e| GatewayError::client(S3ErrorCode::InvalidArgument, e.to_string()))?;
     let chunk_failure: FailureSlot = Arc::default();
+    let body = unread_body
+        .take()
+        .ok_or_else(|| GatewayError::internal("the request body was taken twice"))?;
     let upstream_body = match &caller.payload {
         _ if ctx.operation == Operation::DeleteObjects => {
             let bytes = read_delete_objects(state, &caller, bucket, &ap, &parts, body).await?;
@@ -254,7 +290,13 @@ async fn proxy(
                 amz_date.clone(),
                 format!("{date}/{}/s3/aws4_request", ap.region()),
             );
-            let metered = Metered::new(body, move |n, _| received.inc_by(n));
+            let failed = client_body_failed.clone();
+            let metered = Metered::new(body, move |n, end| {
+                received.inc_by(n);
+                if end == BodyEnd::Failed {
+                    failed.store(true, Ordering::Relaxed);
+                }
+            });
             ResignChunks::new(
                 metered,
                 caller.chunks.clone(),
@@ -266,9 +308,17 @@ async fn proxy(
             )
             .boxed_unsync()
         }
-        _ => Metered::new(body, move |n, _| received.inc_by(n))
+        _ => {
+            let failed = client_body_failed.clone();
+            Metered::new(body, move |n, end| {
+                received.inc_by(n);
+                if end == BodyEnd::Failed {
+                    failed.store(true, Ordering::Relaxed);
+                }
+            })
             .map_err(Into::into)
-            .boxed_unsync(),
+            .boxed_unsync()
+        }
     };
 
     // Forward.
@@ -279,6 +329,12 @@ async fn proxy(
     if let Some(failure) = chunk_failure.get() {
         tracing::info!(error = %failure, request_id = %ctx.request_id, "Signed aws-chunked body refused; upstream request aborted.");
         return Err(failure.to_gateway_error());
+    }
+    if sent.is_err() && client_body_failed.load(Ordering::Relaxed) {
+        return Err(GatewayError::client(
+            S3ErrorCode::IncompleteBody,
+            "You did not provide the number of bytes specified by the Content-Length HTTP header.",
+        ));
     }
     let up_resp = sent.map_err(|e| {
         state
@@ -527,6 +583,28 @@ fn xml_response(state: &Arc<State>, ctx: &Ctx, xml: String) -> Response<Response
     }
     finish(state, ctx, StatusCode::OK, len as u64, BodyEnd::Complete, None);
     resp
+}
+
+/// The most of a refused body apgate reads (and throws away) before closing the connection.
+const MAX_DISCARD_BYTES: u64 = 64 << 20;
+const MAX_DISCARD_TIME: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Reads and drops a refused request body, bounded in bytes and time, so the client can finish
+/// writing and read the refusal.
+async fn discard(body: Incoming) {
+    let mut body = std::pin::pin!(body);
+    let mut read = 0u64;
+    let _ = tokio::time::timeout(MAX_DISCARD_TIME, async {
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Some(data) = frame.data_ref() {
+                read += data.len() as u64;
+                if read > MAX_DISCARD_BYTES {
+                    break;
+                }
+            }
+        }
+    })
+    .await;
 }
 
 fn clone_ctx(c: &Ctx) -> Ctx {

@@ -8,6 +8,7 @@ use http::header::{self, HeaderMap, HeaderName};
 use http::{Method, Uri};
 
 use crate::config::Endpoint;
+use crate::identity::sigv2::PRESIGN_V2_PARAMS;
 use crate::identity::sigv4::PRESIGN_PARAMS;
 use crate::s3::encoding::{uri_encode_into, Slash};
 use crate::s3::{AccessPoint, S3Target};
@@ -61,7 +62,7 @@ pub fn rewrite(
     let forwarded = target
         .query
         .iter()
-        .filter(|p| !PRESIGN_PARAMS.contains(&p.key.as_str()));
+        .filter(|p| !PRESIGN_PARAMS.contains(&p.key.as_str()) && !PRESIGN_V2_PARAMS.contains(&p.key.as_str()));
     for (i, p) in forwarded.enumerate() {
         pq.push(if i == 0 { '?' } else { '&' });
         uri_encode_into(&mut pq, p.key.as_bytes(), Slash::Encode);

@@ -197,17 +197,18 @@ fn validate(raw: RawConfig, env: &dyn Env) -> Result<Config, ConfigError> {
         if l.identity_methods.is_empty() {
             c.problem(
                 format!("{p}.identity_methods"),
-                "name at least one of \"sigv4\", \"source\"",
+                "name at least one of \"sigv4\", \"sigv2\", \"source\"",
             );
         }
         for (j, m) in l.identity_methods.iter().enumerate() {
             let method = match m.as_str() {
                 "sigv4" => IdentityMethod::SigV4,
+                "sigv2" => IdentityMethod::SigV2,
                 "source" => IdentityMethod::Source,
                 other => {
                     c.problem(
                         format!("{p}.identity_methods[{j}]"),
-                        format!("{other:?}: unknown method (want \"sigv4\" or \"source\")"),
+                        format!("{other:?}: unknown method (want \"sigv4\", \"sigv2\" or \"source\")"),
                     );
                     continue;
                 }

@@ -62,6 +62,16 @@ pub struct AuthorizationHeader<'a> {
 }
 
 impl SigV4Verifier {
+    /// The identity and secret of an access key apgate issued.
+    pub(crate) fn lookup(&self, access_key_id: &str) -> Option<(&Arc<str>, &Secret)> {
+        self.keys.get(access_key_id).map(|k| (&k.identity, &k.secret))
+    }
+
+    /// How far a request's time may be from apgate's clock.
+    pub(crate) fn max_skew(&self) -> Duration {
+        self.max_skew
+    }
+
     /// `keys` maps access key id → (identity, secret).
     pub fn new(
         keys: impl IntoIterator<Item = (String, Arc<str>, Secret)>,

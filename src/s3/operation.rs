@@ -249,13 +249,17 @@ impl Operation {
     }
 }
 
+/// SigV2 presigned-URL parameters (authentication, not sub-resources).
+const AUTH_V2_PARAMS: &[&str] = &["AWSAccessKeyId", "Expires", "Signature"];
+
 /// Bucket sub-resources that make a bucket-level GET something other than ListObjects.
 fn has_bucket_subresource(target: &S3Target) -> bool {
     const LIST_PARAMS: &[&str] = &["prefix", "delimiter", "marker", "max-keys", "encoding-type", "x-id"];
-    target
-        .query
-        .iter()
-        .any(|p| !LIST_PARAMS.contains(&p.key.as_str()) && !p.key.starts_with("X-Amz-"))
+    target.query.iter().any(|p| {
+        !LIST_PARAMS.contains(&p.key.as_str())
+            && !p.key.starts_with("X-Amz-")
+            && !AUTH_V2_PARAMS.contains(&p.key.as_str())
+    })
 }
 
 #[cfg(test)]

@@ -199,7 +199,7 @@ address = "127.0.0.1:{admin}"
 [[listeners]]
 name = "shared"
 address = "127.0.0.1:{shared}"
-identity_methods = ["sigv4"]
+identity_methods = ["sigv4", "sigv2"]
 
 [[listeners]]
 name = "sidecar"
