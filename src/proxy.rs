@@ -363,6 +363,17 @@ async fn proxy(
     // back as is. Either way bytes are counted and the request is logged when the body ends.
     let (mut resp_parts, resp_body) = up_resp.into_parts();
     strip_hop_by_hop(&mut resp_parts.headers);
+    // A Location header names the upstream (access point) URL: point it at apgate's, or drop it.
+    if resp_parts.headers.contains_key(header::LOCATION) {
+        match client_location(&parts, &target, bucket).and_then(|l| HeaderValue::from_str(&l).ok()) {
+            Some(v) => {
+                resp_parts.headers.insert(header::LOCATION, v);
+            }
+            None => {
+                resp_parts.headers.remove(header::LOCATION);
+            }
+        }
+    }
     let status = resp_parts.status;
     let upstream_request_id = resp_parts
         .headers

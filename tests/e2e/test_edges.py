@@ -316,11 +316,16 @@ def test_list_buckets_answered_by_apgate(bob, moto):
     assert_nothing_upstream(moto, mark)
 
 
-@pytest.mark.parametrize("op", ["create_bucket", "delete_bucket", "get_bucket_policy"])
+@pytest.mark.parametrize("op", ["create_bucket", "delete_bucket", "get_bucket_policy", "put_bucket_policy",
+                                "put_bucket_versioning"])
 def test_bucket_management_not_implemented(bob, moto, op):
+    extra = {
+        "put_bucket_policy": {"Policy": '{"Version":"2012-10-17","Statement":[]}'},
+        "put_bucket_versioning": {"VersioningConfiguration": {"Status": "Enabled"}},
+    }.get(op, {})
     mark = moto.log_mark()
     with pytest.raises(ClientError) as e:
-        getattr(bob, op)(Bucket=BUCKET)
+        getattr(bob, op)(Bucket=BUCKET, **extra)
     assert error_of(e.value) == ("NotImplemented", 501)
     assert_nothing_upstream(moto, mark)
 
