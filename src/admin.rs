@@ -51,7 +51,10 @@ fn route(state: &State, req: &Request<Incoming>) -> Response<ResponseBody> {
         }
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" if state.is_ready() => text(StatusCode::OK, "ready\n"),
-        "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready: no upstream credentials\n"),
+        "/readyz" => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: some principal has no valid credentials (see apgate_credentials_expiry_seconds and the log)\n",
+        ),
         _ => text(StatusCode::NOT_FOUND, "not found: try /metrics, /healthz or /readyz\n"),
     }
 }

@@ -18,7 +18,7 @@ use crate::config::{Config, IdentityMethod};
 use crate::identity::{SigV4Verifier, SourceMap};
 use crate::metrics::Metrics;
 use crate::routing::Router;
-use crate::signing::credentials::CredentialCache;
+use crate::signing::credentials::{CredentialSet, ExpiryCollector, RefreshMetrics};
 use crate::upstream::Upstream;
 
 /// Everything a request needs, built once from the configuration.
@@ -28,7 +28,8 @@ pub struct State {
     pub verifier: SigV4Verifier,
     pub router: Router,
     pub upstream: Upstream,
-    pub credentials: CredentialCache,
+    /// apgate's base credentials and the roles assumed per identity.
+    pub credentials: CredentialSet,
     pub metrics: Metrics,
     pub listeners: HashMap<String, Arc<ListenerState>>,
 }
@@ -65,10 +66,17 @@ impl State {
         let verifier = SigV4Verifier::new(keys, config.sigv4.accepted_regions.clone(), config.sigv4.max_clock_skew);
         let router = Router::new(&config.routes);
         let upstream = Upstream::new(&config.upstream).map_err(StartError::Upstream)?;
-        let credentials = CredentialCache::from_config(&config.credentials, &config.upstream.region).await;
-        if let Err(error) = credentials.get().await {
-            tracing::warn!(%error, "No upstream credentials yet; requests will fail until they can be obtained.");
+        let metrics = Metrics::new()?;
+        let refresh_metrics = RefreshMetrics {
+            attempts: metrics.credential_refreshes.clone(),
+            duration: metrics.credential_refresh_duration.clone(),
+        };
+        let credentials = CredentialSet::build(&config, Some(refresh_metrics)).await;
+        credentials.warm_up().await;
+        if !credentials.is_ready() {
+            tracing::warn!("Some principals have no credentials yet; their requests fail until they can be obtained.");
         }
+        metrics.register(Box::new(ExpiryCollector::new(&credentials)?))?;
         let listeners = config
             .listeners
             .iter()
@@ -92,13 +100,13 @@ impl State {
             router,
             upstream,
             credentials,
-            metrics: Metrics::new()?,
+            metrics,
             listeners,
             config,
         }))
     }
 
-    /// Whether apgate can serve: configuration loaded and credentials obtained.
+    /// Whether apgate can serve: configuration loaded and every principal's credentials valid.
     pub fn is_ready(&self) -> bool {
         self.credentials.is_ready()
     }
@@ -143,6 +151,9 @@ pub async fn serve(state: Arc<State>, bound: Bound, shutdown: impl Future<Output
             socket,
             stop_rx.clone(),
         )));
+    }
+    for cache in state.credentials.all() {
+        tasks.push(tokio::spawn(cache.clone().run_refresher(stop_rx.clone())));
     }
     tasks.push(tokio::spawn(crate::admin::serve(
         state.clone(),

@@ -26,6 +26,8 @@ pub struct Config {
     pub addressing: AddressingConfig,
     pub upstream: UpstreamConfig,
     pub credentials: CredentialsConfig,
+    pub credential_refresh: CredentialRefreshConfig,
+    pub sts: StsConfig,
     pub identities: Vec<IdentityConfig>,
     pub routes: Vec<RouteConfig>,
 }
@@ -112,12 +114,42 @@ pub enum CredentialsConfig {
     },
 }
 
+/// When cached credentials are renewed.
+#[derive(Debug, Clone, Copy)]
+pub struct CredentialRefreshConfig {
+    /// Refresh this long before expiry (or at half the lifetime, if that is sooner).
+    pub before_expiry: Duration,
+    /// Up to this much earlier, at random, so replicas do not refresh in step.
+    pub jitter: Duration,
+}
+
+/// Where per-identity roles are assumed.
+#[derive(Debug, Clone)]
+pub struct StsConfig {
+    pub region: String,
+    /// An STS endpoint to use instead of the regional default (a VPC interface endpoint; tests).
+    pub endpoint_url: Option<String>,
+}
+
 /// A caller apgate knows.
 #[derive(Debug, Clone)]
 pub struct IdentityConfig {
     pub name: String,
     /// SigV4 keys apgate issued to this caller.
     pub keys: Vec<KeyConfig>,
+    /// The role apgate assumes to sign this caller's requests, so access point policies can name
+    /// the caller's own role. `None`: apgate's base credentials sign.
+    pub role: Option<RoleConfig>,
+}
+
+/// A role assumed for one identity.
+#[derive(Debug, Clone)]
+pub struct RoleConfig {
+    pub arn: String,
+    pub external_id: Option<String>,
+    pub session_name: String,
+    pub session_policy: Option<String>,
+    pub session_duration: Option<Duration>,
 }
 
 /// An inbound access key.

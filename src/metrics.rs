@@ -17,6 +17,8 @@ pub const AUTH_FAILURES_TOTAL: &str = "apgate_auth_failures_total";
 pub const UPSTREAM_ERRORS_TOTAL: &str = "apgate_upstream_errors_total";
 pub const INFLIGHT_REQUESTS: &str = "apgate_inflight_requests";
 pub const BUILD_INFO: &str = "apgate_build_info";
+pub const CREDENTIAL_REFRESHES_TOTAL: &str = "apgate_credential_refreshes_total";
+pub const CREDENTIAL_REFRESH_DURATION_SECONDS: &str = "apgate_credential_refresh_duration_seconds";
 
 /// The label used when a request never got an identity or an access point.
 pub const NONE: &str = "-";
@@ -33,6 +35,8 @@ pub struct Metrics {
     pub auth_failures: IntCounterVec,
     pub upstream_errors: IntCounterVec,
     pub inflight: IntGauge,
+    pub credential_refreshes: IntCounterVec,
+    pub credential_refresh_duration: HistogramVec,
 }
 
 impl Metrics {
@@ -90,6 +94,21 @@ impl Metrics {
             ),
             &["access_point", "kind"],
         )?;
+        let credential_refreshes = IntCounterVec::new(
+            Opts::new(
+                CREDENTIAL_REFRESHES_TOTAL,
+                "Credential fetches (start-up, background refresh, or on demand), by principal and result.",
+            ),
+            &["principal", "result"],
+        )?;
+        let credential_refresh_duration = HistogramVec::new(
+            HistogramOpts::new(
+                CREDENTIAL_REFRESH_DURATION_SECONDS,
+                "How long a credential fetch took (STS, the metadata or container endpoint).",
+            )
+            .buckets(exponential_buckets(0.001, 2.0, 16)?),
+            &["principal"],
+        )?;
         let inflight = IntGauge::new(INFLIGHT_REQUESTS, "Requests being handled now.")?;
         let build_info = IntGaugeVec::new(
             Opts::new(BUILD_INFO, "Always 1; the version label says which apgate runs."),
@@ -106,6 +125,8 @@ impl Metrics {
         registry.register(Box::new(upstream_errors.clone()))?;
         registry.register(Box::new(inflight.clone()))?;
         registry.register(Box::new(build_info))?;
+        registry.register(Box::new(credential_refreshes.clone()))?;
+        registry.register(Box::new(credential_refresh_duration.clone()))?;
         Ok(Self {
             registry,
             requests,
@@ -116,7 +137,14 @@ impl Metrics {
             auth_failures,
             upstream_errors,
             inflight,
+            credential_refreshes,
+            credential_refresh_duration,
         })
+    }
+
+    /// Registers a further collector (one computed at scrape time).
+    pub fn register(&self, collector: Box<dyn prometheus::core::Collector>) -> Result<(), prometheus::Error> {
+        self.registry.register(collector)
     }
 
     /// The Prometheus text exposition.

@@ -238,7 +238,7 @@ async fn proxy(
         &ap,
         &state.config.upstream.endpoint,
     );
-    let credentials = state.credentials.get().await.map_err(|e| {
+    let credentials = state.credentials.for_identity(&caller.name).get().await.map_err(|e| {
         tracing::error!(error = %e, "No upstream credentials; refusing the request.");
         GatewayError::upstream(
             S3ErrorCode::ServiceUnavailable,

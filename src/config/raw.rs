@@ -18,6 +18,10 @@ pub(crate) struct RawConfig {
     pub(crate) upstream: RawUpstream,
     pub(crate) credentials: RawCredentials,
     #[serde(default)]
+    pub(crate) credential_refresh: RawCredentialRefresh,
+    #[serde(default)]
+    pub(crate) sts: RawSts,
+    #[serde(default)]
     pub(crate) identities: Vec<RawIdentity>,
     #[serde(default)]
     pub(crate) routes: Vec<RawRoute>,
@@ -103,12 +107,31 @@ pub(crate) struct RawSecret {
     pub(crate) insecure_inline: Option<String>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCredentialRefresh {
+    pub(crate) before_expiry_seconds: Option<u64>,
+    pub(crate) jitter_seconds: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSts {
+    pub(crate) region: Option<String>,
+    pub(crate) endpoint_url: Option<String>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawIdentity {
     pub(crate) name: String,
     #[serde(default)]
     pub(crate) keys: Vec<RawKey>,
+    pub(crate) role_arn: Option<String>,
+    pub(crate) external_id: Option<String>,
+    pub(crate) session_name: Option<String>,
+    pub(crate) session_policy: Option<String>,
+    pub(crate) session_duration_seconds: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -9,8 +9,8 @@ use ipnet::IpNet;
 
 use super::raw::{RawConfig, RawCredentials, RawEndpoint, RawSecret};
 use super::{
-    AddressingConfig, AdminConfig, Config, CredentialsConfig, Endpoint, IdentityConfig, IdentityMethod, KeyConfig,
-    ListenerConfig, RouteConfig, SigV4Config, UpstreamConfig,
+    AddressingConfig, AdminConfig, Config, CredentialRefreshConfig, CredentialsConfig, Endpoint, IdentityConfig,
+    IdentityMethod, KeyConfig, ListenerConfig, RoleConfig, RouteConfig, SigV4Config, StsConfig, UpstreamConfig,
 };
 use crate::s3::{AccessPoint, BucketName, OperationClass};
 use crate::secret::Secret;
@@ -406,10 +406,35 @@ fn validate(raw: RawConfig, env: &dyn Env) -> Result<Config, ConfigError> {
                 });
             }
         }
+        let role = validate_role(&mut c, &p, ident);
         identities.push(IdentityConfig {
             name: ident.name.clone(),
             keys,
+            role,
         });
+    }
+
+    let refresh = CredentialRefreshConfig {
+        before_expiry: Duration::from_secs(raw.credential_refresh.before_expiry_seconds.unwrap_or(300)),
+        jitter: Duration::from_secs(raw.credential_refresh.jitter_seconds.unwrap_or(60)),
+    };
+    if refresh.before_expiry > Duration::from_secs(3000) {
+        c.problem(
+            "credential_refresh.before_expiry_seconds",
+            "at most 3000 (credentials live at least 15 minutes)",
+        );
+    }
+    let sts = StsConfig {
+        region: raw.sts.region.clone().unwrap_or_else(|| raw.upstream.region.clone()),
+        endpoint_url: raw.sts.endpoint_url.clone(),
+    };
+    if let Some(url) = &sts.endpoint_url {
+        let ok = url
+            .parse::<http::Uri>()
+            .is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some());
+        if !ok {
+            c.problem("sts.endpoint_url", format!("{url:?}: want http(s)://HOST[:PORT]"));
+        }
     }
 
     let mut routes = Vec::new();
@@ -474,12 +499,96 @@ fn validate(raw: RawConfig, env: &dyn Env) -> Result<Config, ConfigError> {
             addressing,
             upstream,
             credentials,
+            credential_refresh: refresh,
+            sts,
             identities,
             routes,
         })
     } else {
         Err(ConfigError { problems: c.problems })
     }
+}
+
+fn validate_role(c: &mut Checker<'_>, p: &str, ident: &super::raw::RawIdentity) -> Option<RoleConfig> {
+    let role_only = [
+        ("external_id", ident.external_id.is_some()),
+        ("session_name", ident.session_name.is_some()),
+        ("session_policy", ident.session_policy.is_some()),
+        ("session_duration_seconds", ident.session_duration_seconds.is_some()),
+    ];
+    let Some(arn) = &ident.role_arn else {
+        for (key, given) in role_only {
+            if given {
+                c.problem(format!("{p}.{key}"), "only applies with role_arn");
+            }
+        }
+        return None;
+    };
+    if !valid_role_arn(arn) {
+        c.problem(
+            format!("{p}.role_arn"),
+            format!("{arn:?}: want arn:aws:iam::ACCOUNT:role/NAME (account 12 digits)"),
+        );
+    }
+    let session_name = ident.session_name.clone().unwrap_or_else(|| {
+        let mut s: String = format!("apgate-{}", ident.name)
+            .chars()
+            .filter(|ch| ch.is_ascii_alphanumeric() || "+=,.@-_".contains(*ch))
+            .collect();
+        s.truncate(64);
+        s
+    });
+    let name_ok = (2..=64).contains(&session_name.len())
+        && session_name
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || "+=,.@-_".contains(ch));
+    if !name_ok {
+        c.problem(
+            format!("{p}.session_name"),
+            format!("{session_name:?}: want 2-64 of letters, digits and +=,.@-_"),
+        );
+    }
+    if let Some(id) = &ident.external_id {
+        if !(2..=1224).contains(&id.len()) {
+            c.problem(format!("{p}.external_id"), "want 2 to 1224 characters");
+        }
+    }
+    if let Some(policy) = &ident.session_policy {
+        if policy.len() > 2048 || !policy.trim_start().starts_with('{') {
+            c.problem(
+                format!("{p}.session_policy"),
+                "want an IAM policy document (JSON), at most 2048 characters",
+            );
+        }
+    }
+    let session_duration = ident.session_duration_seconds.map(Duration::from_secs);
+    if let Some(d) = ident.session_duration_seconds {
+        if !(900..=43_200).contains(&d) {
+            c.problem(
+                format!("{p}.session_duration_seconds"),
+                format!("{d}: want 900 to 43200"),
+            );
+        }
+    }
+    Some(RoleConfig {
+        arn: arn.clone(),
+        external_id: ident.external_id.clone(),
+        session_name,
+        session_policy: ident.session_policy.clone(),
+        session_duration,
+    })
+}
+
+fn valid_role_arn(arn: &str) -> bool {
+    let parts: Vec<&str> = arn.splitn(6, ':').collect();
+    parts.len() == 6
+        && parts[0] == "arn"
+        && matches!(parts[1], "aws" | "aws-cn" | "aws-us-gov")
+        && parts[2] == "iam"
+        && parts[3].is_empty()
+        && parts[4].len() == 12
+        && parts[4].bytes().all(|b| b.is_ascii_digit())
+        && parts[5].strip_prefix("role/").is_some_and(|n| !n.is_empty())
 }
 
 fn valid_identity_name(s: &str) -> bool {
