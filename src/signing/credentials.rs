@@ -372,7 +372,7 @@ impl ProvideCredentials for CachedProvider {
                 .get()
                 .await
                 .map(|c| (*c).clone())
-                .map_err(|e| provider::error::CredentialsError::provider_error(e))
+                .map_err(provider::error::CredentialsError::provider_error)
         })
     }
 }
