@@ -19,6 +19,7 @@ use crate::identity::{SigV4Verifier, SourceMap};
 use crate::metrics::Metrics;
 use crate::routing::Router;
 use crate::signing::credentials::{CredentialSet, ExpiryCollector, RefreshMetrics};
+use crate::tls::{client_subject, TlsListener};
 use crate::upstream::Upstream;
 
 /// Everything a request needs, built once from the configuration.
@@ -40,6 +41,12 @@ pub struct ListenerState {
     pub name: Arc<str>,
     pub identity_methods: Vec<IdentityMethod>,
     pub sources: SourceMap,
+    /// Client-certificate subject → identity (the `mtls` method).
+    pub certificates: HashMap<String, Arc<str>>,
+    /// The TLS acceptor of an HTTPS listener, and where client identities come from.
+    pub tls: Option<TlsListener>,
+    /// `http` or `https`.
+    pub scheme: &'static str,
 }
 
 /// apgate could not start.
@@ -49,6 +56,8 @@ pub enum StartError {
     Metrics(#[from] prometheus::Error),
     #[error("cannot build the upstream client: {0}")]
     Upstream(std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(crate::tls::TlsError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
 }
@@ -77,24 +86,40 @@ impl State {
             tracing::warn!("Some principals have no credentials yet; their requests fail until they can be obtained.");
         }
         metrics.register(Box::new(ExpiryCollector::new(&credentials)?))?;
-        let listeners = config
-            .listeners
-            .iter()
-            .map(|l| {
-                let sources = SourceMap::new(
-                    l.sources
-                        .iter()
-                        .map(|(net, id)| (*net, Arc::from(id.as_str())))
-                        .collect(),
-                );
-                let state = ListenerState {
-                    name: Arc::from(l.name.as_str()),
-                    identity_methods: l.identity_methods.clone(),
-                    sources,
-                };
-                (l.name.clone(), Arc::new(state))
-            })
-            .collect();
+        let mut listeners = HashMap::new();
+        for l in &config.listeners {
+            let sources = SourceMap::new(
+                l.sources
+                    .iter()
+                    .map(|(net, id)| (*net, Arc::from(id.as_str())))
+                    .collect(),
+            );
+            let certificates = l
+                .client_certificates
+                .iter()
+                .map(|(subject, id)| (subject.clone(), Arc::from(id.as_str())))
+                .collect();
+            let tls = match &l.tls {
+                None => None,
+                Some(t) => {
+                    let server = t.material.server_config().map_err(StartError::Tls)?;
+                    Some(TlsListener {
+                        acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
+                        identity_from: t.identity_from,
+                    })
+                }
+            };
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            let state = ListenerState {
+                name: Arc::from(l.name.as_str()),
+                identity_methods: l.identity_methods.clone(),
+                sources,
+                certificates,
+                tls,
+                scheme,
+            };
+            listeners.insert(l.name.clone(), Arc::new(state));
+        }
         Ok(Arc::new(Self {
             verifier,
             router,
@@ -195,17 +220,35 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let state = state.clone();
         let listener = listener.clone();
-        let svc = service_fn(move |req| crate::proxy::handle(state.clone(), listener.clone(), remote, req));
-        let mut builder = hyper::server::conn::http1::Builder::new();
-        builder
-            .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(30))
-            .keep_alive(true);
-        let conn = builder.serve_connection(TokioIo::new(stream), svc);
-        let conn = graceful.watch(conn);
+        let graceful_watch = graceful.watcher();
         tokio::spawn(async move {
-            if let Err(error) = conn.await {
-                tracing::debug!(%error, %remote, "Connection ended with an error.");
+            match listener.tls.clone() {
+                None => serve_connection(state, listener, remote, None, TokioIo::new(stream), graceful_watch).await,
+                Some(TlsListener {
+                    acceptor,
+                    identity_from: source,
+                }) => {
+                    let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
+                    let tls = match handshake {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(error)) => {
+                            tracing::info!(%error, %remote, listener = %listener.name, "TLS handshake failed.");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::info!(%remote, listener = %listener.name, "TLS handshake timed out.");
+                            return;
+                        }
+                    };
+                    let subject = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|chain| chain.first())
+                        .and_then(|cert| client_subject(cert, source))
+                        .map(|s| Arc::<str>::from(s.as_str()));
+                    serve_connection(state, listener, remote, subject, TokioIo::new(tls), graceful_watch).await;
+                }
             }
         });
     }
@@ -215,6 +258,34 @@ async fn accept_loop(
         .is_err()
     {
         tracing::warn!(listener = %listener.name, "In-flight requests did not finish within 30 s.");
+    }
+}
+
+/// How long a client may take to complete a TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves HTTP/1.1 on one accepted connection (plain or TLS).
+async fn serve_connection<I>(
+    state: Arc<State>,
+    listener: Arc<ListenerState>,
+    remote: SocketAddr,
+    client_certificate: Option<Arc<str>>,
+    io: TokioIo<I>,
+    graceful: hyper_util::server::graceful::Watcher,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| {
+        crate::proxy::handle(state.clone(), listener.clone(), remote, client_certificate.clone(), req)
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30))
+        .keep_alive(true);
+    let conn = graceful.watch(builder.serve_connection(io, svc));
+    if let Err(error) = conn.await {
+        tracing::debug!(%error, %remote, "Connection ended with an error.");
     }
 }
 

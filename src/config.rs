@@ -48,6 +48,17 @@ pub struct ListenerConfig {
     /// For [`IdentityMethod::Source`]: source networks and the identity each stands for. The most
     /// specific (longest) matching network wins.
     pub sources: Vec<(IpNet, String)>,
+    /// HTTPS instead of HTTP, optionally verifying client certificates.
+    pub tls: Option<ListenerTls>,
+    /// For [`IdentityMethod::Mtls`]: certificate subject → identity.
+    pub client_certificates: Vec<(String, String)>,
+}
+
+/// A listener's TLS settings.
+#[derive(Debug, Clone)]
+pub struct ListenerTls {
+    pub material: crate::tls::TlsMaterial,
+    pub identity_from: crate::tls::SubjectSource,
 }
 
 /// One way of working out who is calling.
@@ -61,6 +72,8 @@ pub enum IdentityMethod {
     SigV2,
     /// The source address of the connection.
     Source,
+    /// A verified client certificate (TLS listeners with a client CA).
+    Mtls,
 }
 
 /// Inbound SigV4 checks.

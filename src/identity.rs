@@ -7,6 +7,7 @@
 pub mod sigv2;
 pub mod sigv4;
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -59,6 +60,8 @@ impl SourceMap {
 #[derive(Debug, Clone, Copy)]
 pub struct RequestHead<'a> {
     pub remote: IpAddr,
+    /// The subject of the verified client certificate, on TLS listeners that ask for one.
+    pub client_certificate: Option<&'a str>,
     pub method: &'a Method,
     pub target: &'a S3Target,
     pub headers: &'a HeaderMap,
@@ -69,29 +72,31 @@ pub fn authenticate(
     methods: &[IdentityMethod],
     verifier: &SigV4Verifier,
     sources: &SourceMap,
+    certificates: &HashMap<String, Arc<str>>,
     head: &RequestHead<'_>,
     now: SystemTime,
 ) -> Result<CallerIdentity, GatewayError> {
     let RequestHead {
         remote,
+        client_certificate,
         method,
         target,
         headers,
     } = *head;
+    let signed = |v: sigv4::Verified, m: IdentityMethod| CallerIdentity {
+        name: v.identity,
+        method: m,
+        payload: v.payload,
+        chunks: v.chunks,
+    };
     for m in methods {
         match m {
             IdentityMethod::SigV4 => {
                 if sigv4::is_presigned(target) {
-                    let v = verifier.verify_presigned(method, target, headers, now)?;
-                    return Ok(CallerIdentity {
-                        name: v.identity,
-                        method: *m,
-                        payload: v.payload,
-                        chunks: v.chunks,
-                    });
+                    return Ok(signed(verifier.verify_presigned(method, target, headers, now)?, *m));
                 }
                 let v2_enabled = methods.contains(&IdentityMethod::SigV2);
-                if !v2_enabled && (sigv2::is_presigned_v2(target)) {
+                if !v2_enabled && sigv2::is_presigned_v2(target) {
                     return Err(GatewayError::client(
                         S3ErrorCode::InvalidRequest,
                         "SigV2 presigned URLs are not enabled on this listener. Please use AWS4-HMAC-SHA256.",
@@ -99,37 +104,34 @@ pub fn authenticate(
                 }
                 let v2_header = sigv2::is_header_v2(headers);
                 if headers.contains_key(http::header::AUTHORIZATION) && !(v2_header && v2_enabled) {
-                    let v = verifier.verify(method, target, headers, now)?;
-                    return Ok(CallerIdentity {
-                        name: v.identity,
-                        method: *m,
-                        payload: v.payload,
-                        chunks: v.chunks,
-                    });
+                    return Ok(signed(verifier.verify(method, target, headers, now)?, *m));
                 }
             }
             IdentityMethod::SigV2 => {
                 if sigv2::is_header_v2(headers) || sigv2::is_presigned_v2(target) {
-                    let v = sigv2::verify(verifier, method, target, headers, now)?;
+                    return Ok(signed(sigv2::verify(verifier, method, target, headers, now)?, *m));
+                }
+            }
+            IdentityMethod::Mtls => {
+                if let Some(subject) = client_certificate {
+                    let name = certificates.get(subject).ok_or_else(|| {
+                        GatewayError::client(
+                            S3ErrorCode::AccessDenied,
+                            "Access Denied: the client certificate's subject is not mapped to an identity.",
+                        )
+                    })?;
+                    let payload = declared_payload(headers)?;
                     return Ok(CallerIdentity {
-                        name: v.identity,
+                        name: name.clone(),
                         method: *m,
-                        payload: v.payload,
-                        chunks: v.chunks,
+                        payload,
+                        chunks: None,
                     });
                 }
             }
             IdentityMethod::Source => {
                 if let Some(name) = sources.lookup(remote) {
-                    let payload = match headers.get("x-amz-content-sha256") {
-                        None => PayloadHash::Unsigned,
-                        Some(v) => v.to_str().ok().and_then(PayloadHash::parse).ok_or_else(|| {
-                            GatewayError::client(
-                                S3ErrorCode::InvalidArgument,
-                                "x-amz-content-sha256 is not a value S3 accepts.",
-                            )
-                        })?,
-                    };
+                    let payload = declared_payload(headers)?;
                     return Ok(CallerIdentity {
                         name: name.clone(),
                         method: *m,
@@ -144,6 +146,20 @@ pub fn authenticate(
         S3ErrorCode::AccessDenied,
         "Access Denied: the caller could not be identified on this listener.",
     ))
+}
+
+/// What a caller trusted without a signature declared about its payload (`UNSIGNED-PAYLOAD` when
+/// nothing).
+fn declared_payload(headers: &HeaderMap) -> Result<PayloadHash, GatewayError> {
+    match headers.get("x-amz-content-sha256") {
+        None => Ok(PayloadHash::Unsigned),
+        Some(v) => v.to_str().ok().and_then(PayloadHash::parse).ok_or_else(|| {
+            GatewayError::client(
+                S3ErrorCode::InvalidArgument,
+                "x-amz-content-sha256 is not a value S3 accepts.",
+            )
+        }),
+    }
 }
 
 #[cfg(test)]

@@ -32,4 +32,5 @@ pub mod routing;
 pub mod s3;
 pub mod secret;
 pub mod signing;
+pub mod tls;
 pub mod upstream;

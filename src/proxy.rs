@@ -41,6 +41,10 @@ struct Ctx {
     started: Instant,
     listener: Arc<str>,
     remote: SocketAddr,
+    /// The subject of the client's verified certificate (TLS listeners that ask for one).
+    client_certificate: Option<Arc<str>>,
+    /// `http` or `https`, for URLs that point back at apgate.
+    scheme: &'static str,
     method: Method,
     head: bool,
     operation: Operation,
@@ -64,6 +68,7 @@ pub async fn handle(
     state: Arc<State>,
     listener: Arc<ListenerState>,
     remote: SocketAddr,
+    client_certificate: Option<Arc<str>>,
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let mut ctx = Ctx {
@@ -71,6 +76,8 @@ pub async fn handle(
         started: Instant::now(),
         listener: listener.name.clone(),
         remote,
+        client_certificate,
+        scheme: listener.scheme,
         method: req.method().clone(),
         head: req.method() == Method::HEAD,
         operation: Operation::Unknown,
@@ -163,6 +170,7 @@ async fn proxy(
     // Authenticate, from the head alone.
     let head = identity::RequestHead {
         remote: ctx.remote.ip(),
+        client_certificate: ctx.client_certificate.as_deref(),
         method: &parts.method,
         target: &target,
         headers: &parts.headers,
@@ -171,6 +179,7 @@ async fn proxy(
         &listener.identity_methods,
         &state.verifier,
         &listener.sources,
+        &listener.certificates,
         &head,
         SystemTime::now(),
     )
@@ -365,7 +374,7 @@ async fn proxy(
     strip_hop_by_hop(&mut resp_parts.headers);
     // A Location header names the upstream (access point) URL: point it at apgate's, or drop it.
     if resp_parts.headers.contains_key(header::LOCATION) {
-        match client_location(&parts, &target, bucket).and_then(|l| HeaderValue::from_str(&l).ok()) {
+        match client_location(ctx.scheme, &parts, &target, bucket).and_then(|l| HeaderValue::from_str(&l).ok()) {
             Some(v) => {
                 resp_parts.headers.insert(header::LOCATION, v);
             }
@@ -383,7 +392,7 @@ async fn proxy(
     let resp_body: ResponseBody = if ctx.head || !reveals_bucket(ctx.operation, &resp_parts) {
         resp_body.map_err(Into::into).boxed_unsync()
     } else {
-        let view_location = client_location(&parts, &target, bucket);
+        let view_location = client_location(ctx.scheme, &parts, &target, bucket);
         let endpoint = parts
             .headers
             .get(header::HOST)
@@ -435,10 +444,15 @@ fn reveals_bucket(op: Operation, parts: &http::response::Parts) -> bool {
 }
 
 /// The client-facing URL of the target object, for `Location` elements.
-fn client_location(parts: &http::request::Parts, target: &S3Target, bucket: &BucketName) -> Option<String> {
+fn client_location(
+    scheme: &str,
+    parts: &http::request::Parts,
+    target: &S3Target,
+    bucket: &BucketName,
+) -> Option<String> {
     let host = parts.headers.get(header::HOST)?.to_str().ok()?;
     let key = target.key.as_deref()?;
-    let mut url = format!("http://{host}/");
+    let mut url = format!("{scheme}://{host}/");
     if target.style == AddressingStyle::Path {
         url.push_str(bucket.as_str());
         url.push('/');
@@ -624,6 +638,8 @@ fn clone_ctx(c: &Ctx) -> Ctx {
         started: c.started,
         listener: c.listener.clone(),
         remote: c.remote,
+        client_certificate: c.client_certificate.clone(),
+        scheme: c.scheme,
         method: c.method.clone(),
         head: c.head,
         operation: c.operation,

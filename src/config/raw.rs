@@ -41,6 +41,26 @@ pub(crate) struct RawListener {
     pub(crate) identity_methods: Vec<String>,
     #[serde(default)]
     pub(crate) sources: Vec<RawSource>,
+    pub(crate) tls: Option<RawTls>,
+    #[serde(default)]
+    pub(crate) client_certificates: Vec<RawClientCertificate>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTls {
+    pub(crate) certificate_chain_file: PathBuf,
+    pub(crate) private_key_file: PathBuf,
+    pub(crate) client_ca_file: Option<PathBuf>,
+    pub(crate) client_certificate: Option<String>,
+    pub(crate) client_identity_from: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawClientCertificate {
+    pub(crate) subject: String,
+    pub(crate) identity: String,
 }
 
 #[derive(Debug, Deserialize)]

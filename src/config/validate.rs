@@ -10,7 +10,8 @@ use ipnet::IpNet;
 use super::raw::{RawConfig, RawCredentials, RawEndpoint, RawSecret};
 use super::{
     AddressingConfig, AdminConfig, Config, CredentialRefreshConfig, CredentialsConfig, Endpoint, IdentityConfig,
-    IdentityMethod, KeyConfig, ListenerConfig, RoleConfig, RouteConfig, SigV4Config, StsConfig, UpstreamConfig,
+    IdentityMethod, KeyConfig, ListenerConfig, ListenerTls, RoleConfig, RouteConfig, SigV4Config, StsConfig,
+    UpstreamConfig,
 };
 use crate::s3::{AccessPoint, BucketName, OperationClass};
 use crate::secret::Secret;
@@ -204,11 +205,12 @@ fn validate(raw: RawConfig, env: &dyn Env) -> Result<Config, ConfigError> {
             let method = match m.as_str() {
                 "sigv4" => IdentityMethod::SigV4,
                 "sigv2" => IdentityMethod::SigV2,
+                "mtls" => IdentityMethod::Mtls,
                 "source" => IdentityMethod::Source,
                 other => {
                     c.problem(
                         format!("{p}.identity_methods[{j}]"),
-                        format!("{other:?}: unknown method (want \"sigv4\", \"sigv2\" or \"source\")"),
+                        format!("{other:?}: unknown method (want \"sigv4\", \"sigv2\", \"source\" or \"mtls\")"),
                     );
                     continue;
                 }
@@ -248,11 +250,49 @@ fn validate(raw: RawConfig, env: &dyn Env) -> Result<Config, ConfigError> {
                 "sources are given but \"source\" is not in identity_methods",
             );
         }
+        let tls = validate_tls(&mut c, &p, l);
+        let mut client_certificates = Vec::new();
+        for (j, cc) in l.client_certificates.iter().enumerate() {
+            if cc.subject.is_empty() {
+                c.problem(format!("{p}.client_certificates[{j}].subject"), "must not be empty");
+            }
+            if !identity_names.contains(cc.identity.as_str()) {
+                c.problem(
+                    format!("{p}.client_certificates[{j}].identity"),
+                    format!("{:?}: no such identity", cc.identity),
+                );
+            }
+            client_certificates.push((cc.subject.clone(), cc.identity.clone()));
+        }
+        let verifies_clients = tls
+            .as_ref()
+            .is_some_and(|t: &ListenerTls| t.material.client_roots.is_some());
+        if methods.contains(&IdentityMethod::Mtls) {
+            if !verifies_clients && l.tls.as_ref().is_none_or(|t| t.client_ca_file.is_none()) {
+                c.problem(
+                    format!("{p}.tls.client_ca_file"),
+                    "the \"mtls\" method needs [listeners.tls] with client_ca_file",
+                );
+            }
+            if l.client_certificates.is_empty() {
+                c.problem(
+                    format!("{p}.client_certificates"),
+                    "the \"mtls\" method needs at least one [[listeners.client_certificates]] entry",
+                );
+            }
+        } else if !l.client_certificates.is_empty() {
+            c.problem(
+                format!("{p}.client_certificates"),
+                "client_certificates are given but \"mtls\" is not in identity_methods",
+            );
+        }
         listeners.push(ListenerConfig {
             name: l.name.clone(),
             address,
             identity_methods: methods,
             sources,
+            tls,
+            client_certificates,
         });
     }
     let mut addrs = HashSet::new();
@@ -506,6 +546,48 @@ fn validate(raw: RawConfig, env: &dyn Env) -> Result<Config, ConfigError> {
         })
     } else {
         Err(ConfigError { problems: c.problems })
+    }
+}
+
+fn validate_tls(c: &mut Checker<'_>, p: &str, l: &super::raw::RawListener) -> Option<ListenerTls> {
+    let t = l.tls.as_ref()?;
+    let auth = match t.client_certificate.as_deref() {
+        None | Some("required") => crate::tls::ClientAuth::Required,
+        Some("optional") => crate::tls::ClientAuth::Optional,
+        Some(other) => {
+            c.problem(
+                format!("{p}.tls.client_certificate"),
+                format!("{other:?}: want \"required\" or \"optional\""),
+            );
+            crate::tls::ClientAuth::Required
+        }
+    };
+    if t.client_ca_file.is_none() && (t.client_certificate.is_some() || t.client_identity_from.is_some()) {
+        c.problem(
+            format!("{p}.tls.client_ca_file"),
+            "client_certificate and client_identity_from need client_ca_file",
+        );
+    }
+    let identity_from = match t.client_identity_from.as_deref() {
+        None => crate::tls::SubjectSource::UriSan,
+        Some(s) => crate::tls::SubjectSource::parse(s).unwrap_or_else(|| {
+            c.problem(
+                format!("{p}.tls.client_identity_from"),
+                format!("{s:?}: want \"uri_san\", \"dns_san\" or \"common_name\""),
+            );
+            crate::tls::SubjectSource::UriSan
+        }),
+    };
+    let client_ca = t.client_ca_file.as_deref().map(|f| (f, auth));
+    match crate::tls::TlsMaterial::load(&t.certificate_chain_file, &t.private_key_file, client_ca) {
+        Ok(material) => Some(ListenerTls {
+            material,
+            identity_from,
+        }),
+        Err(e) => {
+            c.problem(format!("{p}.tls"), e.to_string());
+            None
+        }
     }
 }
 

@@ -1,0 +1,178 @@
+//! TLS listeners (rustls) and client-certificate identities.
+//!
+//! A listener with a `[listeners.tls]` table serves HTTPS with the configured chain and key. With a
+//! client CA bundle it also verifies client certificates (required or optional); the identity method
+//! `mtls` then maps a verified certificate's subject (its URI SAN, such as a SPIFFE id, its DNS SAN,
+//! or its subject CN, as configured) to an apgate identity. A certificate from another CA fails the
+//! handshake; a verified certificate whose subject no mapping names gets `AccessDenied`.
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+use x509_parser::extensions::GeneralName;
+
+/// Which part of a client certificate names the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubjectSource {
+    /// The first URI subject alternative name (e.g. `spiffe://example.org/ns/prod/sa/app`).
+    UriSan,
+    /// The first DNS subject alternative name.
+    DnsSan,
+    /// The subject's common name.
+    CommonName,
+}
+
+impl SubjectSource {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "uri_san" => Some(Self::UriSan),
+            "dns_san" => Some(Self::DnsSan),
+            "common_name" => Some(Self::CommonName),
+            _ => None,
+        }
+    }
+}
+
+/// A running HTTPS listener's acceptor and where its client identities come from.
+#[derive(Clone)]
+pub struct TlsListener {
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    pub identity_from: SubjectSource,
+}
+
+impl fmt::Debug for TlsListener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsListener")
+            .field("identity_from", &self.identity_from)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether clients must present a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    Required,
+    Optional,
+}
+
+/// Loaded, parsed TLS material of one listener.
+#[derive(Clone)]
+pub struct TlsMaterial {
+    pub chain: Vec<CertificateDer<'static>>,
+    key: Arc<PrivateKeyDer<'static>>,
+    pub client_roots: Option<(Vec<CertificateDer<'static>>, ClientAuth)>,
+}
+
+impl fmt::Debug for TlsMaterial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsMaterial")
+            .field("chain_len", &self.chain.len())
+            .field("key", &"[REDACTED]")
+            .field(
+                "client_auth",
+                &self.client_roots.as_ref().map(|(roots, auth)| (roots.len(), auth)),
+            )
+            .finish()
+    }
+}
+
+/// A TLS file could not be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsError(pub String);
+
+impl fmt::Display for TlsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for TlsError {}
+
+impl TlsMaterial {
+    /// Reads PEM files: the certificate chain, its private key, and optionally a client CA bundle.
+    pub fn load(chain: &Path, key: &Path, client_ca: Option<(&Path, ClientAuth)>) -> Result<Self, TlsError> {
+        let certs = read_certs(chain)?;
+        let key = PrivateKeyDer::from_pem_file(key)
+            .map_err(|e| TlsError(format!("{}: no usable private key: {e}", key.display())))?;
+        let client_roots = match client_ca {
+            Some((path, auth)) => Some((read_certs(path)?, auth)),
+            None => None,
+        };
+        let material = Self {
+            chain: certs,
+            key: Arc::new(key),
+            client_roots,
+        };
+        // Building the config now catches a key that does not match the certificate.
+        material.server_config()?;
+        Ok(material)
+    }
+
+    /// The rustls server configuration (HTTP/1.1 over TLS).
+    pub fn server_config(&self) -> Result<ServerConfig, TlsError> {
+        let builder = ServerConfig::builder();
+        let builder = match &self.client_roots {
+            None => builder.with_no_client_auth(),
+            Some((roots, auth)) => {
+                let mut store = RootCertStore::empty();
+                for cert in roots {
+                    store
+                        .add(cert.clone())
+                        .map_err(|e| TlsError(format!("client CA bundle: {e}")))?;
+                }
+                let verifier = WebPkiClientVerifier::builder(Arc::new(store));
+                let verifier = match auth {
+                    ClientAuth::Required => verifier,
+                    ClientAuth::Optional => verifier.allow_unauthenticated(),
+                };
+                builder.with_client_cert_verifier(
+                    verifier
+                        .build()
+                        .map_err(|e| TlsError(format!("client CA bundle: {e}")))?,
+                )
+            }
+        };
+        let mut config = builder
+            .with_single_cert(self.chain.clone(), self.key.clone_key())
+            .map_err(|e| TlsError(format!("certificate and key do not go together: {e}")))?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(config)
+    }
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| TlsError(format!("{}: {e}", path.display())))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsError(format!("{}: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(TlsError(format!("{}: no certificates", path.display())));
+    }
+    Ok(certs)
+}
+
+/// The subject of a (verified) client certificate, as the listener is configured to read it.
+pub fn client_subject(cert: &CertificateDer<'_>, source: SubjectSource) -> Option<String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    match source {
+        SubjectSource::CommonName => parsed
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .map(str::to_owned),
+        SubjectSource::UriSan | SubjectSource::DnsSan => {
+            let san = parsed.subject_alternative_name().ok().flatten()?;
+            san.value.general_names.iter().find_map(|name| match (name, source) {
+                (GeneralName::URI(uri), SubjectSource::UriSan) => Some((*uri).to_owned()),
+                (GeneralName::DNSName(dns), SubjectSource::DnsSan) => Some((*dns).to_owned()),
+                _ => None,
+            })
+        }
+    }
+}
