@@ -164,6 +164,21 @@ async fn proxy(
         &state.config.addressing.virtual_host_domains,
     )
     .map_err(addressing_error)?;
+    // Request headers smuggled in as `x-amz-*` query parameters (as some SigV2 presigners do) would
+    // reach the upstream unchecked, e.g. a copy source apgate never rewrote or routed; refuse them.
+    if let Some(p) = target.query.iter().find(|p| {
+        p.key.len() > 6
+            && p.key[..6].eq_ignore_ascii_case("x-amz-")
+            && !crate::identity::sigv4::PRESIGN_PARAMS.contains(&p.key.as_str())
+    }) {
+        return Err(GatewayError::client(
+            S3ErrorCode::InvalidArgument,
+            format!(
+                "The query parameter {:?} is not supported; send x-amz-* values as headers.",
+                p.key
+            ),
+        ));
+    }
     ctx.operation = Operation::classify(&parts.method, &target, &parts.headers);
     ctx.bucket = target.bucket.as_ref().map(|b| b.as_str().to_owned());
 

@@ -245,3 +245,20 @@ async fn a_refused_request_never_reaches_the_upstream() {
         .contains("<Code>AccessDenied</Code>"));
     assert!(seen.lock().unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn x_amz_query_parameters_are_refused_not_forwarded() {
+    let (up, seen) = scripted_upstream().await;
+    let gw = gateway(up).await;
+    let (status, _, body) = send(
+        gw.sidecar,
+        Method::PUT,
+        "/shared/Bob/dst?x-amz-copy-source=other-bucket%2Fsecret",
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(std::str::from_utf8(&body)
+        .unwrap()
+        .contains("<Code>InvalidArgument</Code>"));
+    assert!(seen.lock().unwrap().is_empty());
+}
