@@ -244,11 +244,7 @@ fn step(
             if hex_size.is_empty() || hex_size.len() > 16 || !hex_size.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(ChunkError::Malformed("bad chunk size"));
             }
-            if signature.len() != 64
-                || !signature
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-            {
+            if !crate::identity::sigv4::is_signature(signature) {
                 return Err(ChunkError::Malformed("bad chunk signature"));
             }
             let size = usize::from_str_radix(hex_size, 16).map_err(|_| ChunkError::Malformed("bad chunk size"))?;

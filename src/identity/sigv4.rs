@@ -314,22 +314,14 @@ impl SigV4Verifier {
                 "X-Amz-Expires must be less than a week (in seconds) that is 604800.",
             ));
         }
-        let signed_headers: Vec<&str> = signed.split(';').collect();
-        let well_formed = signed_headers.iter().all(|h| {
-            !h.is_empty()
-                && h.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_' || b == b'.')
-        });
-        if !well_formed || !signed_headers.windows(2).all(|w| w[0] < w[1]) || !signed_headers.contains(&"host") {
+        let signed_headers = parse_signed_headers(signed);
+        if !signed_headers.as_ref().is_some_and(|h| h.contains(&"host")) {
             return Err(query_error(
                 "X-Amz-SignedHeaders must be sorted lowercase header names including host.",
             ));
         }
-        if signature.len() != 64
-            || !signature
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        {
+        let signed_headers = signed_headers.unwrap_or_default();
+        if !is_signature(signature) {
             return Err(query_error("X-Amz-Signature must be 64 lowercase hex characters."));
         }
         let key = self.keys.get(akid).ok_or_else(|| {
@@ -391,6 +383,22 @@ impl SigV4Verifier {
             chunks: None,
         })
     }
+}
+
+/// A `SignedHeaders` list: lowercase header names, sorted, each once.
+fn parse_signed_headers(list: &str) -> Option<Vec<&str>> {
+    let names: Vec<&str> = list.split(';').collect();
+    let well_formed = names.iter().all(|h| {
+        !h.is_empty()
+            && h.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_' || b == b'.')
+    });
+    (well_formed && names.windows(2).all(|w| w[0] < w[1])).then_some(names)
+}
+
+/// A SigV4 signature: 64 lowercase hex characters.
+pub(crate) fn is_signature(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 fn query_error(message: &str) -> GatewayError {
@@ -457,26 +465,14 @@ pub fn parse_authorization(value: &str) -> Result<AuthorizationHeader<'_>, Gatew
             scope[1]
         )));
     }
-    if signature.len() != 64
-        || !signature
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    {
+    if !is_signature(signature) {
         return Err(malformed(
             "The authorization header is malformed; the Signature must be 64 lowercase hex characters.",
         ));
     }
-    let signed_headers: Vec<&str> = signed.split(';').collect();
-    let well_formed = signed_headers.iter().all(|h| {
-        !h.is_empty()
-            && h.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_' || b == b'.')
-    });
-    if !well_formed || !signed_headers.windows(2).all(|w| w[0] < w[1]) {
-        return Err(malformed(
-            "The authorization header is malformed; SignedHeaders must be lowercase names, sorted, each once.",
-        ));
-    }
+    let signed_headers = parse_signed_headers(signed).ok_or_else(|| {
+        malformed("The authorization header is malformed; SignedHeaders must be lowercase names, sorted, each once.")
+    })?;
     Ok(AuthorizationHeader {
         access_key_id: scope[0],
         date: scope[1],
