@@ -57,7 +57,13 @@ pub struct CredentialCache {
     refresh: tokio::sync::Mutex<()>,
     policy: RefreshPolicy,
     metrics: Option<RefreshMetrics>,
+    /// The last failed fetch, shared for a moment with every caller that queued behind it, so an
+    /// outage costs one provider call per `FAILURE_MEMORY`, not one per waiting request.
+    last_failure: ArcSwapOption<(Instant, CredentialsUnavailable)>,
 }
+
+/// How long a failed fetch answers for the callers queued behind it.
+const FAILURE_MEMORY: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 struct Fetched {
@@ -87,6 +93,7 @@ impl CredentialCache {
             refresh: tokio::sync::Mutex::new(()),
             policy,
             metrics,
+            last_failure: ArcSwapOption::empty(),
         }
     }
 
@@ -104,6 +111,11 @@ impl CredentialCache {
         let _flight = self.refresh.lock().await;
         if let Some(c) = self.valid_now() {
             return Ok(c);
+        }
+        if let Some(failure) = self.last_failure.load_full() {
+            if failure.0.elapsed() < FAILURE_MEMORY {
+                return Err(failure.1.clone());
+            }
         }
         self.fetch().await
     }
@@ -143,13 +155,22 @@ impl CredentialCache {
                 Ok(fresh)
             }
             Err(error) => {
-                tracing::warn!(principal = %self.principal, %error, "Credential refresh failed; unexpired credentials keep serving.");
+                let message = error_chain(&error);
                 match self.valid_now() {
-                    Some(c) => Ok(c),
-                    None => Err(CredentialsUnavailable {
-                        principal: self.principal.clone(),
-                        message: error.to_string(),
-                    }),
+                    Some(c) => {
+                        tracing::warn!(principal = %self.principal, error = %message, "Credential refresh failed; the current credentials keep serving until they expire.");
+                        Ok(c)
+                    }
+                    None => {
+                        tracing::error!(principal = %self.principal, error = %message, "No valid credentials: this principal's requests fail until a fetch succeeds.");
+                        let failure = CredentialsUnavailable {
+                            principal: self.principal.clone(),
+                            message,
+                        };
+                        self.last_failure
+                            .store(Some(Arc::new((Instant::now(), failure.clone()))));
+                        Err(failure)
+                    }
                 }
             }
         }
@@ -357,6 +378,22 @@ impl prometheus::core::Collector for ExpiryCollector {
 
 /// The metric [`ExpiryCollector`] reports.
 pub const EXPIRY_SECONDS: &str = "apgate_credentials_expiry_seconds";
+
+/// An error and its sources on one line: the SDK's top-level messages ("an error occurred while
+/// loading credentials") say nothing of the cause.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut s = error.to_string();
+    let mut source = error.source();
+    while let Some(inner) = source {
+        let text = inner.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        source = inner.source();
+    }
+    s
+}
 
 /// A cache as a credentials provider, so assumed roles are obtained with cached base credentials.
 #[derive(Debug, Clone)]

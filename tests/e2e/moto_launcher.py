@@ -257,6 +257,26 @@ def install_access_point_copy_source_fix() -> None:
     S3Response.upload_part_copy = with_translated_copy_source(S3Response.upload_part_copy)  # type: ignore[method-assign]
 
 
+_CREDENTIAL_AKID = re.compile(r"Credential=([^/,\s]+)/")
+
+
+def request_credentials(environ: dict[str, Any]) -> tuple[str | None, bool]:
+    """(access key id, whether a session token came along) of a request: from the SigV4
+    ``Authorization`` header, else from a presigned URL's ``X-Amz-Credential`` /
+    ``X-Amz-Security-Token``. (None, False) when the request names neither."""
+    from urllib.parse import parse_qs
+
+    query = parse_qs(environ.get("QUERY_STRING") or "", keep_blank_values=True)
+    token = "HTTP_X_AMZ_SECURITY_TOKEN" in environ or "X-Amz-Security-Token" in query
+    m = _CREDENTIAL_AKID.search(environ.get("HTTP_AUTHORIZATION") or "")
+    if m:
+        return m.group(1), token
+    cred = (query.get("X-Amz-Credential") or [""])[0]
+    if cred:
+        return cred.split("/", 1)[0], token
+    return None, token
+
+
 class RequestLogMiddleware:
     """Append one JSON line per request, before moto handles it."""
 
@@ -272,6 +292,11 @@ class RequestLogMiddleware:
             "raw_uri": wire_request_target(environ),
             "authorization_present": "HTTP_AUTHORIZATION" in environ,
         }
+        access_key_id, token = request_credentials(environ)
+        if access_key_id is not None or token:
+            # only for requests that name credentials, so unsigned requests log as before
+            entry["access_key_id"] = access_key_id
+            entry["security_token_present"] = token
         line = json.dumps(entry, ensure_ascii=False) + "\n"
         with self.lock:
             self.fh.write(line)

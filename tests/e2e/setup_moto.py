@@ -3,7 +3,9 @@
 
     python setup_moto.py --endpoint http://127.0.0.1:PORT [--region us-east-1] --out FILE.json
 
-Creates: IAM user ``apgate`` (inline policy, access key), bucket ``access-point-test``,
+Creates: IAM user ``apgate`` (inline policy, access key), IAM roles ``apgate-task-role``,
+``bob-role``, ``app-role`` (trusting the user; the user may assume them) and
+``untrusted-role`` (trusting another principal), bucket ``access-point-test``,
 access points ``bob-access-point-test`` (internet) and ``app-vpc-access-point-test``
 (VPC) with access point policies, the object ``app/seed.txt``; then
 ``POST /moto-api/reset-auth`` with body ``0``. Writes the user's keys as JSON to --out.
@@ -27,6 +29,14 @@ APP_AP = "app-vpc-access-point-test"
 APP_VPC_ID = "vpc-0123456789abcdef0"
 SEED_KEY = "app/seed.txt"
 SEED_BODY = b"seeded by setup"
+# IAM roles for the credential tests (tests/e2e/test_credentials.py). The first three trust the
+# ``apgate`` user (by its ARN: moto does not honour ``:root``) and grant the same S3 access as its
+# own policy; UNTRUSTED_ROLE trusts somebody else, so assuming it fails on the trust policy.
+TASK_ROLE = "apgate-task-role"  # what the fake ECS credential endpoint hands out
+BOB_ROLE = "bob-role"
+APP_ROLE = "app-role"
+UNTRUSTED_ROLE = "untrusted-role"
+TRUSTED_ROLES = (TASK_ROLE, BOB_ROLE, APP_ROLE)
 
 # moto accepts any credentials while auth is off.
 _BOOTSTRAP_CREDS = {"aws_access_key_id": "bootstrap", "aws_secret_access_key": "bootstrap"}
@@ -113,6 +123,69 @@ def app_ap_policy(region: str) -> dict:
     }
 
 
+def role_arn(name: str) -> str:
+    return f"arn:aws:iam::{ACCOUNT}:role/{name}"
+
+
+def user_arn(name: str = USER) -> str:
+    return f"arn:aws:iam::{ACCOUNT}:user/{name}"
+
+
+def trust_policy(principal_arn: str) -> dict:
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"AWS": principal_arn},
+                "Action": "sts:AssumeRole",
+            }
+        ],
+    }
+
+
+def assume_roles_policy() -> dict:
+    """The ``apgate`` user may call sts:AssumeRole on the test roles (the untrusted one too, so
+    that assuming it fails on the role's trust policy, not on this one)."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "AssumeTestRoles",
+                "Effect": "Allow",
+                "Action": "sts:AssumeRole",
+                "Resource": [role_arn(r) for r in (*TRUSTED_ROLES, UNTRUSTED_ROLE)],
+            }
+        ],
+    }
+
+
+def create_roles(iam, region: str) -> None:
+    for name in TRUSTED_ROLES:
+        iam.create_role(
+            RoleName=name, AssumeRolePolicyDocument=json.dumps(trust_policy(user_arn()))
+        )
+        iam.put_role_policy(
+            RoleName=name,
+            PolicyName="apgate-gateway",
+            PolicyDocument=json.dumps(user_policy(region)),
+        )
+    iam.create_role(
+        RoleName=UNTRUSTED_ROLE,
+        AssumeRolePolicyDocument=json.dumps(trust_policy(user_arn("somebody-else"))),
+    )
+    iam.put_role_policy(
+        RoleName=UNTRUSTED_ROLE,
+        PolicyName="apgate-gateway",
+        PolicyDocument=json.dumps(user_policy(region)),
+    )
+    iam.put_user_policy(
+        UserName=USER,
+        PolicyName="apgate-assume-roles",
+        PolicyDocument=json.dumps(assume_roles_policy()),
+    )
+
+
 def enforce_auth(endpoint: str) -> None:
     req = urllib.request.Request(
         endpoint.rstrip("/") + "/moto-api/reset-auth",
@@ -150,6 +223,7 @@ def setup_world(endpoint: str, region: str = "us-east-1") -> dict:
         PolicyDocument=json.dumps(user_policy(region)),
     )
     key = iam.create_access_key(UserName=USER)["AccessKey"]
+    create_roles(iam, region)
 
     if region == "us-east-1":
         s3.create_bucket(Bucket=BUCKET)

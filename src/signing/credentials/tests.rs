@@ -181,6 +181,8 @@ async fn expired_credentials_and_a_dead_provider_are_an_error_then_recover() {
     assert!(!c.is_ready());
     assert!(c.get().await.is_err());
     up.store(true, Ordering::SeqCst);
+    // A failure is remembered for a moment (FAILURE_MEMORY), then the next request fetches again.
+    tokio::time::sleep(FAILURE_MEMORY).await;
     assert!(c.get().await.is_ok(), "recovers without a restart");
 }
 
@@ -192,4 +194,26 @@ async fn a_cache_serves_as_a_provider() {
         assert_eq!(p.provide_credentials().await.unwrap().access_key_id(), "AKID0");
     }
     assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn an_outage_costs_one_provider_call_for_all_waiting_requests() {
+    let (c, calls) = cache(Duration::from_secs(120), 0, RefreshPolicy::default());
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let c = c.clone();
+            tokio::spawn(async move { c.get().await.is_err() })
+        })
+        .collect();
+    for t in tasks {
+        assert!(t.await.unwrap(), "every request fails while the provider is down");
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "the failure is shared, not retried per request"
+    );
+    tokio::time::sleep(FAILURE_MEMORY + Duration::from_millis(50)).await;
+    assert!(c.get().await.is_err());
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "and retried after a moment");
 }
