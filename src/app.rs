@@ -240,13 +240,15 @@ async fn accept_loop(
                             return;
                         }
                     };
+                    // A verified certificate without the configured kind of subject still counts as
+                    // a certificate: its subject is empty, which no mapping names, so the `mtls`
+                    // method refuses it rather than letting another method decide.
                     let subject = tls
                         .get_ref()
                         .1
                         .peer_certificates()
                         .and_then(|chain| chain.first())
-                        .and_then(|cert| client_subject(cert, source))
-                        .map(|s| Arc::<str>::from(s.as_str()));
+                        .map(|cert| Arc::<str>::from(client_subject(cert, source).unwrap_or_default().as_str()));
                     serve_connection(state, listener, remote, subject, TokioIo::new(tls), graceful_watch).await;
                 }
             }

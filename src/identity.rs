@@ -117,7 +117,7 @@ pub fn authenticate(
                     let name = certificates.get(subject).ok_or_else(|| {
                         GatewayError::client(
                             S3ErrorCode::AccessDenied,
-                            "Access Denied: the client certificate's subject is not mapped to an identity.",
+                            "Access Denied: the client certificate has no subject of the configured kind, or it is not mapped to an identity.",
                         )
                     })?;
                     let payload = declared_payload(headers)?;
