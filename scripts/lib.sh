@@ -35,17 +35,24 @@ ensure_clients() {
         echo "s3cmd missing from target/e2e-venv (it is in tests/e2e/requirements.txt): run ensure_python_env" >&2
         return 1
     fi
-    if command -v rclone >/dev/null 2>&1; then
+    # rclone (a client under test), curl (presigned URLs, mTLS) and openssl (test certificates).
+    local missing=()
+    command -v rclone >/dev/null 2>&1 || missing+=(rclone)
+    command -v curl >/dev/null 2>&1 || missing+=(curl)
+    command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+    if [[ ${#missing[@]} == 0 ]]; then
         return 0
     fi
     if [[ $(id -u) != 0 ]]; then
-        echo "rclone is missing and this is not root: install it (apt-get install rclone) and retry" >&2
+        echo "missing: ${missing[*]}; this is not root: install them (apt-get install ${missing[*]}) and retry" >&2
         return 1
     fi
-    say "Installing rclone (Debian package)"
+    say "Installing ${missing[*]} (Debian packages)"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends rclone >/dev/null
-    command -v rclone >/dev/null 2>&1 || { echo "rclone still not on PATH after apt-get install" >&2; return 1; }
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" ca-certificates >/dev/null
+    for tool in "${missing[@]}"; do
+        command -v "$tool" >/dev/null 2>&1 || { echo "$tool still not on PATH after apt-get install" >&2; return 1; }
+    done
 }
 
 # Builds the release binary (the e2e suites and the demo run it).
