@@ -13,10 +13,10 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::app::State;
+use crate::app::Gateway;
 use crate::body::{self, ResponseBody};
 
-pub(crate) async fn serve(state: Arc<State>, socket: TcpListener, mut stop: watch::Receiver<bool>) {
+pub(crate) async fn serve(gateway: Arc<Gateway>, socket: TcpListener, mut stop: watch::Receiver<bool>) {
     if let Ok(addr) = socket.local_addr() {
         tracing::info!(%addr, "Admin listening (/metrics, /healthz, /readyz).");
     }
@@ -25,11 +25,11 @@ pub(crate) async fn serve(state: Arc<State>, socket: TcpListener, mut stop: watc
             a = socket.accept() => match a { Ok(a) => a, Err(_) => continue },
             _ = stop.changed() => break,
         };
-        let state = state.clone();
+        let gateway = gateway.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(route(&state, &req)) }
+                let gateway = gateway.clone();
+                async move { Ok::<_, Infallible>(route(&gateway, &req)) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
@@ -38,22 +38,22 @@ pub(crate) async fn serve(state: Arc<State>, socket: TcpListener, mut stop: watc
     }
 }
 
-fn route(state: &State, req: &Request<Incoming>) -> Response<ResponseBody> {
+fn route(gateway: &Gateway, req: &Request<Incoming>) -> Response<ResponseBody> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
     }
     match req.uri().path() {
         "/metrics" => {
-            let mut r = text(StatusCode::OK, state.metrics.render());
+            let mut r = text(StatusCode::OK, gateway.metrics.render());
             r.headers_mut()
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static(prometheus::TEXT_FORMAT));
             r
         }
         "/healthz" => text(StatusCode::OK, "ok\n"),
-        "/readyz" if state.is_ready() => text(StatusCode::OK, "ready\n"),
+        "/readyz" if gateway.is_ready() => text(StatusCode::OK, "ready\n"),
         "/readyz" => text(
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: some principal has no valid credentials (see apgate_credentials_expiry_seconds and the log)\n",
+            "not ready: draining, or some principal has no valid credentials (see apgate_credentials_expiry_seconds and the log)\n",
         ),
         _ => text(StatusCode::NOT_FOUND, "not found: try /metrics, /healthz or /readyz\n"),
     }

@@ -6,23 +6,41 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+use arc_swap::ArcSwap;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::config::{Config, IdentityMethod};
+use crate::config::{Config, IdentityMethod, ServerConfig};
 use crate::identity::{SigV4Verifier, SourceMap};
 use crate::metrics::Metrics;
 use crate::routing::Router;
-use crate::signing::credentials::{CredentialSet, ExpiryCollector, RefreshMetrics};
+use crate::signing::credentials::{CredentialCache, CredentialSet, ExpiryCollector, RefreshMetrics};
 use crate::tls::{client_subject, TlsListener};
 use crate::upstream::Upstream;
 
-/// Everything a request needs, built once from the configuration.
+/// The running gateway: the current [`State`] (swapped atomically on reload), and what lives as long
+/// as the process: metrics and the draining flag.
+#[derive(Debug)]
+pub struct Gateway {
+    state: ArcSwap<State>,
+    pub metrics: Metrics,
+    draining: AtomicBool,
+    /// The credential caches of the current state, read by the expiry gauge at scrape time.
+    caches: Arc<ArcSwap<Vec<Arc<CredentialCache>>>>,
+    /// Reloads are serialised.
+    reload_lock: tokio::sync::Mutex<()>,
+}
+
+/// Everything a request needs, built from one configuration. A reload builds a new one through the
+/// same code as start-up; a request keeps the one it started with.
 #[derive(Debug)]
 pub struct State {
     pub config: Config,
@@ -33,6 +51,8 @@ pub struct State {
     pub credentials: CredentialSet,
     pub metrics: Metrics,
     pub listeners: HashMap<String, Arc<ListenerState>>,
+    /// Dropping the state stops its credential refreshers.
+    _stop_refreshers: watch::Sender<bool>,
 }
 
 /// A data-plane listener's own settings.
@@ -62,10 +82,22 @@ pub enum StartError {
     Bind { addr: SocketAddr, source: std::io::Error },
 }
 
+/// A reload was refused; the running configuration stays.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("{0}")]
+    Start(#[from] StartError),
+    #[error("{0} (listener and admin addresses are bound at start; restart apgate to change them)")]
+    NeedsRestart(String),
+}
+
 impl State {
-    /// Builds the state. Credentials are fetched once here so `/readyz` can tell; a failure is
-    /// logged, not fatal (the credential source may come up later).
-    pub async fn build(config: Config) -> Result<Arc<Self>, StartError> {
+    /// Builds the state: keys, routes, the upstream client, TLS acceptors, and credentials (fetched
+    /// once here so `/readyz` can tell; a failure is logged, not fatal: the credential source may
+    /// come up later). The credential refreshers run until the state is dropped.
+    pub async fn build(config: Config, metrics: &Metrics) -> Result<Self, StartError> {
         let keys = config.identities.iter().flat_map(|i| {
             let name: Arc<str> = Arc::from(i.name.as_str());
             i.keys
@@ -75,17 +107,6 @@ impl State {
         let verifier = SigV4Verifier::new(keys, config.sigv4.accepted_regions.clone(), config.sigv4.max_clock_skew);
         let router = Router::new(&config.routes);
         let upstream = Upstream::new(&config.upstream).map_err(StartError::Upstream)?;
-        let metrics = Metrics::new()?;
-        let refresh_metrics = RefreshMetrics {
-            attempts: metrics.credential_refreshes.clone(),
-            duration: metrics.credential_refresh_duration.clone(),
-        };
-        let credentials = CredentialSet::build(&config, Some(refresh_metrics)).await;
-        credentials.warm_up().await;
-        if !credentials.is_ready() {
-            tracing::warn!("Some principals have no credentials yet; their requests fail until they can be obtained.");
-        }
-        metrics.register(Box::new(ExpiryCollector::new(&credentials)?))?;
         let mut listeners = HashMap::new();
         for l in &config.listeners {
             let sources = SourceMap::new(
@@ -120,21 +141,126 @@ impl State {
             };
             listeners.insert(l.name.clone(), Arc::new(state));
         }
-        Ok(Arc::new(Self {
+        let refresh_metrics = RefreshMetrics {
+            attempts: metrics.credential_refreshes.clone(),
+            duration: metrics.credential_refresh_duration.clone(),
+        };
+        let credentials = CredentialSet::build(&config, Some(refresh_metrics)).await;
+        credentials.warm_up().await;
+        if !credentials.is_ready() {
+            tracing::warn!("Some principals have no credentials yet; their requests fail until they can be obtained.");
+        }
+        let (stop_tx, stop_rx) = watch::channel(false);
+        for cache in credentials.all() {
+            tokio::spawn(cache.clone().run_refresher(stop_rx.clone()));
+        }
+        Ok(Self {
             verifier,
             router,
             upstream,
             credentials,
-            metrics,
+            metrics: metrics.clone(),
             listeners,
             config,
-        }))
+            _stop_refreshers: stop_tx,
+        })
     }
 
-    /// Whether apgate can serve: configuration loaded and every principal's credentials valid.
+    /// Whether every principal's credentials are valid.
     pub fn is_ready(&self) -> bool {
         self.credentials.is_ready()
     }
+}
+
+impl Gateway {
+    /// Builds the metrics and the first state.
+    pub async fn new(config: Config) -> Result<Arc<Self>, StartError> {
+        let metrics = Metrics::new()?;
+        let state = State::build(config, &metrics).await?;
+        let caches = Arc::new(ArcSwap::from_pointee(
+            state.credentials.all().cloned().collect::<Vec<_>>(),
+        ));
+        metrics.register(Box::new(ExpiryCollector::new(caches.clone())?))?;
+        metrics.config_last_reload_success.set(unix_now());
+        Ok(Arc::new(Self {
+            state: ArcSwap::from_pointee(state),
+            metrics,
+            draining: AtomicBool::new(false),
+            caches,
+            reload_lock: tokio::sync::Mutex::new(()),
+        }))
+    }
+
+    /// The current state (requests hold on to the one they started with).
+    pub fn state(&self) -> Arc<State> {
+        self.state.load_full()
+    }
+
+    /// Ready to take traffic: not draining, and every principal has valid credentials.
+    pub fn is_ready(&self) -> bool {
+        !self.draining.load(Ordering::Relaxed) && self.state.load().is_ready()
+    }
+
+    /// Marks the gateway as draining: `/readyz` turns false at once.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Reloads from a file: parse and validate, build a new state through the same code as
+    /// start-up, swap it in. On any error the running state stays, the error is logged with its
+    /// key paths and counted.
+    pub async fn reload_from(&self, path: &Path) -> Result<(), ReloadError> {
+        let result = match Config::load(path) {
+            Ok(config) => self.reload(config).await,
+            Err(e) => Err(ReloadError::Config(e)),
+        };
+        match &result {
+            Ok(()) => tracing::info!(path = %path.display(), "Configuration reloaded."),
+            Err(error) => {
+                self.metrics.config_reloads.with_label_values(&["failure"]).inc();
+                tracing::error!(path = %path.display(), %error, "Configuration reload failed; the running configuration stays.");
+            }
+        }
+        result
+    }
+
+    /// Swaps in a new configuration (see [`Gateway::reload_from`]).
+    pub async fn reload(&self, config: Config) -> Result<(), ReloadError> {
+        let _one_at_a_time = self.reload_lock.lock().await;
+        let running = self.state.load_full();
+        check_addresses(&running.config, &config)?;
+        let state = State::build(config, &self.metrics).await?;
+        self.caches.store(Arc::new(state.credentials.all().cloned().collect()));
+        self.state.store(Arc::new(state));
+        self.metrics.config_reloads.with_label_values(&["success"]).inc();
+        self.metrics.config_last_reload_success.set(unix_now());
+        Ok(())
+    }
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Listener names and addresses, and the admin address, are bound at start and cannot change on a
+/// reload.
+fn check_addresses(running: &Config, new: &Config) -> Result<(), ReloadError> {
+    let addresses = |c: &Config| -> Vec<(String, SocketAddr)> {
+        let mut v: Vec<_> = c.listeners.iter().map(|l| (l.name.clone(), l.address)).collect();
+        v.sort();
+        v
+    };
+    if addresses(running) != addresses(new) {
+        return Err(ReloadError::NeedsRestart(
+            "the set of listeners or their addresses changed".to_owned(),
+        ));
+    }
+    if running.admin.address != new.admin.address {
+        return Err(ReloadError::NeedsRestart("admin.address changed".to_owned()));
+    }
+    Ok(())
 }
 
 /// Bound sockets for every listener of a configuration.
@@ -162,45 +288,37 @@ impl Bound {
     }
 }
 
-/// Serves the data plane and the admin port until `shutdown` completes.
-pub async fn serve(state: Arc<State>, bound: Bound, shutdown: impl Future<Output = ()>) {
+/// Serves the data plane and the admin port until `shutdown` completes, then drains: `/readyz`
+/// turns false at once, the listeners stop accepting, and in-flight requests (long streams
+/// included) get up to the configured grace period to finish.
+pub async fn serve(gateway: Arc<Gateway>, bound: Bound, shutdown: impl Future<Output = ()>) {
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut tasks = Vec::new();
+    let mut listeners = Vec::new();
     for (name, socket) in bound.data {
-        let Some(listener) = state.listeners.get(&name).cloned() else {
-            continue;
-        };
-        tasks.push(tokio::spawn(accept_loop(
-            state.clone(),
-            listener,
+        listeners.push(tokio::spawn(accept_loop(
+            gateway.clone(),
+            Arc::from(name.as_str()),
             socket,
             stop_rx.clone(),
         )));
     }
-    for cache in state.credentials.all() {
-        tasks.push(tokio::spawn(cache.clone().run_refresher(stop_rx.clone())));
-    }
-    tasks.push(tokio::spawn(crate::admin::serve(
-        state.clone(),
-        bound.admin,
-        stop_rx.clone(),
-    )));
+    let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
+    let admin = tokio::spawn(crate::admin::serve(gateway.clone(), bound.admin, admin_stop_rx));
     shutdown.await;
-    tracing::info!("Shutting down.");
+    gateway.start_draining();
+    tracing::info!("Shutting down: draining in-flight requests.");
     let _ = stop_tx.send(true);
-    for t in tasks {
+    for t in listeners {
         let _ = t.await;
     }
+    let _ = admin_stop_tx.send(true);
+    let _ = admin.await;
+    tracing::info!("Stopped.");
 }
 
-async fn accept_loop(
-    state: Arc<State>,
-    listener: Arc<ListenerState>,
-    socket: TcpListener,
-    mut stop: watch::Receiver<bool>,
-) {
+async fn accept_loop(gateway: Arc<Gateway>, name: Arc<str>, socket: TcpListener, mut stop: watch::Receiver<bool>) {
     if let Ok(addr) = socket.local_addr() {
-        tracing::info!(listener = %listener.name, %addr, "Listening.");
+        tracing::info!(listener = %name, %addr, "Listening.");
     }
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
@@ -218,12 +336,24 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        let state = state.clone();
-        let listener = listener.clone();
+        // The listener's settings (TLS certificates included) as of now: a reload applies to the
+        // connections accepted after it.
+        let state = gateway.state();
+        let Some(listener) = state.listeners.get(&*name).cloned() else {
+            continue;
+        };
+        let server = state.config.server;
+        let gateway = gateway.clone();
         let graceful_watch = graceful.watcher();
         tokio::spawn(async move {
+            let conn = Conn {
+                gateway,
+                listener: listener.name.clone(),
+                remote,
+                server,
+            };
             match listener.tls.clone() {
-                None => serve_connection(state, listener, remote, None, TokioIo::new(stream), graceful_watch).await,
+                None => conn.serve(None, TokioIo::new(stream), graceful_watch).await,
                 Some(TlsListener {
                     acceptor,
                     identity_from: source,
@@ -249,55 +379,122 @@ async fn accept_loop(
                         .peer_certificates()
                         .and_then(|chain| chain.first())
                         .map(|cert| Arc::<str>::from(client_subject(cert, source).unwrap_or_default().as_str()));
-                    serve_connection(state, listener, remote, subject, TokioIo::new(tls), graceful_watch).await;
+                    conn.serve(subject, TokioIo::new(tls), graceful_watch).await;
                 }
             }
         });
     }
     // Let in-flight requests finish, for a bounded time.
-    if tokio::time::timeout(Duration::from_secs(30), graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(listener = %listener.name, "In-flight requests did not finish within 30 s.");
+    let grace = gateway.state().config.server.shutdown_grace_period;
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!(listener = %name, grace_seconds = grace.as_secs_f64(), "In-flight requests did not finish within the grace period.");
     }
 }
 
 /// How long a client may take to complete a TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves HTTP/1.1 on one accepted connection (plain or TLS).
-async fn serve_connection<I>(
-    state: Arc<State>,
-    listener: Arc<ListenerState>,
+/// One accepted connection.
+struct Conn {
+    gateway: Arc<Gateway>,
+    listener: Arc<str>,
     remote: SocketAddr,
-    client_certificate: Option<Arc<str>>,
-    io: TokioIo<I>,
-    graceful: hyper_util::server::graceful::Watcher,
-) where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let svc = service_fn(move |req| {
-        crate::proxy::handle(state.clone(), listener.clone(), remote, client_certificate.clone(), req)
-    });
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
-        .keep_alive(true);
-    let conn = graceful.watch(builder.serve_connection(io, svc));
-    if let Err(error) = conn.await {
-        tracing::debug!(%error, %remote, "Connection ended with an error.");
+    server: ServerConfig,
+}
+
+impl Conn {
+    /// Serves HTTP/1.1 on the connection (plain or TLS).
+    async fn serve<I>(
+        self,
+        client_certificate: Option<Arc<str>>,
+        io: TokioIo<I>,
+        graceful: hyper_util::server::graceful::Watcher,
+    ) where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let Self {
+            gateway,
+            listener,
+            remote,
+            server,
+        } = self;
+        let svc = service_fn(move |req| {
+            crate::proxy::handle(
+                gateway.clone(),
+                listener.clone(),
+                remote,
+                client_certificate.clone(),
+                req,
+            )
+        });
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(server.header_read_timeout)
+            .max_buf_size(server.max_header_bytes.max(8192))
+            .keep_alive(true);
+        let conn = graceful.watch(builder.serve_connection(io, svc));
+        if let Err(error) = conn.await {
+            tracing::debug!(%error, %remote, "Connection ended with an error.");
+        }
     }
 }
 
-/// Builds the state, binds every address and serves until `shutdown`.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+/// Builds the gateway, binds every address and serves until `shutdown`; with a config path, also
+/// reloads on SIGHUP and when the file changes.
+pub async fn run(
+    config: Config,
+    config_path: Option<PathBuf>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartError> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let bound = Bound::bind(&config).await?;
-    let state = State::build(config).await?;
-    serve(state, bound, shutdown).await;
+    let gateway = Gateway::new(config).await?;
+    let watcher = config_path.map(|path| tokio::spawn(watch_config(gateway.clone(), path)));
+    serve(gateway, bound, shutdown).await;
+    if let Some(w) = watcher {
+        w.abort();
+    }
     Ok(())
+}
+
+/// Reloads the configuration on SIGHUP, and when the file's contents change (checked every 2 s;
+/// a rename-over, as Kubernetes does for ConfigMaps, counts).
+async fn watch_config(gateway: Arc<Gateway>, path: PathBuf) {
+    let fingerprint = |p: &Path| {
+        std::fs::read(p).ok().map(|bytes| {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            bytes.hash(&mut h);
+            h.finish()
+        })
+    };
+    let mut last = fingerprint(&path);
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        #[cfg(unix)]
+        let signal = async {
+            match hup.as_mut() {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let signal = std::future::pending::<()>();
+        let by_signal = tokio::select! {
+            () = signal => true,
+            () = tokio::time::sleep(Duration::from_secs(2)) => false,
+        };
+        let now = fingerprint(&path);
+        if by_signal || (now.is_some() && now != last) {
+            tracing::info!(path = %path.display(), trigger = if by_signal { "SIGHUP" } else { "file change" }, "Reloading the configuration.");
+            let _ = gateway.reload_from(&path).await;
+            last = now;
+        }
+    }
 }
 
 /// Completes on SIGTERM or SIGINT.

@@ -21,6 +21,7 @@ use crate::secret::Secret;
 #[derive(Debug, Clone)]
 pub struct Config {
     pub admin: AdminConfig,
+    pub server: ServerConfig,
     pub listeners: Vec<ListenerConfig>,
     pub sigv4: SigV4Config,
     pub addressing: AddressingConfig,
@@ -30,6 +31,17 @@ pub struct Config {
     pub sts: StsConfig,
     pub identities: Vec<IdentityConfig>,
     pub routes: Vec<RouteConfig>,
+}
+
+/// Connection handling on the data plane.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerConfig {
+    /// How long a client may take to send a request head (frees slots held by slow clients).
+    pub header_read_timeout: Duration,
+    /// The largest request head accepted (request line and headers).
+    pub max_header_bytes: usize,
+    /// On SIGTERM/SIGINT, how long in-flight requests get to finish.
+    pub shutdown_grace_period: Duration,
 }
 
 /// The admin port: `/metrics`, `/healthz`, `/readyz`.

@@ -51,8 +51,9 @@ fn serve(path: &std::path::Path) -> i32 {
             return exit::UNAVAILABLE;
         }
     };
+    let path = path.to_path_buf();
     runtime.block_on(async move {
-        match apgate::app::run(config, apgate::app::shutdown_signal()).await {
+        match apgate::app::run(config, Some(path), apgate::app::shutdown_signal()).await {
             Ok(()) => exit::OK,
             Err(e) => {
                 tracing::error!(error = %e, "apgate could not start.");

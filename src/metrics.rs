@@ -17,6 +17,9 @@ pub const AUTH_FAILURES_TOTAL: &str = "apgate_auth_failures_total";
 pub const UPSTREAM_ERRORS_TOTAL: &str = "apgate_upstream_errors_total";
 pub const INFLIGHT_REQUESTS: &str = "apgate_inflight_requests";
 pub const BUILD_INFO: &str = "apgate_build_info";
+pub const CONFIG_RELOADS_TOTAL: &str = "apgate_config_reloads_total";
+pub const CONFIG_LAST_RELOAD_SUCCESS: &str = "apgate_config_last_reload_success_timestamp_seconds";
+pub const UPSTREAM_RESPONSES_TOTAL: &str = "apgate_upstream_responses_total";
 pub const CREDENTIAL_REFRESHES_TOTAL: &str = "apgate_credential_refreshes_total";
 pub const CREDENTIAL_REFRESH_DURATION_SECONDS: &str = "apgate_credential_refresh_duration_seconds";
 
@@ -37,6 +40,9 @@ pub struct Metrics {
     pub inflight: IntGauge,
     pub credential_refreshes: IntCounterVec,
     pub credential_refresh_duration: HistogramVec,
+    pub config_reloads: IntCounterVec,
+    pub config_last_reload_success: prometheus::Gauge,
+    pub upstream_responses: IntCounterVec,
 }
 
 impl Metrics {
@@ -109,6 +115,24 @@ impl Metrics {
             .buckets(exponential_buckets(0.001, 2.0, 16)?),
             &["principal"],
         )?;
+        let config_reloads = IntCounterVec::new(
+            Opts::new(
+                CONFIG_RELOADS_TOTAL,
+                "Configuration reloads (SIGHUP or file change), by result.",
+            ),
+            &["result"],
+        )?;
+        let config_last_reload_success = prometheus::Gauge::new(
+            CONFIG_LAST_RELOAD_SUCCESS,
+            "Unix time the running configuration was loaded (at start or by the last successful reload).",
+        )?;
+        let upstream_responses = IntCounterVec::new(
+            Opts::new(
+                UPSTREAM_RESPONSES_TOTAL,
+                "Upstream responses by access point, HTTP status and S3 error code (- for successes).",
+            ),
+            &["access_point", "status", "code"],
+        )?;
         let inflight = IntGauge::new(INFLIGHT_REQUESTS, "Requests being handled now.")?;
         let build_info = IntGaugeVec::new(
             Opts::new(BUILD_INFO, "Always 1; the version label says which apgate runs."),
@@ -127,6 +151,9 @@ impl Metrics {
         registry.register(Box::new(build_info))?;
         registry.register(Box::new(credential_refreshes.clone()))?;
         registry.register(Box::new(credential_refresh_duration.clone()))?;
+        registry.register(Box::new(config_reloads.clone()))?;
+        registry.register(Box::new(config_last_reload_success.clone()))?;
+        registry.register(Box::new(upstream_responses.clone()))?;
         Ok(Self {
             registry,
             requests,
@@ -139,6 +166,9 @@ impl Metrics {
             inflight,
             credential_refreshes,
             credential_refresh_duration,
+            config_reloads,
+            config_last_reload_success,
+            upstream_responses,
         })
     }
 

@@ -17,7 +17,7 @@ use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use crate::app::{ListenerState, State};
+use crate::app::{Gateway, ListenerState, State};
 use crate::body::{self, BodyEnd, Metered, ResponseBody};
 use crate::chunked::{ChunkKey, FailureSlot, ResignChunks};
 use crate::error::{xml_escape_into, GatewayError, S3ErrorCode};
@@ -65,12 +65,18 @@ impl Ctx {
 
 /// The hyper service function of a data-plane listener.
 pub async fn handle(
-    state: Arc<State>,
-    listener: Arc<ListenerState>,
+    gateway: Arc<Gateway>,
+    listener_name: Arc<str>,
     remote: SocketAddr,
     client_certificate: Option<Arc<str>>,
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
+    // The state as of this request's start: a reload during it does not change it.
+    let state = gateway.state();
+    let Some(listener) = state.listeners.get(&*listener_name).cloned() else {
+        let error = GatewayError::internal("the listener is no longer configured");
+        return Ok(error.into_response(&new_request_id(), req.method() == Method::HEAD));
+    };
     let mut ctx = Ctx {
         request_id: new_request_id(),
         started: Instant::now(),
@@ -404,6 +410,7 @@ async fn proxy(
         .get("x-amz-request-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    let mut error_code = None;
     let resp_body: ResponseBody = if ctx.head || !reveals_bucket(ctx.operation, &resp_parts) {
         resp_body.map_err(Into::into).boxed_unsync()
     } else {
@@ -419,18 +426,41 @@ async fn proxy(
             endpoint,
         };
         let rewritten = rewrite_response_body(ctx, resp_body, &view).await?;
+        if !status.is_success() {
+            error_code = s3_error_code(&rewritten);
+        }
         resp_parts.headers.remove(header::TRANSFER_ENCODING);
         resp_parts
             .headers
             .insert(header::CONTENT_LENGTH, HeaderValue::from(rewritten.len()));
         body::full(rewritten)
     };
+    state
+        .metrics
+        .upstream_responses
+        .with_label_values(&[
+            ctx.access_point_label(),
+            status.as_str(),
+            error_code.as_deref().unwrap_or(NONE),
+        ])
+        .inc();
     let state2 = state.clone();
     let done = clone_ctx(ctx);
     let metered = Metered::new(resp_body, move |n, end| {
         finish(&state2, &done, status, n, end, upstream_request_id.as_deref())
     });
     Ok(Response::from_parts(resp_parts, metered.boxed_unsync()))
+}
+
+/// The `<Code>` of an S3 error body, if it is a plain identifier (so it is safe as a metric label:
+/// S3's codes are a closed set of CamelCase words).
+fn s3_error_code(body: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(body).ok()?;
+    let start = text.find("<Code>")? + "<Code>".len();
+    let len = text[start..].find("</Code>")?;
+    let code = &text[start..start + len];
+    let plain = !code.is_empty() && code.len() <= 64 && code.bytes().all(|b| b.is_ascii_alphanumeric());
+    Some(if plain { code.to_owned() } else { "Other".to_owned() })
 }
 
 /// The most a DeleteObjects body may be: 1000 keys of up to 1024 bytes, escaped, plus framing.

@@ -15,7 +15,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
-use apgate::app::{serve, Bound, State};
+use apgate::app::{serve, Bound};
 use apgate::config::Config;
 use apgate::identity::SigV4Verifier;
 use apgate::s3::addressing::parse_target;
@@ -87,6 +87,8 @@ async fn scripted_upstream() -> (SocketAddr, Arc<Mutex<Vec<Seen>>>) {
 
 struct Gateway {
     sidecar: SocketAddr,
+    running: Arc<apgate::app::Gateway>,
+    toml: String,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
@@ -129,12 +131,18 @@ access_point = "arn:aws:s3:us-east-1:123456789012:accesspoint/bob-ap"
     let config = Config::from_toml(&toml).unwrap();
     let bound = Bound::bind(&config).await.unwrap();
     let sidecar = bound.data[0].1.local_addr().unwrap();
-    let state = State::build(config).await.unwrap();
+    let state = apgate::app::Gateway::new(config).await.unwrap();
+    let running = state.clone();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(serve(state, bound, async move {
         let _ = rx.await;
     }));
-    Gateway { sidecar, _stop: tx }
+    Gateway {
+        sidecar,
+        running,
+        toml,
+        _stop: tx,
+    }
 }
 
 async fn send(addr: SocketAddr, method: Method, path: &str) -> (StatusCode, HeaderMap, Bytes) {
@@ -261,4 +269,60 @@ async fn x_amz_query_parameters_are_refused_not_forwarded() {
         .unwrap()
         .contains("<Code>InvalidArgument</Code>"));
     assert!(seen.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_reload_changes_routes_without_a_restart_and_a_bad_one_changes_nothing() {
+    let (up, seen) = scripted_upstream().await;
+    let gw = gateway(up).await;
+    let (status, _, _) = send(gw.sidecar, Method::GET, "/shared/Team/x").await;
+    assert_eq!(status, 403, "no route for Team/ yet");
+
+    // The listeners are bound to port 0 in the test config; a reload must name the same addresses,
+    // so reload the exact running text plus one route.
+    let with_team = format!(
+        "{}\n[[routes]]\nidentity = \"bob\"\nbucket = \"shared\"\nprefix = \"Team/\"\naccess_point = \"arn:aws:s3:us-east-1:123456789012:accesspoint/team-ap\"\n",
+        gw.toml
+    );
+    let dir = std::env::temp_dir().join(format!("apgate-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("apgate.toml");
+    std::fs::write(&path, &with_team).unwrap();
+    gw.running.reload_from(&path).await.unwrap();
+    let (status, _, _) = send(gw.sidecar, Method::GET, "/shared/Team/x").await;
+    assert_eq!(status, 200, "the new route applies to the next request");
+    assert_eq!(
+        seen.lock().unwrap().last().unwrap().headers["host"],
+        "team-ap-123456789012.s3-accesspoint.us-east-1.amazonaws.com"
+    );
+
+    // A broken file: refused, counted, and the running routes stay.
+    std::fs::write(
+        &path,
+        with_team.replace("prefix = \"Team/\"", "prefix = \"Team/\"\noperations = [\"fly\"]"),
+    )
+    .unwrap();
+    let err = gw.running.reload_from(&path).await.unwrap_err();
+    assert!(err.to_string().contains("routes[1].operations[0]"), "{err}");
+    let (status, _, _) = send(gw.sidecar, Method::GET, "/shared/Team/x").await;
+    assert_eq!(status, 200, "the old configuration keeps serving");
+    let metrics = gw.running.metrics.render();
+    assert!(
+        metrics.contains("apgate_config_reloads_total{result=\"success\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("apgate_config_reloads_total{result=\"failure\"} 1"),
+        "{metrics}"
+    );
+
+    // Listener addresses are bound at start: changing one needs a restart.
+    std::fs::write(
+        &path,
+        with_team.replacen("address = \"127.0.0.1:0\"", "address = \"127.0.0.1:1\"", 1),
+    )
+    .unwrap();
+    let err = gw.running.reload_from(&path).await.unwrap_err();
+    assert!(err.to_string().contains("restart"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

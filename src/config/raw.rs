@@ -10,6 +10,8 @@ use serde::Deserialize;
 pub(crate) struct RawConfig {
     pub(crate) admin: RawAdmin,
     #[serde(default)]
+    pub(crate) server: RawServer,
+    #[serde(default)]
     pub(crate) listeners: Vec<RawListener>,
     #[serde(default)]
     pub(crate) sigv4: RawSigV4,
@@ -25,6 +27,14 @@ pub(crate) struct RawConfig {
     pub(crate) identities: Vec<RawIdentity>,
     #[serde(default)]
     pub(crate) routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawServer {
+    pub(crate) header_read_timeout_seconds: Option<f64>,
+    pub(crate) max_header_bytes: Option<usize>,
+    pub(crate) shutdown_grace_period_seconds: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]

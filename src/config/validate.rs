@@ -10,8 +10,8 @@ use ipnet::IpNet;
 use super::raw::{RawConfig, RawCredentials, RawEndpoint, RawSecret};
 use super::{
     AddressingConfig, AdminConfig, Config, CredentialRefreshConfig, CredentialsConfig, Endpoint, IdentityConfig,
-    IdentityMethod, KeyConfig, ListenerConfig, ListenerTls, RoleConfig, RouteConfig, SigV4Config, StsConfig,
-    UpstreamConfig,
+    IdentityMethod, KeyConfig, ListenerConfig, ListenerTls, RoleConfig, RouteConfig, ServerConfig, SigV4Config,
+    StsConfig, UpstreamConfig,
 };
 use crate::s3::{AccessPoint, BucketName, OperationClass};
 use crate::secret::Secret;
@@ -178,6 +178,26 @@ fn validate(raw: RawConfig, env: &dyn Env) -> Result<Config, ConfigError> {
     let admin = AdminConfig {
         address: c.addr("admin.address", &raw.admin.address).unwrap_or(unspecified),
     };
+
+    let server = ServerConfig {
+        header_read_timeout: c.seconds(
+            "server.header_read_timeout_seconds",
+            raw.server.header_read_timeout_seconds,
+            30.0,
+        ),
+        max_header_bytes: raw.server.max_header_bytes.unwrap_or(64 * 1024),
+        shutdown_grace_period: c.seconds(
+            "server.shutdown_grace_period_seconds",
+            raw.server.shutdown_grace_period_seconds,
+            30.0,
+        ),
+    };
+    if !(8192..=1 << 20).contains(&server.max_header_bytes) {
+        c.problem(
+            "server.max_header_bytes",
+            format!("{}: want 8192 to 1048576", server.max_header_bytes),
+        );
+    }
 
     let identity_names: HashSet<&str> = raw.identities.iter().map(|i| i.name.as_str()).collect();
 
@@ -534,6 +554,7 @@ fn validate(raw: RawConfig, env: &dyn Env) -> Result<Config, ConfigError> {
     if c.problems.is_empty() {
         Ok(Config {
             admin,
+            server,
             listeners,
             sigv4,
             addressing,

@@ -333,12 +333,13 @@ impl CredentialSet {
 /// Reports `apgate_credentials_expiry_seconds{principal}`, computed when scraped.
 #[derive(Debug)]
 pub struct ExpiryCollector {
-    caches: Vec<Arc<CredentialCache>>,
+    /// The current state's caches (replaced on reload).
+    caches: Arc<arc_swap::ArcSwap<Vec<Arc<CredentialCache>>>>,
     desc: Vec<prometheus::core::Desc>,
 }
 
 impl ExpiryCollector {
-    pub fn new(set: &CredentialSet) -> Result<Self, prometheus::Error> {
+    pub fn new(caches: Arc<arc_swap::ArcSwap<Vec<Arc<CredentialCache>>>>) -> Result<Self, prometheus::Error> {
         let desc = prometheus::core::Desc::new(
             EXPIRY_SECONDS.to_owned(),
             "Seconds until each principal's cached credentials expire (absent when they never expire).".to_owned(),
@@ -346,7 +347,7 @@ impl ExpiryCollector {
             HashMap::new(),
         )?;
         Ok(Self {
-            caches: set.all().cloned().collect(),
+            caches,
             desc: vec![desc],
         })
     }
@@ -367,7 +368,7 @@ impl prometheus::core::Collector for ExpiryCollector {
         ) else {
             return Vec::new();
         };
-        for cache in &self.caches {
+        for cache in self.caches.load().iter() {
             if let Some(left) = cache.seconds_left() {
                 gauge.with_label_values(&[cache.principal()]).set(left);
             }
