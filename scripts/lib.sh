@@ -55,6 +55,26 @@ ensure_clients() {
     done
 }
 
+# Installs Debian's prometheus package (prometheus and promtool) when either is missing: the
+# observability suite (tests/e2e/test_observability.py) lints apgate's /metrics with promtool, checks
+# and unit-tests deploy/prometheus/alerts.yml, and scrapes apgate with its own Prometheus. On a host
+# running systemd the package also enables its prometheus service (port 9090); the tests do not use it.
+ensure_prometheus() {
+    if command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; then
+        return 0
+    fi
+    if [[ $(id -u) != 0 ]]; then
+        echo "prometheus/promtool missing; this is not root: install them (apt-get install prometheus) and retry" >&2
+        return 1
+    fi
+    say "Installing prometheus and promtool (Debian package prometheus)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+    for tool in prometheus promtool; do
+        command -v "$tool" >/dev/null 2>&1 || { echo "$tool still not on PATH after apt-get install" >&2; return 1; }
+    done
+}
+
 # Builds the release binary (the e2e suites and the demo run it).
 build_release() {
     say "Building apgate (release)"

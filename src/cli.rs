@@ -1,4 +1,4 @@
-//! The command line: `serve`, `check` and `keygen`.
+//! The command line: `serve`, `check`, `explain`, `keygen` and `completions`.
 
 use std::path::PathBuf;
 
@@ -21,11 +21,32 @@ pub enum Command {
         #[arg(short, long, env = "APGATE_CONFIG")]
         config: PathBuf,
     },
-    /// Validate a configuration file without binding any port; exit 0 when it is valid.
+    /// Validate a configuration file without binding any port. Every problem is printed with its
+    /// key path (e.g. `routes[2].access_point: ... account must be 12 digits`); exit 0 when valid,
+    /// 64 when not. Also warns about routes that can never match and identities nothing can reach.
     Check {
         /// The configuration file (TOML).
         #[arg(short, long, env = "APGATE_CONFIG")]
         config: PathBuf,
+    },
+    /// Show what apgate would do with a request, without sending anything: the operation, which
+    /// route matched and why (or why it is denied), the access point and the upstream request.
+    ///
+    /// Example: apgate explain -c apgate.toml --identity bob PUT /access-point-test/Bob/report.csv
+    Explain {
+        /// The configuration file (TOML).
+        #[arg(short, long, env = "APGATE_CONFIG")]
+        config: PathBuf,
+        /// The caller, as named in [[identities]].
+        #[arg(long)]
+        identity: String,
+        /// For copies: the x-amz-copy-source the client sends (bucket/key).
+        #[arg(long)]
+        copy_source: Option<String>,
+        /// The HTTP method (GET, PUT, HEAD, DELETE, POST).
+        method: String,
+        /// A path (/bucket/key?query) or a full URL (http://bucket.s3.example.internal/key).
+        target: String,
     },
     /// Print a fresh access key id and secret for an inbound identity, as a config snippet.
     Keygen {
@@ -33,6 +54,79 @@ pub enum Command {
         #[arg(long, default_value = "NAME")]
         identity: String,
     },
+    /// Print a shell completion script, e.g. `apgate completions bash > /etc/bash_completion.d/apgate`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// `apgate check`: prints problems or warnings, returns the exit code.
+pub fn check(path: &std::path::Path) -> i32 {
+    match crate::config::Config::load(path) {
+        Ok(c) => {
+            for w in crate::explain::warnings(&c) {
+                eprintln!("warning: {w}");
+            }
+            println!(
+                "{}: ok ({} listeners, {} identities, {} routes)",
+                path.display(),
+                c.listeners.len(),
+                c.identities.len(),
+                c.routes.len()
+            );
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("{}: invalid configuration\n{e}", path.display());
+            exit::CONFIG
+        }
+    }
+}
+
+/// `apgate explain`: prints the decision; exit 0 when allowed, 1 when denied, 64 for a bad config.
+pub fn explain(path: &std::path::Path, identity: &str, method: &str, target: &str, copy_source: Option<&str>) -> i32 {
+    match crate::config::Config::load(path) {
+        Ok(c) => {
+            let e = crate::explain::explain(&c, identity, method, target, copy_source);
+            print!("{e}");
+            if e.allowed {
+                exit::OK
+            } else {
+                1
+            }
+        }
+        Err(e) => {
+            eprintln!("{}: invalid configuration\n{e}", path.display());
+            exit::CONFIG
+        }
+    }
+}
+
+/// `apgate keygen`: a config snippet with a fresh key.
+pub fn print_keygen(identity: &str) -> i32 {
+    let (akid, secret) = keygen();
+    let var: String = identity
+        .to_ascii_uppercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    println!("# A new key for identity {identity:?}. Store the secret where apgate reads it (an environment");
+    println!("# variable or a file), give it to the caller, and add this under the identity:");
+    println!("[[identities.keys]]");
+    println!("access_key_id = \"{akid}\"");
+    println!("secret_access_key = {{ env = \"APGATE_SECRET_{var}\" }}");
+    println!();
+    println!("# secret (shown once): {secret}");
+    exit::OK
+}
+
+/// `apgate completions SHELL`.
+pub fn print_completions(shell: clap_complete::Shell) -> i32 {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    clap_complete::generate(shell, &mut cmd, "apgate", &mut std::io::stdout());
+    exit::OK
 }
 
 /// Exit codes (sysexits): 0 ok, 64 bad usage or configuration, 69 could not start.

@@ -24,6 +24,7 @@ pub mod chunked;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod explain;
 pub mod identity;
 pub mod metrics;
 pub mod proxy;

@@ -1,34 +1,23 @@
 //! The `apgate` binary: parse the command line, then hand over to the library.
 #![forbid(unsafe_code)]
 
-use apgate::cli::{exit, Cli, Command};
+use apgate::cli::{self, exit, Cli, Command};
 use apgate::config::Config;
 use clap::Parser;
 
 fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
-        Command::Check { config } => match Config::load(&config) {
-            Ok(c) => {
-                println!(
-                    "{}: ok ({} listeners, {} identities, {} routes)",
-                    config.display(),
-                    c.listeners.len(),
-                    c.identities.len(),
-                    c.routes.len()
-                );
-                exit::OK
-            }
-            Err(e) => {
-                eprintln!("{}: invalid configuration\n{e}", config.display());
-                exit::CONFIG
-            }
-        },
-        Command::Keygen { identity } => {
-            let (akid, secret) = apgate::cli::keygen();
-            println!("[[identities.keys]]  # for identity {identity:?}\naccess_key_id = \"{akid}\"\n# Store the secret where the config can read it, e.g. in a file or an environment variable:\n# secret_access_key = {{ env = \"APGATE_SECRET_{}\" }}\n# secret: {secret}", identity.to_ascii_uppercase().replace(|c: char| !c.is_ascii_alphanumeric(), "_"));
-            exit::OK
-        }
+        Command::Check { config } => cli::check(&config),
+        Command::Explain {
+            config,
+            identity,
+            copy_source,
+            method,
+            target,
+        } => cli::explain(&config, &identity, &method, &target, copy_source.as_deref()),
+        Command::Keygen { identity } => cli::print_keygen(&identity),
+        Command::Completions { shell } => cli::print_completions(shell),
         Command::Serve { config } => serve(&config),
     };
     std::process::exit(code);

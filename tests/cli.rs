@@ -1,0 +1,182 @@
+//! The `apgate` binary as operators use it: `check` (on every shipped config, and on a table of
+//! broken ones), `explain`, `keygen`, `completions`, `--help`.
+
+#![allow(clippy::unwrap_used)] // Test helpers: a failure here is a test failure.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn apgate(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_apgate"))
+        .args(args)
+        .env("APGATE_UPSTREAM_ACCESS_KEY_ID", "AKIDEXAMPLE")
+        .env("APGATE_UPSTREAM_SECRET_ACCESS_KEY", "x".repeat(40))
+        .env("APGATE_BOB_SECRET", "y".repeat(40))
+        .env_remove("APGATE_CONFIG")
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("apgate-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+#[test]
+fn check_accepts_every_shipped_config() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let o = apgate(&["check", "-c", path.to_str().unwrap()]);
+            assert!(o.status.success(), "{}: {}", path.display(), text(&o));
+            assert!(text(&o).contains(": ok ("), "{}", text(&o));
+            n += 1;
+        }
+    }
+    assert!(n >= 3, "found {n} configs");
+}
+
+const BASE: &str = r#"
+[admin]
+address = "127.0.0.1:9090"
+
+[[listeners]]
+name = "shared"
+address = "127.0.0.1:8080"
+identity_methods = ["sigv4"]
+
+[upstream]
+region = "us-east-1"
+endpoint = { mode = "custom", url = "http://127.0.0.1:5000" }
+
+[credentials]
+type = "static"
+access_key_id = { env = "APGATE_UPSTREAM_ACCESS_KEY_ID" }
+secret_access_key = { env = "APGATE_UPSTREAM_SECRET_ACCESS_KEY" }
+
+[[identities]]
+name = "bob"
+
+[[identities.keys]]
+access_key_id = "APGTESTBOB0000000001"
+secret_access_key = { env = "APGATE_BOB_SECRET" }
+
+[[routes]]
+identity = "bob"
+bucket = "access-point-test"
+prefix = "Bob/"
+access_point = "arn:aws:s3:us-east-1:123456789012:accesspoint/bob-access-point-test"
+"#;
+
+#[test]
+fn check_names_the_key_path_and_the_problem_of_each_broken_config() {
+    // (what to replace, with what, expected text in the output)
+    let cases: &[(&str, &str, &str)] = &[
+        ("123456789012:accesspoint/bob", "12345:accesspoint/bob", "routes[0].access_point: \"arn:aws:s3:us-east-1:12345:accesspoint/bob-access-point-test\": account must be 12 digits"),
+        ("accesspoint/bob-access-point-test", "accesspoint/BOB", "routes[0].access_point"),
+        ("identity = \"bob\"\nbucket", "identity = \"carol\"\nbucket", "routes[0].identity: \"carol\": no such identity"),
+        ("bucket = \"access-point-test\"", "bucket = \"Access_Point\"", "routes[0].bucket"),
+        ("prefix = \"Bob/\"", "prefix = \"Bob/\"\noperations = [\"fly\"]", "routes[0].operations[0]: \"fly\""),
+        ("prefix = \"Bob/\"", "prefix = \"Bob/\"\noperations = []", "routes[0].operations: an empty list allows nothing"),
+        ("address = \"127.0.0.1:9090\"", "address = \"localhost:9090\"", "admin.address: \"localhost:9090\": want an IP address and port"),
+        ("address = \"127.0.0.1:8080\"", "address = \"127.0.0.1:9090\"", "admin.address: 127.0.0.1:9090 is also a listener address"),
+        ("identity_methods = [\"sigv4\"]", "identity_methods = [\"kerberos\"]", "listeners[0].identity_methods[0]: \"kerberos\": unknown method"),
+        ("identity_methods = [\"sigv4\"]", "identity_methods = [\"source\"]", "listeners[0].sources: the \"source\" method needs"),
+        ("identity_methods = [\"sigv4\"]", "identity_methods = [\"mtls\"]", "listeners[0].tls.client_ca_file"),
+        ("{ env = \"APGATE_BOB_SECRET\" }", "{ env = \"APGATE_NOPE\" }", "identities[0].keys[0].secret_access_key.env: environment variable APGATE_NOPE is not set"),
+        ("{ env = \"APGATE_BOB_SECRET\" }", "{ file = \"/nonexistent/secret\" }", "identities[0].keys[0].secret_access_key.file: cannot read /nonexistent/secret"),
+        ("{ env = \"APGATE_BOB_SECRET\" }", "\"plain-text-secret\"", "invalid TOML"),
+        ("access_key_id = \"APGTESTBOB0000000001\"", "access_key_id = \"short\"", "identities[0].keys[0].access_key_id: \"short\": want 16-128 letters and digits"),
+        ("url = \"http://127.0.0.1:5000\"", "url = \"ftp://x\"", "upstream.endpoint.url"),
+        ("region = \"us-east-1\"\nendpoint", "region = \"us-east-1\"\nregoin = \"x\"\nendpoint", "unknown field `regoin`"),
+        ("name = \"bob\"\n\n[[identities.keys]]", "name = \"bob\"\nrole_arn = \"arn:aws:iam::1:role/x\"\n\n[[identities.keys]]", "identities[0].role_arn"),
+    ];
+    assert!(cases.len() >= 15);
+    for (i, (from, to, want)) in cases.iter().enumerate() {
+        assert!(BASE.contains(from), "case {i} does not apply: {from}");
+        let path = tmp(&format!("broken-{i}.toml"));
+        std::fs::write(&path, BASE.replacen(from, to, 1)).unwrap();
+        let o = apgate(&["check", "-c", path.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(64), "case {i}: {}", text(&o));
+        assert!(text(&o).contains(want), "case {i}: want {want:?} in:\n{}", text(&o));
+    }
+    let path = tmp("base.toml");
+    std::fs::write(&path, BASE).unwrap();
+    let o = apgate(&["check", "-c", path.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+}
+
+#[test]
+fn check_warns_about_what_can_never_apply() {
+    let path = tmp("warn.toml");
+    std::fs::write(&path, format!("{BASE}\n[[identities]]\nname = \"ghost\"\n")).unwrap();
+    let o = apgate(&["check", "-c", path.to_str().unwrap()]);
+    assert!(o.status.success());
+    assert!(
+        text(&o).contains("warning: identities[1] (ghost): no route names it"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn explain_shows_the_decision() {
+    let path = tmp("explain.toml");
+    std::fs::write(&path, BASE).unwrap();
+    let p = path.to_str().unwrap();
+    let o = apgate(&[
+        "explain",
+        "-c",
+        p,
+        "--identity",
+        "bob",
+        "PUT",
+        "/access-point-test/Bob/report.csv",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("routes[0]")
+            && text(&o)
+                .contains("bob-access-point-test-123456789012.s3-accesspoint.us-east-1.amazonaws.com/Bob/report.csv"),
+        "{}",
+        text(&o)
+    );
+    let o = apgate(&[
+        "explain",
+        "-c",
+        p,
+        "--identity",
+        "bob",
+        "GET",
+        "/access-point-test/app/x",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("DENIED"), "{}", text(&o));
+}
+
+#[test]
+fn keygen_completions_and_help() {
+    let o = apgate(&["keygen", "--identity", "bob"]);
+    let t = text(&o);
+    assert!(
+        o.status.success() && t.contains("access_key_id = \"APG") && t.contains("APGATE_SECRET_BOB"),
+        "{t}"
+    );
+    let o = apgate(&["completions", "bash"]);
+    assert!(o.status.success() && text(&o).contains("_apgate"), "{}", text(&o));
+    let o = apgate(&["--help"]);
+    for cmd in ["serve", "check", "explain", "keygen", "completions"] {
+        assert!(text(&o).contains(cmd), "{cmd} missing from --help:\n{}", text(&o));
+    }
+}

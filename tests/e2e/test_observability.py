@@ -1,0 +1,650 @@
+"""apgate's observability kit against the real thing: the Prometheus alert rules
+(deploy/prometheus/alerts.yml and their promtool unit tests), the Grafana dashboard
+(deploy/grafana/apgate-dashboard.json), docs/METRICS.md, and a real Prometheus scraping apgate.
+
+- promtool checks and unit-tests the rules, and lints apgate's /metrics exposition.
+- Every metric the dashboard and the rules use is one apgate documents or exports.
+- docs/METRICS.md's table (names, types, labels) equals what a live apgate exports once every family
+  has been used. Some families only appear after use, and some only under conditions the shared
+  fixture never meets, so that comparison runs against a gateway of its own (``full``): bob signs
+  with an assumed role (expiring credentials: the expiry gauge and refresh metrics), the upstream is
+  reached through a TCP proxy the test can cut (upstream errors), and the configuration is reloaded
+  once successfully and once with a broken file.
+- Prometheus (Debian's package; scripts/lib.sh ensure_prometheus) scrapes the ``apgate`` fixture's
+  admin port every second with alerts.yml loaded; the counters bob's requests caused show up in its
+  HTTP API with the right labels, every rule evaluates cleanly and every dashboard query runs.
+
+Only 127.0.0.1 is contacted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import boto3
+import pytest
+import yaml  # PyYAML: in the venv through awscli and moto
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+import setup_moto
+from conftest import BOB_ACCESS_KEY_ID, BUCKET, REGION, REPO, _readyz, _tail, apgate_config, free_port, stop, wait_port
+
+PROMETHEUS_DIR = REPO / "deploy" / "prometheus"
+ALERTS = PROMETHEUS_DIR / "alerts.yml"
+ALERTS_TEST = PROMETHEUS_DIR / "alerts_test.yml"
+DASHBOARD = REPO / "deploy" / "grafana" / "apgate-dashboard.json"
+METRICS_DOC = REPO / "docs" / "METRICS.md"
+NO_RETRIES = {"mode": "standard", "total_max_attempts": 1}
+
+METRIC_TOKEN = re.compile(r"\bapgate_[a-z_]+")
+HISTOGRAM_SUFFIX = re.compile(r"_(bucket|sum|count)$")
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} not on PATH: scripts/test installs it (scripts/lib.sh ensure_prometheus), "
+                    "or apt-get install prometheus")
+    return path
+
+
+def run(cmd: list[str], *, stdin: bytes | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, input=stdin, capture_output=True, cwd=cwd, timeout=60)
+
+
+def output(proc: subprocess.CompletedProcess) -> str:
+    return (proc.stdout + proc.stderr).decode(errors="replace")
+
+
+def http_get(url: str, timeout: float = 5) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def s3_client(endpoint: str, access_key_id: str, secret: str):
+    return boto3.client("s3", endpoint_url=endpoint, region_name=REGION,
+                        aws_access_key_id=access_key_id, aws_secret_access_key=secret,
+                        config=Config(s3={"addressing_style": "path"}, signature_version="s3v4",
+                                      retries=NO_RETRIES, connect_timeout=5, read_timeout=30))
+
+
+def status_of(call) -> int:
+    """The HTTP status of a boto3 call, error or not."""
+    try:
+        return call()["ResponseMetadata"]["HTTPStatusCode"]
+    except ClientError as e:
+        return e.response["ResponseMetadata"]["HTTPStatusCode"]
+
+
+# ----------------------------------------------------------------------------- exposition and docs
+
+@dataclass
+class Family:
+    type: str
+    labels: set[str]
+    samples: list[tuple[str, dict[str, str], float]]
+
+
+_SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>[^}]*)\})?\s+(?P<value>\S+)")
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_exposition(text: str) -> dict[str, Family]:
+    """Families by name, from `# TYPE` lines; their samples follow them (histogram suffixes included)."""
+    families: dict[str, Family] = {}
+    current: Family | None = None
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(maxsplit=3)
+            current = families.setdefault(name, Family(kind.strip(), set(), []))
+        elif line and not line.startswith("#"):
+            m = _SAMPLE.match(line)
+            assert m and current is not None, f"unparsable exposition line: {line!r}"
+            labels = dict(_LABEL.findall(m["labels"] or ""))
+            current.samples.append((m["name"], labels, float(m["value"])))
+            current.labels |= set(labels) - {"le", "quantile"}
+    return families
+
+
+def scrape(admin_url: str) -> str:
+    status, body = http_get(f"{admin_url}/metrics")
+    assert status == 200, body[:500]
+    return body.decode()
+
+
+def sample(families: dict[str, Family], name: str, **labels) -> float | None:
+    fam = families.get(name)
+    if fam is None:
+        return None
+    got = [v for n, l, v in fam.samples if n == name and all(l.get(k) == x for k, x in labels.items())]
+    return sum(got) if got else None
+
+
+@dataclass
+class DocRow:
+    type: str
+    labels: set[str]
+
+
+def documented() -> dict[str, DocRow]:
+    """docs/METRICS.md's table: | `name` | type | `label`, ... | meaning |"""
+    rows: dict[str, DocRow] = {}
+    for line in METRICS_DOC.read_text().splitlines():
+        m = re.match(r"^\|\s*`(apgate_[a-z0-9_]+)`\s*\|\s*([a-z]+)\s*\|([^|]*)\|", line)
+        if m:
+            assert m[1] not in rows, f"{m[1]} documented twice"
+            rows[m[1]] = DocRow(m[2], set(re.findall(r"`(\w+)`", m[3])))
+    assert rows, "no metric table found in docs/METRICS.md"
+    return rows
+
+
+def metric_names(text: str) -> set[str]:
+    """apgate_* tokens in PromQL, histogram series suffixes stripped to the family name."""
+    return {HISTOGRAM_SUFFIX.sub("", t) for t in METRIC_TOKEN.findall(text)}
+
+
+# ----------------------------------------------------------------------------- promtool: rules
+
+def test_alert_rules_pass_promtool_check():
+    result = run([tool("promtool"), "check", "rules", str(ALERTS)])
+    assert result.returncode == 0, output(result)
+    assert "SUCCESS" in output(result), output(result)
+
+
+def test_alert_rules_unit_tests_pass():
+    result = run([tool("promtool"), "test", "rules", str(ALERTS_TEST)], cwd=PROMETHEUS_DIR)
+    assert result.returncode == 0, output(result)
+    assert "SUCCESS" in output(result), output(result)
+
+
+def alert_rules() -> list[dict]:
+    groups = yaml.safe_load(ALERTS.read_text())["groups"]
+    return [r for g in groups for r in g["rules"]]
+
+
+def test_every_alert_has_for_severity_and_annotations_and_a_unit_test():
+    cases = [t for case in yaml.safe_load(ALERTS_TEST.read_text())["tests"] for t in case.get("alert_rule_test", [])]
+    fires = {t["alertname"] for t in cases if t.get("exp_alerts")}
+    quiet = {t["alertname"] for t in cases if not t.get("exp_alerts")}
+    rules = alert_rules()
+    names = [r["alert"] for r in rules]
+    assert len(names) == len(set(names)), names
+    for r in rules:
+        assert r.get("for"), r["alert"]
+        assert r.get("labels", {}).get("severity") in {"critical", "warning", "info"}, r["alert"]
+        assert r.get("annotations", {}).get("summary") and r["annotations"].get("description"), r["alert"]
+    # every alert has a case where it fires and one where it must not
+    assert set(names) == fires == quiet, (set(names), fires, quiet)
+    # the two expressions fixed by the alerting spec
+    exprs = {r["alert"]: " ".join(r["expr"].split()) for r in rules}
+    assert exprs["ApgateCredentialsExpiringSoon"] == "min by (principal) (apgate_credentials_expiry_seconds) < 300"
+    assert exprs["ApgateDown"] == 'up{job="apgate"} == 0'
+
+
+# ----------------------------------------------------------------------------- fixture apgate traffic
+
+@pytest.fixture(scope="module")
+def bob(apgate):
+    return s3_client(apgate.shared_endpoint, apgate.bob_access_key_id, apgate.bob_secret_access_key)
+
+
+@pytest.fixture(scope="module")
+def some_traffic(apgate, bob):
+    """One successful PUT and GET, a 404 from the upstream, an apgate refusal and an auth failure."""
+    key = f"Bob/obs-{uuid.uuid4().hex[:8]}.txt"
+    assert status_of(lambda: bob.put_object(Bucket=BUCKET, Key=key, Body=b"observable")) == 200
+    assert bob.get_object(Bucket=BUCKET, Key=key)["Body"].read() == b"observable"
+    assert status_of(lambda: bob.get_object(Bucket=BUCKET, Key=key + ".missing")) == 404
+    assert status_of(lambda: bob.get_object(Bucket=BUCKET, Key="NotBob/x")) == 403
+    stranger = s3_client(apgate.shared_endpoint, "APGTESTNOBODY0000001", secrets.token_urlsafe(30))
+    assert status_of(lambda: stranger.get_object(Bucket=BUCKET, Key="Bob/x")) == 403
+    return key
+
+
+def promtool_lint(text: bytes) -> subprocess.CompletedProcess:
+    return run([tool("promtool"), "check", "metrics"], stdin=text)
+
+
+def test_metrics_pass_promtool_lint(apgate, some_traffic):
+    curl = run([tool("curl"), "-sSf", f"{apgate.admin_url}/metrics"])
+    assert curl.returncode == 0, output(curl)
+    assert b"# TYPE apgate_requests_total counter" in curl.stdout
+    result = promtool_lint(curl.stdout)
+    assert result.returncode == 0 and not output(result).strip(), \
+        f"promtool check metrics on apgate's /metrics:\n{output(result)}"
+
+
+# ----------------------------------------------------------------------------- dashboard
+
+def dashboard() -> dict:
+    return json.loads(DASHBOARD.read_text())
+
+
+def all_panels(panels: list[dict]):
+    for p in panels:
+        yield p
+        yield from all_panels(p.get("panels", []))
+
+
+def dashboard_exprs(d: dict) -> list[str]:
+    return [t["expr"] for p in all_panels(d["panels"]) for t in p.get("targets", []) if "expr" in t]
+
+
+def test_dashboard_is_grafana_json_with_variables():
+    d = dashboard()
+    assert 36 <= d["schemaVersion"] <= 41, d["schemaVersion"]
+    variables = {v["name"]: v for v in d["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    for name in ("identity", "access_point"):
+        assert variables[name]["type"] == "query", name
+        assert "label_values(apgate_requests_total" in variables[name]["definition"], name
+    panels = [p for p in all_panels(d["panels"]) if p["type"] != "row"]
+    ids = [p["id"] for p in all_panels(d["panels"])]
+    assert len(ids) == len(set(ids)), "duplicate panel ids"
+    for p in panels:
+        assert p["datasource"]["uid"] == "${datasource}", p["title"]
+        assert p.get("targets"), p["title"]
+        for t in p["targets"]:
+            assert t["datasource"]["uid"] == "${datasource}", p["title"]
+    # every requested subject has a panel
+    exprs = "\n".join(dashboard_exprs(d))
+    for needed in ("sum by (identity) (rate(apgate_requests_total", "sum by (access_point) (rate(apgate_requests_total",
+                   'status=~"5.."', 'status=~"4.."', "histogram_quantile(0.5,", "histogram_quantile(0.95,",
+                   "histogram_quantile(0.99,", "apgate_request_duration_seconds_bucket",
+                   "apgate_upstream_response_duration_seconds_bucket", "apgate_received_bytes_total",
+                   "apgate_sent_bytes_total", "apgate_inflight_requests", "sum by (listener, code)",
+                   "apgate_upstream_errors_total", "apgate_upstream_responses_total",
+                   "apgate_credentials_expiry_seconds", 'result="failure"', "apgate_config_reloads_total",
+                   "time() - max by (instance) (apgate_config_last_reload_success_timestamp_seconds",
+                   "apgate_build_info"):
+        assert needed in exprs, needed
+
+
+def test_dashboard_and_alerts_use_only_known_metrics(full):
+    exported = set(full.families)  # a gateway that has been through every kind of event (below)
+    docs = set(documented())
+    d = dashboard()
+    used_by_dashboard = metric_names("\n".join(dashboard_exprs(d)))
+    used_by_variables = metric_names("\n".join(v.get("definition", "") for v in d["templating"]["list"]))
+    used_by_alerts = metric_names("\n".join(r["expr"] for r in alert_rules()))
+    problems = []
+    for where, used in (("dashboard panels", used_by_dashboard), ("dashboard variables", used_by_variables),
+                        ("alert rules", used_by_alerts)):
+        for name in sorted(used - docs - exported):
+            problems.append(f"{where} use {name}: neither in docs/METRICS.md nor exported by apgate")
+    # (whether docs and exports agree with each other is test_metrics_doc_matches_exports' business)
+    assert not problems, "\n".join(problems)
+
+
+# ----------------------------------------------------------------------------- docs/METRICS.md vs. a gateway that used everything
+
+class TcpProxy:
+    """Forwards 127.0.0.1:port to a target port until cut(): then it stops listening and drops
+    every open connection, so the upstream is unreachable (connection refused)."""
+
+    def __init__(self, target_port: int):
+        self.target = ("127.0.0.1", target_port)
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+        self.port = self.listener.getsockname()[1]
+        self.lock = threading.Lock()
+        self.open: set[socket.socket] = set()
+        self.cut_off = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+                upstream.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                if self.cut_off:
+                    client.close()
+                    upstream.close()
+                    return
+                self.open |= {client, upstream}
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        with self.lock:
+            if self.cut_off:
+                return
+            self.cut_off = True
+            conns = list(self.open)
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
+        for s in conns:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+
+@dataclass
+class Full:
+    text: str
+    families: dict[str, Family]
+    reloads_supported: bool
+    log: str
+
+
+def full_config(moto, admin: int, shared: int, sidecar: int, upstream_port: int) -> str:
+    text = apgate_config(admin, shared, sidecar, moto.port)
+    upstream = f'url = "http://127.0.0.1:{moto.port}"'
+    assert text.count(upstream) == 1, "conftest's [upstream] endpoint changed"
+    text = text.replace(upstream, f'url = "http://127.0.0.1:{upstream_port}"')
+    bob = 'name = "bob"\n'
+    assert text.count(bob) == 1, "conftest's identity bob changed"
+    text = text.replace(bob, f'{bob}role_arn = "{setup_moto.role_arn(setup_moto.BOB_ROLE)}"\n')
+    return text + f'\n[sts]\nregion = "{REGION}"\nendpoint_url = "{moto.endpoint}"\n'
+
+
+def wait_for(what: str, check, timeout: float, log=lambda: ""):
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}\n{log()}")
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def full(moto, tmp_path_factory) -> Full:
+    """A gateway of its own that has been through every kind of event apgate counts."""
+    binary = Path(os.environ.get("APGATE_BIN", REPO / "target" / "release" / "apgate"))
+    if not binary.is_file():
+        pytest.fail(f"apgate binary not found at {binary} (cargo build --release)")
+    tmp = tmp_path_factory.mktemp("apgate-full")
+    proxy = TcpProxy(moto.port)
+    ports = {moto.port, proxy.port}
+    admin = shared = sidecar = 0
+    while len(ports) < 5:
+        admin, shared, sidecar = free_port(), free_port(), free_port()
+        ports = {moto.port, proxy.port, admin, shared, sidecar}
+    config = tmp / "apgate.toml"
+    good_config = full_config(moto, admin, shared, sidecar, proxy.port)
+    config.write_text(good_config)
+    bob_secret = secrets.token_urlsafe(30)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and not k.startswith("APGATE_")}
+    env.update({
+        "APGATE_UPSTREAM_ACCESS_KEY_ID": moto.access_key_id,
+        "APGATE_UPSTREAM_SECRET_ACCESS_KEY": moto.secret_access_key,
+        "APGATE_TEST_BOB_SECRET": bob_secret,
+        "AWS_EC2_METADATA_DISABLED": "true",
+    })
+    log_path = tmp / "apgate.log"
+    admin_url = f"http://127.0.0.1:{admin}"
+    with open(log_path, "wb") as out:
+        proc = subprocess.Popen([str(binary), "serve", "-c", str(config)],
+                                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp)
+
+    def log() -> str:
+        return _tail(log_path, 6000)
+
+    try:
+        def ready() -> bool:
+            if proc.poll() is not None:
+                pytest.fail(f"apgate exited with {proc.returncode}:\n{log()}")
+            return _readyz(f"{admin_url}/readyz") == 200
+
+        wait_for("apgate /readyz 200", ready, 30, log)
+        wait_port(shared, proc, 10, log_path)
+        bob = s3_client(f"http://127.0.0.1:{shared}", BOB_ACCESS_KEY_ID, bob_secret)
+        key = f"Bob/obs-full-{uuid.uuid4().hex[:8]}.txt"
+        # a successful PUT and GET (bob signs with his assumed role: expiring credentials)
+        assert status_of(lambda: bob.put_object(Bucket=BUCKET, Key=key, Body=b"full")) == 200, log()
+        assert bob.get_object(Bucket=BUCKET, Key=key)["Body"].read() == b"full"
+        # an upstream S3 error response
+        assert status_of(lambda: bob.get_object(Bucket=BUCKET, Key=key + ".missing")) == 404
+        # refused by apgate: outside bob's prefix; and an unknown key (auth failure)
+        assert status_of(lambda: bob.get_object(Bucket=BUCKET, Key="NotBob/x")) == 403
+        stranger = s3_client(f"http://127.0.0.1:{shared}", "APGTESTNOBODY0000001", secrets.token_urlsafe(30))
+        assert status_of(lambda: stranger.get_object(Bucket=BUCKET, Key="Bob/x")) == 403
+
+        # configuration reloads (SIGHUP), when this apgate has them: the reload metrics are
+        # exported from start-up (the last-success timestamp is set when the configuration loads).
+        before = parse_exposition(scrape(admin_url))
+        reloads = "apgate_config_last_reload_success_timestamp_seconds" in before
+        if reloads:
+            config.write_text(good_config + "\n[[listeners]]\nthis is not toml\n")
+            proc.send_signal(signal.SIGHUP)
+            wait_for("a failed reload to be counted",
+                     lambda: (sample(parse_exposition(scrape(admin_url)), "apgate_config_reloads_total",
+                                     result="failure") or 0) >= 1, 10, log)
+            config.write_text(good_config)
+            proc.send_signal(signal.SIGHUP)
+            wait_for("a successful reload to be counted",
+                     lambda: (sample(parse_exposition(scrape(admin_url)), "apgate_config_reloads_total",
+                                     result="success") or 0) >= 1, 10, log)
+            assert proc.poll() is None, log()
+
+        # the upstream becomes unreachable: an upstream error
+        proxy.cut()
+        status = status_of(lambda: bob.get_object(Bucket=BUCKET, Key=key))
+        assert status in (502, 503, 504), (status, log())
+
+        text = scrape(admin_url)
+        yield Full(text=text, families=parse_exposition(text), reloads_supported=reloads, log=log())
+    finally:
+        stop(proc)
+        proxy.cut()
+
+
+def test_metrics_doc_matches_exports(full):
+    """The names in docs/METRICS.md's table are exactly the families a gateway that saw every kind
+    of event exports."""
+    docs = set(documented())
+    exported = {n for n in full.families if n.startswith("apgate_")}
+    problems = [f"{n}: exported by apgate, missing from docs/METRICS.md" for n in sorted(exported - docs)]
+    problems += [f"{n}: in docs/METRICS.md, not exported by apgate (after a successful GET, a 404, a "
+                 f"refusal, an auth failure, an upstream error, assumed-role credentials"
+                 f"{', config reloads' if full.reloads_supported else ''})" for n in sorted(docs - exported)]
+    assert not problems, "\n".join(problems)
+
+
+def test_metrics_doc_types_and_labels_match_exports(full):
+    problems = []
+    for name, row in sorted(documented().items()):
+        fam = full.families.get(name)
+        if fam is None:
+            continue  # test_metrics_doc_matches_exports reports it
+        if fam.type != row.type:
+            problems.append(f"{name}: documented as {row.type}, exported as {fam.type}")
+        if fam.labels != row.labels:
+            problems.append(f"{name}: documented labels {sorted(row.labels)}, exported {sorted(fam.labels)}")
+    assert not problems, "\n".join(problems)
+
+
+def test_full_exposition_passes_promtool_lint(full):
+    """Lint with every family present (the fixture's gateway shows only some)."""
+    result = promtool_lint(full.text.encode())
+    assert result.returncode == 0 and not output(result).strip(), \
+        f"promtool check metrics on apgate's /metrics (all families):\n{output(result)}"
+
+
+def test_full_gateway_counted_what_it_saw(full):
+    f = full.families
+    assert sample(f, "apgate_requests_total", identity="bob", operation="GetObject", status="200") >= 1
+    assert sample(f, "apgate_requests_total", identity="bob", operation="GetObject", status="404") >= 1
+    assert sample(f, "apgate_requests_total", identity="bob", status="403") >= 1
+    assert sample(f, "apgate_auth_failures_total", listener="shared", code="InvalidAccessKeyId") >= 1
+    assert sample(f, "apgate_upstream_errors_total") >= 1, full.log
+    assert sample(f, "apgate_credentials_expiry_seconds", principal="identity:bob") > 0
+    assert sample(f, "apgate_credential_refreshes_total", principal="identity:bob", result="success") >= 1
+    if "apgate_upstream_responses_total" in f:
+        assert sample(f, "apgate_upstream_responses_total", status="404", code="NoSuchKey") >= 1
+        assert sample(f, "apgate_upstream_responses_total", status="200", code="-") >= 1
+    if full.reloads_supported:
+        assert sample(f, "apgate_config_reloads_total", result="failure") >= 1
+        assert sample(f, "apgate_config_reloads_total", result="success") >= 1
+        assert abs(sample(f, "apgate_config_last_reload_success_timestamp_seconds") - time.time()) < 120
+
+
+# ----------------------------------------------------------------------------- a real Prometheus
+
+@dataclass
+class Prometheus:
+    url: str
+    proc: subprocess.Popen
+    log: Path
+
+    def api(self, path: str, **params) -> dict:
+        query = urllib.parse.urlencode(params)
+        status, body = http_get(f"{self.url}/api/v1/{path}" + (f"?{query}" if query else ""))
+        data = json.loads(body)
+        assert status == 200 and data.get("status") == "success", (path, params, status, body[:1000])
+        return data["data"]
+
+    def query(self, expr: str) -> list[dict]:
+        return self.api("query", query=expr)["result"]
+
+
+@pytest.fixture(scope="module")
+def prometheus(apgate, tmp_path_factory) -> Prometheus:
+    tmp = tmp_path_factory.mktemp("prometheus")
+    port = free_port()
+    while port in (apgate.admin_port, apgate.shared_port, apgate.sidecar_port, apgate.moto.port):
+        port = free_port()
+    config = tmp / "prometheus.yml"
+    config.write_text(f"""\
+global:
+  scrape_interval: 1s
+  scrape_timeout: 1s
+  evaluation_interval: 1s
+rule_files:
+  - {json.dumps(str(ALERTS))}
+scrape_configs:
+  - job_name: apgate
+    metrics_path: /metrics
+    static_configs:
+      - targets: ["127.0.0.1:{apgate.admin_port}"]
+""")
+    check = run([tool("promtool"), "check", "config", str(config)])
+    assert check.returncode == 0, output(check)
+    log = tmp / "prometheus.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [tool("prometheus"), f"--config.file={config}", f"--storage.tsdb.path={tmp / 'data'}",
+             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+            stdout=out, stderr=subprocess.STDOUT, cwd=tmp)
+    prom = Prometheus(url=f"http://127.0.0.1:{port}", proc=proc, log=log)
+    try:
+        def ready():
+            if proc.poll() is not None:
+                pytest.fail(f"prometheus exited with {proc.returncode}:\n{_tail(log)}")
+            try:
+                return http_get(f"{prom.url}/-/ready", timeout=1)[0] == 200
+            except OSError:
+                return False
+        wait_for("prometheus /-/ready", ready, 20, lambda: _tail(log))
+        # the first scrape of apgate
+        wait_for("prometheus to scrape apgate (up == 1)",
+                 lambda: [r for r in prom.query('up{job="apgate"}') if r["value"][1] == "1"], 15,
+                 lambda: _tail(log))
+        yield prom
+    finally:
+        stop(proc)
+
+
+def test_prometheus_sees_bobs_requests(apgate, bob, prometheus):
+    wanted = {("PutObject", "200"): 1, ("GetObject", "200"): 3, ("GetObject", "404"): 2, ("HeadObject", "200"): 1}
+    before = parse_exposition(scrape(apgate.admin_url))
+    base = {k: sample(before, "apgate_requests_total", identity="bob", operation=k[0], status=k[1]) or 0
+            for k in wanted}
+    key = f"Bob/obs-prom-{uuid.uuid4().hex[:8]}.txt"
+    assert status_of(lambda: bob.put_object(Bucket=BUCKET, Key=key, Body=b"scraped")) == 200
+    for _ in range(3):
+        assert bob.get_object(Bucket=BUCKET, Key=key)["Body"].read() == b"scraped"
+    for _ in range(2):
+        assert status_of(lambda: bob.get_object(Bucket=BUCKET, Key=key + ".missing")) == 404
+    assert status_of(lambda: bob.head_object(Bucket=BUCKET, Key=key)) == 200
+    expected = {k: base[k] + n for k, n in wanted.items()}
+
+    def seen():
+        rows = prometheus.query('apgate_requests_total{identity="bob"}')
+        got = {(r["metric"]["operation"], r["metric"]["status"]): float(r["value"][1]) for r in rows}
+        return got if all(got.get(k) == v for k, v in expected.items()) else None
+
+    got = wait_for(f"prometheus to report bob's counters {expected}", seen, 20, lambda: _tail(prometheus.log))
+    rows = prometheus.query('apgate_requests_total{identity="bob",operation="GetObject",status="200"}')
+    assert len(rows) == 1, rows  # one access point for bob in the fixture's configuration
+    labels = rows[0]["metric"]
+    assert labels["job"] == "apgate" and labels["instance"] == f"127.0.0.1:{apgate.admin_port}", labels
+    assert labels["access_point"] != "-", labels
+    print(f"\n[prometheus] bob's requests as Prometheus sees them: {got}")
+
+
+def test_prometheus_evaluates_every_alert_rule(prometheus):
+    names = {r["alert"] for r in alert_rules()}
+
+    def evaluated():
+        rules = [r for g in prometheus.api("rules")["groups"] for r in g["rules"]]
+        return rules if {r["name"] for r in rules} == names and all(r.get("lastEvaluation", "").startswith("20")
+                                                                     and r["health"] != "unknown" for r in rules) else None
+
+    rules = wait_for("prometheus to evaluate every rule", evaluated, 10, lambda: _tail(prometheus.log))
+    bad = [(r["name"], r["health"], r.get("lastError")) for r in rules if r["health"] != "ok"]
+    assert not bad, bad
+    firing = [r["name"] for r in rules if r["state"] == "firing"]
+    assert not firing, firing  # nothing fires within seconds (every rule has a for:)
+
+
+def test_every_dashboard_query_runs_in_prometheus(prometheus, some_traffic):
+    d = dashboard()
+    problems = []
+    for expr in dashboard_exprs(d):
+        concrete = (expr.replace("$__rate_interval", "1m").replace("$job", ".*")
+                    .replace("$identity", ".*").replace("$access_point", ".*"))
+        assert "$" not in concrete, expr
+        query = urllib.parse.urlencode({"query": concrete})
+        status, body = http_get(f"{prometheus.url}/api/v1/query?{query}")
+        if status != 200:
+            problems.append(f"{expr}: {status} {body[:300]!r}")
+    assert not problems, "\n".join(problems)
+    # and the panels that must have data do, after the traffic above
+    for expr in ('sum by (identity) (rate(apgate_requests_total{job=~".*"}[1m]))',
+                 'max by (instance, version) (apgate_build_info{job=~".*"})'):
+        wait_for(f"data for {expr}", lambda: prometheus.query(expr), 10, lambda: _tail(prometheus.log))
