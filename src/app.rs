@@ -51,6 +51,8 @@ pub struct State {
     pub credentials: CredentialSet,
     pub metrics: Metrics,
     pub listeners: HashMap<String, Arc<ListenerState>>,
+    /// Requests in flight per identity (for `max_concurrent_requests_per_identity`).
+    pub identity_inflight: HashMap<Arc<str>, std::sync::atomic::AtomicUsize>,
     /// Dropping the state stops its credential refreshers.
     _stop_refreshers: watch::Sender<bool>,
 }
@@ -154,7 +156,13 @@ impl State {
         for cache in credentials.all() {
             tokio::spawn(cache.clone().run_refresher(stop_rx.clone()));
         }
+        let identity_inflight = config
+            .identities
+            .iter()
+            .map(|i| (Arc::from(i.name.as_str()), std::sync::atomic::AtomicUsize::new(0)))
+            .collect();
         Ok(Self {
+            identity_inflight,
             verifier,
             router,
             upstream,

@@ -22,6 +22,7 @@ use crate::secret::Secret;
 pub struct Config {
     pub admin: AdminConfig,
     pub server: ServerConfig,
+    pub access_log: AccessLogConfig,
     pub listeners: Vec<ListenerConfig>,
     pub sigv4: SigV4Config,
     pub addressing: AddressingConfig,
@@ -42,6 +43,25 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     /// On SIGTERM/SIGINT, how long in-flight requests get to finish.
     pub shutdown_grace_period: Duration,
+    /// Requests handled at once, in all; more get `503 SlowDown`.
+    pub max_concurrent_requests: usize,
+    /// Requests handled at once for one identity; more get `503 SlowDown`.
+    pub max_concurrent_requests_per_identity: Option<usize>,
+}
+
+/// The access log (one JSON line per request).
+#[derive(Debug, Clone, Copy)]
+pub struct AccessLogConfig {
+    pub key: KeyLogging,
+}
+
+/// How object keys appear in the access log (they may be personal data).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyLogging {
+    Full,
+    /// The first 16 hex characters of the key's SHA-256: correlatable, not readable.
+    Hashed,
+    Omitted,
 }
 
 /// The admin port: `/metrics`, `/healthz`, `/readyz`.

@@ -45,6 +45,7 @@ pub enum S3ErrorCode {
     MethodNotAllowed,
     InternalError,
     ServiceUnavailable,
+    SlowDown,
     /// Not an S3 code: the upstream could not be reached or broke the exchange.
     BadGateway,
     /// Not an S3 code: the upstream did not answer in time.
@@ -74,6 +75,7 @@ impl S3ErrorCode {
             Self::MethodNotAllowed => "MethodNotAllowed",
             Self::InternalError => "InternalError",
             Self::ServiceUnavailable => "ServiceUnavailable",
+            Self::SlowDown => "SlowDown",
             Self::BadGateway => "BadGateway",
             Self::GatewayTimeout => "GatewayTimeout",
         }
@@ -100,7 +102,7 @@ impl S3ErrorCode {
             Self::NotImplemented => StatusCode::NOT_IMPLEMENTED,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::InternalError => StatusCode::INTERNAL_SERVER_ERROR,
-            Self::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::ServiceUnavailable | Self::SlowDown => StatusCode::SERVICE_UNAVAILABLE,
             Self::BadGateway => StatusCode::BAD_GATEWAY,
             Self::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
         }

@@ -7,7 +7,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -20,6 +20,7 @@ use hyper::body::Incoming;
 use crate::app::{Gateway, ListenerState, State};
 use crate::body::{self, BodyEnd, Metered, ResponseBody};
 use crate::chunked::{ChunkKey, FailureSlot, ResignChunks};
+use crate::config::KeyLogging;
 use crate::error::{xml_escape_into, GatewayError, S3ErrorCode};
 use crate::identity::sigv4::signing_key;
 use crate::identity::{self, CallerIdentity};
@@ -51,6 +52,18 @@ struct Ctx {
     identity: Option<Arc<str>>,
     bucket: Option<String>,
     access_point: Option<Arc<str>>,
+    /// The decoded object key, for the access log (logged as configured).
+    key: Option<String>,
+    key_logging: KeyLogging,
+    /// The S3 error code of the answer, apgate's own or the upstream's.
+    error_code: Option<String>,
+    /// Request body bytes received so far (shared with the body as it streams).
+    bytes_in: Arc<AtomicU64>,
+    upstream_ms: Option<f64>,
+    upstream_request_id: Option<String>,
+    upstream_id2: Option<String>,
+    /// Whether this request holds one of its identity's concurrency slots.
+    identity_slot: bool,
 }
 
 impl Ctx {
@@ -90,6 +103,14 @@ pub async fn handle(
         identity: None,
         bucket: None,
         access_point: None,
+        key: None,
+        key_logging: state.config.access_log.key,
+        error_code: None,
+        bytes_in: Arc::default(),
+        upstream_ms: None,
+        upstream_request_id: None,
+        upstream_id2: None,
+        identity_slot: false,
     };
     state.metrics.inflight.inc();
     let has_body = req.headers().contains_key(header::TRANSFER_ENCODING)
@@ -104,18 +125,27 @@ pub async fn handle(
     let (parts, body) = req.into_parts();
     let mut unread_body = Some(body);
     let client_body_failed = Arc::new(AtomicBool::new(false));
-    let resp = match proxy(
-        &state,
-        &listener,
-        &mut ctx,
-        parts,
-        &mut unread_body,
-        &client_body_failed,
-    )
-    .await
-    {
+    let limit = i64::try_from(state.config.server.max_concurrent_requests).unwrap_or(i64::MAX);
+    let outcome = if state.metrics.inflight.get() > limit {
+        Err(GatewayError::upstream(
+            S3ErrorCode::SlowDown,
+            "Please reduce your request rate (apgate is at its concurrency limit).",
+        ))
+    } else {
+        proxy(
+            &state,
+            &listener,
+            &mut ctx,
+            parts,
+            &mut unread_body,
+            &client_body_failed,
+        )
+        .await
+    };
+    let resp = match outcome {
         Ok(resp) => resp,
         Err(error) => {
+            ctx.error_code = Some(error.code().as_str().to_owned());
             let mut resp = error_response(&state, &ctx, error);
             match unread_body.take() {
                 Some(body) if has_body && !expects_continue => {
@@ -140,7 +170,7 @@ pub async fn handle(
                 None => {}
             }
             let len = resp.body().size_hint().exact().unwrap_or(0);
-            finish(&state, &ctx, resp.status(), len, BodyEnd::Complete, None);
+            finish(&state, &ctx, resp.status(), len, BodyEnd::Complete);
             resp
         }
     };
@@ -187,6 +217,7 @@ async fn proxy(
     }
     ctx.operation = Operation::classify(&parts.method, &target, &parts.headers);
     ctx.bucket = target.bucket.as_ref().map(|b| b.as_str().to_owned());
+    ctx.key = target.key.clone();
 
     // Authenticate, from the head alone.
     let head = identity::RequestHead {
@@ -212,6 +243,18 @@ async fn proxy(
             .inc();
     })?;
     ctx.identity = Some(caller.name.clone());
+    if let Some(limit) = state.config.server.max_concurrent_requests_per_identity {
+        if let Some(counter) = state.identity_inflight.get(&caller.name) {
+            if counter.fetch_add(1, Ordering::AcqRel) >= limit {
+                counter.fetch_sub(1, Ordering::AcqRel);
+                return Err(GatewayError::client(
+                    S3ErrorCode::SlowDown,
+                    "Please reduce your request rate (this caller is at its concurrency limit).",
+                ));
+            }
+            ctx.identity_slot = true;
+        }
+    }
 
     // Route.
     match ctx.operation.support() {
@@ -307,6 +350,7 @@ async fn proxy(
         _ if ctx.operation == Operation::DeleteObjects => {
             let bytes = read_delete_objects(state, &caller, bucket, &ap, &parts, body).await?;
             received.inc_by(bytes.len() as u64);
+            ctx.bytes_in.fetch_add(bytes.len() as u64, Ordering::Relaxed);
             body::full(bytes)
         }
         PayloadHash::StreamingSigned { trailer } => {
@@ -321,8 +365,10 @@ async fn proxy(
                 format!("{date}/{}/s3/aws4_request", ap.region()),
             );
             let failed = client_body_failed.clone();
+            let bytes_in = ctx.bytes_in.clone();
             let metered = Metered::new(body, move |n, end| {
                 received.inc_by(n);
+                bytes_in.fetch_add(n, Ordering::Relaxed);
                 if end == BodyEnd::Failed {
                     failed.store(true, Ordering::Relaxed);
                 }
@@ -340,8 +386,10 @@ async fn proxy(
         }
         _ => {
             let failed = client_body_failed.clone();
+            let bytes_in = ctx.bytes_in.clone();
             Metered::new(body, move |n, end| {
                 received.inc_by(n);
+                bytes_in.fetch_add(n, Ordering::Relaxed);
                 if end == BodyEnd::Failed {
                     failed.store(true, Ordering::Relaxed);
                 }
@@ -405,11 +453,16 @@ async fn proxy(
         }
     }
     let status = resp_parts.status;
-    let upstream_request_id = resp_parts
-        .headers
-        .get("x-amz-request-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let header_text = |name: &str| {
+        resp_parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    ctx.upstream_request_id = header_text("x-amz-request-id").or_else(|| header_text("x-amzn-requestid"));
+    ctx.upstream_id2 = header_text("x-amz-id-2");
+    ctx.upstream_ms = Some(sent_at.elapsed().as_secs_f64() * 1000.0);
     let mut error_code = None;
     let resp_body: ResponseBody = if ctx.head || !reveals_bucket(ctx.operation, &resp_parts) {
         resp_body.map_err(Into::into).boxed_unsync()
@@ -444,11 +497,12 @@ async fn proxy(
             error_code.as_deref().unwrap_or(NONE),
         ])
         .inc();
+    if !status.is_success() {
+        ctx.error_code = error_code.clone();
+    }
     let state2 = state.clone();
     let done = clone_ctx(ctx);
-    let metered = Metered::new(resp_body, move |n, end| {
-        finish(&state2, &done, status, n, end, upstream_request_id.as_deref())
-    });
+    let metered = Metered::new(resp_body, move |n, end| finish(&state2, &done, status, n, end));
     Ok(Response::from_parts(resp_parts, metered.boxed_unsync()))
 }
 
@@ -651,7 +705,7 @@ fn xml_response(state: &Arc<State>, ctx: &Ctx, xml: String) -> Response<Response
     if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
         resp.headers_mut().insert("x-amz-request-id", v);
     }
-    finish(state, ctx, StatusCode::OK, len as u64, BodyEnd::Complete, None);
+    finish(state, ctx, StatusCode::OK, len as u64, BodyEnd::Complete);
     resp
 }
 
@@ -691,6 +745,14 @@ fn clone_ctx(c: &Ctx) -> Ctx {
         identity: c.identity.clone(),
         bucket: c.bucket.clone(),
         access_point: c.access_point.clone(),
+        key: c.key.clone(),
+        key_logging: c.key_logging,
+        error_code: c.error_code.clone(),
+        bytes_in: c.bytes_in.clone(),
+        upstream_ms: c.upstream_ms,
+        upstream_request_id: c.upstream_request_id.clone(),
+        upstream_id2: c.upstream_id2.clone(),
+        identity_slot: c.identity_slot,
     }
 }
 
@@ -786,16 +848,14 @@ fn error_response(state: &State, ctx: &Ctx, error: GatewayError) -> Response<Res
 }
 
 /// Records metrics and writes the access log line for a finished request.
-fn finish(
-    state: &State,
-    ctx: &Ctx,
-    status: StatusCode,
-    bytes_out: u64,
-    end: BodyEnd,
-    upstream_request_id: Option<&str>,
-) {
+fn finish(state: &State, ctx: &Ctx, status: StatusCode, bytes_out: u64, end: BodyEnd) {
     let m = &state.metrics;
     m.inflight.dec();
+    if ctx.identity_slot {
+        if let Some(counter) = ctx.identity.as_ref().and_then(|id| state.identity_inflight.get(id)) {
+            counter.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
     m.requests
         .with_label_values(&[
             ctx.identity_label(),
@@ -812,6 +872,14 @@ fn finish(
             .with_label_values(&[ctx.identity_label(), ctx.access_point_label()])
             .inc_by(bytes_out);
     }
+    let key = match (ctx.key.as_deref(), ctx.key_logging) {
+        (None, _) | (Some(_), KeyLogging::Omitted) => NONE.to_owned(),
+        (Some(k), KeyLogging::Full) => k.to_owned(),
+        (Some(k), KeyLogging::Hashed) => {
+            use sha2::Digest;
+            hex::encode(&sha2::Sha256::digest(k.as_bytes())[..8])
+        }
+    };
     tracing::info!(
         target: "apgate::access",
         request_id = %ctx.request_id,
@@ -821,12 +889,17 @@ fn finish(
         method = %ctx.method,
         operation = ctx.operation.as_str(),
         bucket = ctx.bucket.as_deref().unwrap_or(NONE),
+        key = %key,
         access_point = ctx.access_point_label(),
         status = status.as_u16(),
+        error_code = ctx.error_code.as_deref().unwrap_or(NONE),
+        bytes_in = ctx.bytes_in.load(Ordering::Relaxed),
         bytes_out,
         complete = end == BodyEnd::Complete,
         duration_ms = ctx.started.elapsed().as_secs_f64() * 1000.0,
-        upstream_request_id = upstream_request_id.unwrap_or(NONE),
+        upstream_ms = ctx.upstream_ms.unwrap_or(0.0),
+        upstream_request_id = ctx.upstream_request_id.as_deref().unwrap_or(NONE),
+        upstream_id2 = ctx.upstream_id2.as_deref().unwrap_or(NONE),
         "request"
     );
 }

@@ -326,3 +326,30 @@ async fn a_reload_changes_routes_without_a_restart_and_a_bad_one_changes_nothing
     assert!(err.to_string().contains("restart"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_caller_over_its_concurrency_limit_gets_slow_down() {
+    let (up, _) = scripted_upstream().await;
+    let gw = gateway(up).await;
+    let dir = std::env::temp_dir().join(format!("apgate-limit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("apgate.toml");
+    std::fs::write(
+        &path,
+        format!("{}\n[server]\nmax_concurrent_requests_per_identity = 1\n", gw.toml),
+    )
+    .unwrap();
+    gw.running.reload_from(&path).await.unwrap();
+    // The first request holds bob's only slot while the upstream stalls (until the 0.5 s timeout).
+    let sidecar = gw.sidecar;
+    let first = tokio::spawn(async move { send(sidecar, Method::GET, "/shared/Bob/slow").await.0 });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let (status, _, body) = send(gw.sidecar, Method::GET, "/shared/Bob/x").await;
+    assert_eq!(status, 503);
+    assert!(std::str::from_utf8(&body).unwrap().contains("<Code>SlowDown</Code>"));
+    assert_eq!(first.await.unwrap(), 504);
+    // The slot is released when the first request ends.
+    let (status, _, _) = send(gw.sidecar, Method::GET, "/shared/Bob/x").await;
+    assert_eq!(status, 200);
+    let _ = std::fs::remove_dir_all(&dir);
+}

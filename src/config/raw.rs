@@ -12,6 +12,8 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub(crate) server: RawServer,
     #[serde(default)]
+    pub(crate) access_log: RawAccessLog,
+    #[serde(default)]
     pub(crate) listeners: Vec<RawListener>,
     #[serde(default)]
     pub(crate) sigv4: RawSigV4,
@@ -35,6 +37,14 @@ pub(crate) struct RawServer {
     pub(crate) header_read_timeout_seconds: Option<f64>,
     pub(crate) max_header_bytes: Option<usize>,
     pub(crate) shutdown_grace_period_seconds: Option<f64>,
+    pub(crate) max_concurrent_requests: Option<usize>,
+    pub(crate) max_concurrent_requests_per_identity: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAccessLog {
+    pub(crate) key: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

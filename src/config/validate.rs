@@ -9,9 +9,9 @@ use ipnet::IpNet;
 
 use super::raw::{RawConfig, RawCredentials, RawEndpoint, RawSecret};
 use super::{
-    AddressingConfig, AdminConfig, Config, CredentialRefreshConfig, CredentialsConfig, Endpoint, IdentityConfig,
-    IdentityMethod, KeyConfig, ListenerConfig, ListenerTls, RoleConfig, RouteConfig, ServerConfig, SigV4Config,
-    StsConfig, UpstreamConfig,
+    AccessLogConfig, AddressingConfig, AdminConfig, Config, CredentialRefreshConfig, CredentialsConfig, Endpoint,
+    IdentityConfig, IdentityMethod, KeyConfig, KeyLogging, ListenerConfig, ListenerTls, RoleConfig, RouteConfig,
+    ServerConfig, SigV4Config, StsConfig, UpstreamConfig,
 };
 use crate::s3::{AccessPoint, BucketName, OperationClass};
 use crate::secret::Secret;
@@ -191,6 +191,31 @@ fn validate(raw: RawConfig, env: &dyn Env) -> Result<Config, ConfigError> {
             raw.server.shutdown_grace_period_seconds,
             30.0,
         ),
+        max_concurrent_requests: raw.server.max_concurrent_requests.unwrap_or(10_000),
+        max_concurrent_requests_per_identity: raw.server.max_concurrent_requests_per_identity,
+    };
+    if server.max_concurrent_requests == 0 {
+        c.problem("server.max_concurrent_requests", "must be at least 1");
+    }
+    if server.max_concurrent_requests_per_identity == Some(0) {
+        c.problem(
+            "server.max_concurrent_requests_per_identity",
+            "must be at least 1 (omit it for no limit)",
+        );
+    }
+    let access_log = AccessLogConfig {
+        key: match raw.access_log.key.as_deref() {
+            None | Some("full") => KeyLogging::Full,
+            Some("hashed") => KeyLogging::Hashed,
+            Some("omitted") => KeyLogging::Omitted,
+            Some(other) => {
+                c.problem(
+                    "access_log.key",
+                    format!("{other:?}: want \"full\", \"hashed\" or \"omitted\""),
+                );
+                KeyLogging::Full
+            }
+        },
     };
     if !(8192..=1 << 20).contains(&server.max_header_bytes) {
         c.problem(
@@ -555,6 +580,7 @@ fn validate(raw: RawConfig, env: &dyn Env) -> Result<Config, ConfigError> {
         Ok(Config {
             admin,
             server,
+            access_log,
             listeners,
             sigv4,
             addressing,
