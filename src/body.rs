@@ -116,6 +116,72 @@ where
     }
 }
 
+pin_project_lite::pin_project! {
+    /// Fails a body that sends nothing for `idle`: a stalled upstream must not hold a client (and a
+    /// concurrency slot) forever.
+    pub struct IdleTimeout<B> {
+        #[pin]
+        inner: B,
+        idle: std::time::Duration,
+        #[pin]
+        deadline: tokio::time::Sleep,
+    }
+}
+
+impl<B> std::fmt::Debug for IdleTimeout<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdleTimeout")
+            .field("idle", &self.idle)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B> IdleTimeout<B> {
+    pub fn new(inner: B, idle: std::time::Duration) -> Self {
+        Self {
+            inner,
+            idle,
+            deadline: tokio::time::sleep(idle),
+        }
+    }
+}
+
+/// A body sent nothing for too long.
+#[derive(Debug, thiserror::Error)]
+#[error("no data for {0:?}")]
+pub struct BodyIdle(pub std::time::Duration);
+
+impl<B> Body for IdleTimeout<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.deadline.as_mut().reset(tokio::time::Instant::now() + *this.idle);
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => match std::future::Future::poll(this.deadline, cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyIdle(*this.idle))))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::{Arc, Mutex};
@@ -156,6 +222,34 @@ mod tests {
             s.lock().unwrap().push((n, end))
         }));
         assert_eq!(*seen.lock().unwrap(), [(0, BodyEnd::Complete)]);
+    }
+
+    #[tokio::test]
+    async fn a_body_that_stalls_fails_after_the_idle_timeout() {
+        struct Stalled;
+        impl Body for Stalled {
+            type Data = Bytes;
+            type Error = std::convert::Infallible;
+            fn poll_frame(
+                self: Pin<&mut Self>,
+                _: &mut Context<'_>,
+            ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+                Poll::Pending
+            }
+        }
+        let started = std::time::Instant::now();
+        let result = IdleTimeout::new(Stalled, std::time::Duration::from_millis(100))
+            .collect()
+            .await;
+        assert!(result.is_err());
+        assert!(started.elapsed() >= std::time::Duration::from_millis(100));
+        let ok = IdleTimeout::new(
+            Full::new(Bytes::from_static(b"fine")),
+            std::time::Duration::from_millis(100),
+        )
+        .collect()
+        .await;
+        assert_eq!(&ok.unwrap().to_bytes()[..], b"fine");
     }
 
     #[test]

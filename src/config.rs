@@ -134,6 +134,8 @@ pub struct UpstreamConfig {
     pub endpoint: Endpoint,
     pub connect_timeout: Duration,
     pub response_header_timeout: Duration,
+    /// A response body that sends nothing for this long is cut off (the client sees an aborted body).
+    pub body_idle_timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_host: usize,
 }

@@ -465,7 +465,7 @@ async fn proxy(
     ctx.upstream_ms = Some(sent_at.elapsed().as_secs_f64() * 1000.0);
     let mut error_code = None;
     let resp_body: ResponseBody = if ctx.head || !reveals_bucket(ctx.operation, &resp_parts) {
-        resp_body.map_err(Into::into).boxed_unsync()
+        crate::body::IdleTimeout::new(resp_body, state.config.upstream.body_idle_timeout).boxed_unsync()
     } else {
         let view_location = client_location(ctx.scheme, &parts, &target, bucket);
         let endpoint = parts

@@ -111,6 +111,7 @@ pub(crate) struct RawUpstream {
     pub(crate) endpoint: Option<RawEndpoint>,
     pub(crate) connect_timeout_seconds: Option<f64>,
     pub(crate) response_header_timeout_seconds: Option<f64>,
+    pub(crate) body_idle_timeout_seconds: Option<f64>,
     pub(crate) pool_idle_timeout_seconds: Option<f64>,
     pub(crate) pool_max_idle_per_host: Option<usize>,
 }

@@ -425,6 +425,7 @@ fn validate(raw: RawConfig, env: &dyn Env) -> Result<Config, ConfigError> {
             u.response_header_timeout_seconds,
             60.0,
         ),
+        body_idle_timeout: c.seconds("upstream.body_idle_timeout_seconds", u.body_idle_timeout_seconds, 60.0),
         pool_idle_timeout: c.seconds("upstream.pool_idle_timeout_seconds", u.pool_idle_timeout_seconds, 30.0),
         pool_max_idle_per_host: u.pool_max_idle_per_host.unwrap_or(64),
     };

@@ -49,6 +49,11 @@ BOB_ACCESS_KEY_ID = "APGTESTBOB0000000001"
 BOB_ALIAS_BUCKET = "bob-legacy-name"
 
 
+# Every secret an apgate of this test session was given; test_zzz_no_secrets.py checks that none of
+# them appears in any apgate log of the session. Fixtures that start apgates add theirs.
+SECRETS_GIVEN_TO_APGATE: set[str] = set()
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -283,6 +288,7 @@ def apgate(moto: Moto, tmp_path_factory) -> Apgate:
     config = tmp / "apgate.toml"
     config.write_text(apgate_config(admin, shared, sidecar, moto.port))
     bob_secret = secrets.token_urlsafe(30)
+    SECRETS_GIVEN_TO_APGATE.update({bob_secret, moto.secret_access_key})
     env = {
         k: v for k, v in os.environ.items()
         if not k.startswith("AWS_") and not k.startswith("APGATE_")
