@@ -392,6 +392,9 @@ async fn accept_loop(gateway: Arc<Gateway>, name: Arc<str>, socket: TcpListener,
             }
         });
     }
+    // Stop listening now, so new connections are refused at once rather than accepted and left
+    // unanswered while in-flight requests drain.
+    drop(socket);
     // Let in-flight requests finish, for a bounded time.
     let grace = gateway.state().config.server.shutdown_grace_period;
     if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
@@ -456,9 +459,14 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartError> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    // Take over SIGHUP before anything else: its default action would end the process.
+    #[cfg(unix)]
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    #[cfg(not(unix))]
+    let hup = None::<()>;
     let bound = Bound::bind(&config).await?;
     let gateway = Gateway::new(config).await?;
-    let watcher = config_path.map(|path| tokio::spawn(watch_config(gateway.clone(), path)));
+    let watcher = config_path.map(|path| tokio::spawn(watch_config(gateway.clone(), path, hup)));
     serve(gateway, bound, shutdown).await;
     if let Some(w) = watcher {
         w.abort();
@@ -468,7 +476,12 @@ pub async fn run(
 
 /// Reloads the configuration on SIGHUP, and when the file's contents change (checked every 2 s;
 /// a rename-over, as Kubernetes does for ConfigMaps, counts).
-async fn watch_config(gateway: Arc<Gateway>, path: PathBuf) {
+#[cfg(unix)]
+type Hangup = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hangup = Option<()>;
+
+async fn watch_config(gateway: Arc<Gateway>, path: PathBuf, hup: Hangup) {
     let fingerprint = |p: &Path| {
         std::fs::read(p).ok().map(|bytes| {
             use std::hash::{Hash, Hasher};
@@ -479,7 +492,9 @@ async fn watch_config(gateway: Arc<Gateway>, path: PathBuf) {
     };
     let mut last = fingerprint(&path);
     #[cfg(unix)]
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut hup = hup;
+    #[cfg(not(unix))]
+    let _ = hup;
     loop {
         #[cfg(unix)]
         let signal = async {
