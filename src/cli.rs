@@ -54,6 +54,16 @@ pub enum Command {
         #[arg(long, default_value = "NAME")]
         identity: String,
     },
+    /// Check a running apgate: exit 0 when its `/readyz` (or the given URL) answers 200, 1 otherwise.
+    /// For container health checks that have no curl (distroless images).
+    Health {
+        /// The URL to ask.
+        #[arg(long, default_value = "http://127.0.0.1:9090/readyz")]
+        url: String,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 3.0)]
+        timeout_seconds: f64,
+    },
     /// Print a shell completion script, e.g. `apgate completions bash > /etc/bash_completion.d/apgate`.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -119,6 +129,41 @@ pub fn print_keygen(identity: &str) -> i32 {
     println!();
     println!("# secret (shown once): {secret}");
     exit::OK
+}
+
+/// `apgate health`: 0 when `url` answers 200 within the timeout, 1 otherwise.
+pub fn health(url: &str, timeout_seconds: f64) -> i32 {
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        eprintln!("{url:?} is not a URL");
+        return exit::CONFIG;
+    };
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+        return 1;
+    };
+    let timeout = std::time::Duration::from_secs_f64(timeout_seconds.clamp(0.1, 60.0));
+    let status = runtime.block_on(async move {
+        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http::<http_body_util::Empty<bytes::Bytes>>();
+        tokio::time::timeout(timeout, client.get(uri)).await
+    });
+    match status {
+        Ok(Ok(resp)) if resp.status() == http::StatusCode::OK => {
+            println!("ok");
+            exit::OK
+        }
+        Ok(Ok(resp)) => {
+            eprintln!("not ready: {}", resp.status());
+            1
+        }
+        Ok(Err(e)) => {
+            eprintln!("unreachable: {e}");
+            1
+        }
+        Err(_) => {
+            eprintln!("no answer within {timeout:?}");
+            1
+        }
+    }
 }
 
 /// `apgate completions SHELL`.

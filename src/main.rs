@@ -18,6 +18,7 @@ fn main() {
         } => cli::explain(&config, &identity, &method, &target, copy_source.as_deref()),
         Command::Keygen { identity } => cli::print_keygen(&identity),
         Command::Completions { shell } => cli::print_completions(shell),
+        Command::Health { url, timeout_seconds } => cli::health(&url, timeout_seconds),
         Command::Serve { config } => serve(&config),
     };
     std::process::exit(code);

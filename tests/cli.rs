@@ -166,6 +166,36 @@ fn explain_shows_the_decision() {
 }
 
 #[test]
+fn health_reports_whether_readyz_answers_200() {
+    use std::io::{Read, Write};
+    // A one-shot server answering 200, and a port nothing listens on.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 1024];
+        let _ = s.read(&mut buf);
+        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\nconnection: close\r\n\r\nready\n")
+            .unwrap();
+    });
+    let o = apgate(&["health", "--url", &format!("http://{addr}/readyz")]);
+    assert!(o.status.success(), "{}", text(&o));
+    server.join().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let o = apgate(&[
+        "health",
+        "--url",
+        &format!("http://{closed}/readyz"),
+        "--timeout-seconds",
+        "1",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+}
+
+#[test]
 fn keygen_completions_and_help() {
     let o = apgate(&["keygen", "--identity", "bob"]);
     let t = text(&o);
@@ -176,7 +206,7 @@ fn keygen_completions_and_help() {
     let o = apgate(&["completions", "bash"]);
     assert!(o.status.success() && text(&o).contains("_apgate"), "{}", text(&o));
     let o = apgate(&["--help"]);
-    for cmd in ["serve", "check", "explain", "keygen", "completions"] {
+    for cmd in ["serve", "check", "explain", "keygen", "completions", "health"] {
         assert!(text(&o).contains(cmd), "{cmd} missing from --help:\n{}", text(&o));
     }
 }
