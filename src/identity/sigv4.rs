@@ -32,6 +32,20 @@ pub struct SigV4Verifier {
     keys: HashMap<String, IssuedKey>,
     accepted_regions: Vec<String>,
     max_skew: Duration,
+    /// Derived signing keys (four HMACs each) by (access key, date, region): the same for a whole
+    /// day, so derived once rather than per request.
+    derived: DerivedKeys,
+}
+
+/// A small copy-on-write cache of derived signing keys. Reads take no lock; a miss (once per key,
+/// day and region) copies the map. Its `Debug` never shows key material.
+#[derive(Default)]
+struct DerivedKeys(arc_swap::ArcSwap<HashMap<(String, String, String), [u8; 32]>>);
+
+impl std::fmt::Debug for DerivedKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DerivedKeys({} cached)", self.0.load().len())
+    }
 }
 
 #[derive(Debug)]
@@ -62,6 +76,29 @@ pub struct AuthorizationHeader<'a> {
 }
 
 impl SigV4Verifier {
+    /// The signing key for (access key, date, region, `s3`), derived once and cached.
+    fn derived_key(&self, access_key_id: &str, secret: &Secret, date: &str, region: &str) -> [u8; 32] {
+        let id = (access_key_id.to_owned(), date.to_owned(), region.to_owned());
+        if let Some(k) = self.derived.0.load().get(&id) {
+            return *k;
+        }
+        let key = signing_key(secret, date, region, "s3");
+        let mut map = HashMap::clone(&self.derived.0.load());
+        // Bounded: keys × regions × a few days. Start over rather than track ages.
+        if map.len() >= 4 * self.keys.len().max(1) * self.accepted_regions.len().max(1) + 16 {
+            map.clear();
+        }
+        map.insert(id, key);
+        self.derived.0.store(std::sync::Arc::new(map));
+        key
+    }
+
+    /// How many derived keys are cached (for tests).
+    #[cfg(test)]
+    fn cached_keys(&self) -> usize {
+        self.derived.0.load().len()
+    }
+
     /// The identity and secret of an access key apgate issued.
     pub(crate) fn lookup(&self, access_key_id: &str) -> Option<(&Arc<str>, &Secret)> {
         self.keys.get(access_key_id).map(|k| (&k.identity, &k.secret))
@@ -86,6 +123,7 @@ impl SigV4Verifier {
             keys,
             accepted_regions,
             max_skew,
+            derived: DerivedKeys::default(),
         }
     }
 
@@ -208,7 +246,7 @@ impl SigV4Verifier {
         );
         let scope = format!("{}/{}/{}/aws4_request", auth.date, auth.region, auth.service);
         let sts = string_to_sign(amz_date, &scope, &creq);
-        let signing_key = signing_key(&key.secret, auth.date, auth.region, auth.service);
+        let signing_key = self.derived_key(auth.access_key_id, &key.secret, auth.date, auth.region);
         let expected = hex::encode(hmac(&signing_key, sts.as_bytes()));
         if !ct_eq(expected.as_bytes(), auth.signature.as_bytes()) {
             return Err(GatewayError::client(
@@ -368,7 +406,7 @@ impl SigV4Verifier {
         );
         let scope = format!("{date}/{region}/{service}/aws4_request");
         let sts = string_to_sign(amz_date, &scope, &creq);
-        let expected = hex::encode(hmac(&signing_key(&key.secret, date, region, service), sts.as_bytes()));
+        let expected = hex::encode(hmac(&self.derived_key(akid, &key.secret, date, region), sts.as_bytes()));
         if !ct_eq(expected.as_bytes(), signature.as_bytes()) {
             return Err(GatewayError::client(
                 S3ErrorCode::SignatureDoesNotMatch,

@@ -537,3 +537,42 @@ fn verifies_what_aws_sigv4_presigns() {
         );
     }
 }
+
+#[test]
+fn derived_keys_are_cached_per_key_date_and_region_and_bounded() {
+    let v = verifier();
+    let (_, req) = aws_examples().remove(0);
+    for _ in 0..5 {
+        assert!(req.run(&v, t("20130524T000500Z")).is_ok());
+    }
+    assert_eq!(v.cached_keys(), 1, "one derivation for one key, date and region");
+    // A wrong signature still fails with the cached key.
+    let mut bad = aws_examples().remove(0).1;
+    bad.headers[3].1 = bad.headers[3].1.replace("f0e8", "f0e9");
+    assert_eq!(
+        bad.run(&v, t("20130524T000500Z")).unwrap_err().code(),
+        S3ErrorCode::SignatureDoesNotMatch
+    );
+    // Many dates: the cache stays bounded.
+    let secret = Secret::new(SECRET);
+    for day in 1..=28 {
+        v.derived_key(AKID, &secret, &format!("201305{day:02}"), "us-east-1");
+    }
+    assert!(v.cached_keys() <= 4 + 16, "{}", v.cached_keys());
+    assert_eq!(
+        v.derived_key(AKID, &secret, "20130524", "us-east-1"),
+        signing_key(&secret, "20130524", "us-east-1", "s3")
+    );
+}
+
+#[test]
+fn debug_output_never_shows_key_material() {
+    let v = verifier();
+    let (_, req) = aws_examples().remove(0);
+    req.run(&v, t("20130524T000500Z")).unwrap();
+    let shown = format!("{v:?}");
+    assert!(
+        !shown.contains(SECRET) && shown.contains("DerivedKeys(1 cached)"),
+        "{shown}"
+    );
+}
