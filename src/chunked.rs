@@ -64,11 +64,15 @@ impl ChunkKey {
 
     /// `AWS4-HMAC-SHA256-PAYLOAD\n<date>\n<scope>\n<previous>\n<sha256("")>\n<sha256(data)>`.
     pub fn chunk_signature(&self, previous: &str, data: &[u8]) -> String {
+        self.chunk_signature_of_hash(previous, &hex::encode(Sha256::digest(data)))
+    }
+
+    /// As [`ChunkKey::chunk_signature`], with the chunk's hex SHA-256 already computed (the inbound
+    /// check and the outbound signature share one hash of each chunk).
+    pub fn chunk_signature_of_hash(&self, previous: &str, data_sha256_hex: &str) -> String {
         let sts = format!(
-            "AWS4-HMAC-SHA256-PAYLOAD\n{}\n{}\n{previous}\n{EMPTY_SHA256}\n{}",
-            self.amz_date,
-            self.scope,
-            hex::encode(Sha256::digest(data))
+            "AWS4-HMAC-SHA256-PAYLOAD\n{}\n{}\n{previous}\n{EMPTY_SHA256}\n{data_sha256_hex}",
+            self.amz_date, self.scope
         );
         self.sign(&sts)
     }
@@ -275,14 +279,15 @@ fn step(
                 }
                 buf.advance(2);
             }
+            let data_hash = hex::encode(Sha256::digest(&data));
             if let Some(inbound) = inbound {
-                let expected = inbound.key.chunk_signature(previous_in, &data);
+                let expected = inbound.key.chunk_signature_of_hash(previous_in, &data_hash);
                 if !ct_eq(expected.as_bytes(), signature.as_bytes()) {
                     return Err(ChunkError::SignatureDoesNotMatch);
                 }
             }
             previous_in.clone_from(signature);
-            let resigned = outbound.chunk_signature(previous_out, &data);
+            let resigned = outbound.chunk_signature_of_hash(previous_out, &data_hash);
             let mut head = BytesMut::with_capacity(hex.len() + 83);
             head.extend_from_slice(hex);
             head.extend_from_slice(b";chunk-signature=");
