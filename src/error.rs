@@ -38,6 +38,7 @@ pub enum S3ErrorCode {
     InvalidBucketName,
     InvalidURI,
     MalformedXML,
+    RequestHeaderSectionTooLarge,
     IncompleteBody,
     InvalidChunkSizeError,
     MissingContentLength,
@@ -68,6 +69,7 @@ impl S3ErrorCode {
             Self::InvalidBucketName => "InvalidBucketName",
             Self::InvalidURI => "InvalidURI",
             Self::MalformedXML => "MalformedXML",
+            Self::RequestHeaderSectionTooLarge => "RequestHeaderSectionTooLarge",
             Self::IncompleteBody => "IncompleteBody",
             Self::InvalidChunkSizeError => "InvalidChunkSizeError",
             Self::MissingContentLength => "MissingContentLength",
@@ -97,6 +99,7 @@ impl S3ErrorCode {
             | Self::InvalidBucketName
             | Self::InvalidURI
             | Self::MalformedXML
+            | Self::RequestHeaderSectionTooLarge
             | Self::IncompleteBody => StatusCode::BAD_REQUEST,
             Self::MissingContentLength => StatusCode::LENGTH_REQUIRED,
             Self::NotImplemented => StatusCode::NOT_IMPLEMENTED,

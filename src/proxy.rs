@@ -126,7 +126,32 @@ pub async fn handle(
     let mut unread_body = Some(body);
     let client_body_failed = Arc::new(AtomicBool::new(false));
     let limit = i64::try_from(state.config.server.max_concurrent_requests).unwrap_or(i64::MAX);
-    let outcome = if state.metrics.inflight.get() > limit {
+    let head_bytes = parts.method.as_str().len()
+        + parts.uri.to_string().len()
+        + parts
+            .headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 4)
+            .sum::<usize>();
+    let outcome = if parts.headers.contains_key(header::CONTENT_LENGTH)
+        && parts.headers.contains_key(header::TRANSFER_ENCODING)
+    {
+        // Both framings at once is how requests are smuggled past proxies. hyper already frames such
+        // a request by Transfer-Encoding and drops Content-Length (RFC 9112 §6.3), and apgate re-frames
+        // every upstream request itself; this refusal stays as defence in depth.
+        Err(GatewayError::client(
+            S3ErrorCode::InvalidRequest,
+            "A request may not carry both Content-Length and Transfer-Encoding.",
+        ))
+    } else if head_bytes > state.config.server.max_header_bytes {
+        Err(GatewayError::client(
+            S3ErrorCode::RequestHeaderSectionTooLarge,
+            format!(
+                "Your request header section exceeds the maximum allowed size ({} bytes).",
+                state.config.server.max_header_bytes
+            ),
+        ))
+    } else if state.metrics.inflight.get() > limit {
         Err(GatewayError::upstream(
             S3ErrorCode::SlowDown,
             "Please reduce your request rate (apgate is at its concurrency limit).",
