@@ -210,18 +210,7 @@ impl SigV4Verifier {
             .with_detail("MaxAllowedSkewMilliseconds", self.max_skew.as_millis().to_string()));
         }
 
-        let unsigned: Vec<&str> = headers
-            .keys()
-            .map(http::HeaderName::as_str)
-            .filter(|h| h.starts_with("x-amz-") && !auth.signed_headers.contains(h))
-            .collect();
-        if !unsigned.is_empty() {
-            return Err(GatewayError::client(
-                S3ErrorCode::AccessDenied,
-                "There were headers present in the request which were not signed.",
-            )
-            .with_detail("HeadersNotSigned", unsigned.join(", ")));
-        }
+        require_signed_amz_headers(headers, &auth.signed_headers)?;
 
         let payload_value = headers.get("x-amz-content-sha256").ok_or_else(|| {
             GatewayError::client(
@@ -382,18 +371,7 @@ impl SigV4Verifier {
                 .with_detail("Expires", amzdate::format(request_time + Duration::from_secs(expires)))
                 .with_detail("ServerTime", amzdate::format(now)));
         }
-        let unsigned: Vec<&str> = headers
-            .keys()
-            .map(http::HeaderName::as_str)
-            .filter(|h| h.starts_with("x-amz-") && !signed_headers.contains(h))
-            .collect();
-        if !unsigned.is_empty() {
-            return Err(GatewayError::client(
-                S3ErrorCode::AccessDenied,
-                "There were headers present in the request which were not signed.",
-            )
-            .with_detail("HeadersNotSigned", unsigned.join(", ")));
-        }
+        require_signed_amz_headers(headers, &signed_headers)?;
 
         let payload = PayloadHash::Unsigned;
         let creq = canonical_request_with_query(
@@ -421,6 +399,24 @@ impl SigV4Verifier {
             chunks: None,
         })
     }
+}
+
+/// S3 requires every `x-amz-*` header of a request to be signed: an unsigned one could be added by
+/// anyone on the way (a copy source, an ACL) and apgate would forward and sign it.
+fn require_signed_amz_headers(headers: &HeaderMap, signed: &[&str]) -> Result<(), GatewayError> {
+    let unsigned: Vec<&str> = headers
+        .keys()
+        .map(http::HeaderName::as_str)
+        .filter(|h| h.starts_with("x-amz-") && !signed.contains(h))
+        .collect();
+    if unsigned.is_empty() {
+        return Ok(());
+    }
+    Err(GatewayError::client(
+        S3ErrorCode::AccessDenied,
+        "There were headers present in the request which were not signed.",
+    )
+    .with_detail("HeadersNotSigned", unsigned.join(", ")))
 }
 
 /// A `SignedHeaders` list: lowercase header names, sorted, each once.
