@@ -54,6 +54,7 @@ fn verify(c: &mut Criterion) {
 
 fn sign(c: &mut Criterion) {
     let creds = Credentials::new(AKID, SECRET, None, None, "bench");
+    let keys = apgate::identity::sigv4::SigningKeyCache::new(16);
     c.bench_function("outbound_sigv4_sign", |b| {
         b.iter(|| {
             let mut parts = http::Request::new(()).into_parts().0;
@@ -70,6 +71,7 @@ fn sign(c: &mut Criterion) {
                 &creds,
                 "us-east-1",
                 SystemTime::now(),
+                &keys,
             )
             .unwrap()
         })

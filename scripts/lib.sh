@@ -80,3 +80,27 @@ build_release() {
     say "Building apgate (release)"
     (cd "$REPO" && cargo build --release --quiet)
 }
+
+# Installs the benchmark's peers and load tools from Debian when missing: nginx (the plain-hop
+# baseline), wrk (saturation load) and hey (paced load for latency at a fixed rate).
+ensure_bench_tools() {
+    local missing=() pair
+    for pair in nginx:nginx-light wrk:wrk hey:hey; do
+        command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+    done
+    [[ ${#missing[@]} == 0 ]] && return 0
+    if [[ $(id -u) != 0 ]]; then
+        echo "missing: ${missing[*]}; this is not root: install them (apt-get install ${missing[*]}) and retry" >&2
+        return 1
+    fi
+    say "Installing ${missing[*]} (Debian packages)"
+    apt-get update -qq
+    # policy-rc.d keeps the package from starting its own nginx service on port 80.
+    local policy=/usr/sbin/policy-rc.d created=0
+    if [[ ! -e $policy ]]; then printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy" && created=1; fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    [[ $created == 1 ]] && rm -f "$policy"
+    for pair in nginx:nginx-light wrk:wrk hey:hey; do
+        command -v "${pair%%:*}" >/dev/null 2>&1 || { echo "${pair%%:*} still not on PATH after apt-get install" >&2; return 1; }
+    done
+}

@@ -53,6 +53,9 @@ pub struct State {
     pub listeners: HashMap<String, Arc<ListenerState>>,
     /// Requests in flight per identity (for `max_concurrent_requests_per_identity`).
     pub identity_inflight: HashMap<Arc<str>, std::sync::atomic::AtomicUsize>,
+    /// apgate's own derived signing keys (base and assumed-role credentials), by access key, date
+    /// and region.
+    pub signing_keys: crate::identity::sigv4::SigningKeyCache,
     /// Dropping the state stops its credential refreshers.
     _stop_refreshers: watch::Sender<bool>,
 }
@@ -163,6 +166,7 @@ impl State {
             .collect();
         Ok(Self {
             identity_inflight,
+            signing_keys: crate::identity::sigv4::SigningKeyCache::new(256),
             verifier,
             router,
             upstream,
@@ -548,6 +552,7 @@ pub fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let text = std::env::var("APGATE_LOG_FORMAT").is_ok_and(|v| v == "text");
+    crate::access_log::set_text_format(text);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stdout);

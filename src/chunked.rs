@@ -64,7 +64,7 @@ impl ChunkKey {
 
     /// `AWS4-HMAC-SHA256-PAYLOAD\n<date>\n<scope>\n<previous>\n<sha256("")>\n<sha256(data)>`.
     pub fn chunk_signature(&self, previous: &str, data: &[u8]) -> String {
-        self.chunk_signature_of_hash(previous, &hex::encode(Sha256::digest(data)))
+        self.chunk_signature_of_hash(previous, &crate::s3::encoding::hex_lower(&Sha256::digest(data)))
     }
 
     /// As [`ChunkKey::chunk_signature`], with the chunk's hex SHA-256 already computed (the inbound
@@ -83,7 +83,7 @@ impl ChunkKey {
             "AWS4-HMAC-SHA256-TRAILER\n{}\n{}\n{previous}\n{}",
             self.amz_date,
             self.scope,
-            hex::encode(Sha256::digest(canonical_trailers))
+            crate::s3::encoding::hex_lower(&Sha256::digest(canonical_trailers))
         );
         self.sign(&sts)
     }
@@ -92,7 +92,7 @@ impl ChunkKey {
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key)
             .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
         mac.update(sts.as_bytes());
-        hex::encode(mac.finalize().into_bytes())
+        crate::s3::encoding::hex_lower(&mac.finalize().into_bytes())
     }
 }
 
@@ -279,7 +279,7 @@ fn step(
                 }
                 buf.advance(2);
             }
-            let data_hash = hex::encode(Sha256::digest(&data));
+            let data_hash = crate::s3::encoding::hex_lower(&Sha256::digest(&data));
             if let Some(inbound) = inbound {
                 let expected = inbound.key.chunk_signature_of_hash(previous_in, &data_hash);
                 if !ct_eq(expected.as_bytes(), signature.as_bytes()) {

@@ -26,6 +26,7 @@ fn main() {
 
 fn serve(path: &std::path::Path) -> i32 {
     apgate::app::init_tracing();
+    apgate::access_log::start_writer();
     // Validate before binding any port.
     let config = match Config::load(path) {
         Ok(c) => c,
@@ -42,7 +43,7 @@ fn serve(path: &std::path::Path) -> i32 {
         }
     };
     let path = path.to_path_buf();
-    runtime.block_on(async move {
+    let code = runtime.block_on(async move {
         match apgate::app::run(config, Some(path), apgate::app::shutdown_signal()).await {
             Ok(()) => exit::OK,
             Err(e) => {
@@ -50,5 +51,8 @@ fn serve(path: &std::path::Path) -> i32 {
                 exit::UNAVAILABLE
             }
         }
-    })
+    });
+    // The last requests' access log lines, before the process exits.
+    apgate::access_log::flush(std::time::Duration::from_secs(2));
+    code
 }

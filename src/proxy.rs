@@ -22,7 +22,6 @@ use crate::body::{self, BodyEnd, Metered, ResponseBody};
 use crate::chunked::{ChunkKey, FailureSlot, ResignChunks};
 use crate::config::KeyLogging;
 use crate::error::{xml_escape_into, GatewayError, S3ErrorCode};
-use crate::identity::sigv4::signing_key;
 use crate::identity::{self, CallerIdentity};
 use crate::metrics::NONE;
 use crate::routing::{Route, Scope};
@@ -32,7 +31,6 @@ use crate::s3::amzdate;
 use crate::s3::copy_source::CopySource;
 use crate::s3::encoding::{uri_encode_into, Slash};
 use crate::s3::{AccessPoint, BucketName, Operation, OperationClass, PayloadHash, S3Target, Support};
-use crate::secret::Secret;
 use crate::signing::sign_request;
 
 /// What is known about a request so far, for its metrics and its log line.
@@ -365,6 +363,7 @@ async fn proxy(
         &credentials,
         ap.region(),
         signed_at,
+        &state.signing_keys,
     )
     .map_err(|e| GatewayError::client(S3ErrorCode::InvalidArgument, e.to_string()))?;
     let chunk_failure: FailureSlot = Arc::default();
@@ -383,9 +382,13 @@ async fn proxy(
             // from the seed signature just put on the upstream request.
             let amz_date = amzdate::format(signed_at);
             let date = &amz_date[..8];
-            let key = Secret::new(credentials.secret_access_key());
             let outbound_key = ChunkKey::new(
-                signing_key(&key, date, ap.region(), "s3"),
+                state.signing_keys.get(
+                    credentials.access_key_id(),
+                    credentials.secret_access_key(),
+                    date,
+                    ap.region(),
+                ),
                 amz_date.clone(),
                 format!("{date}/{}/s3/aws4_request", ap.region()),
             );
@@ -897,38 +900,37 @@ fn finish(state: &State, ctx: &Ctx, status: StatusCode, bytes_out: u64, end: Bod
             .with_label_values(&[ctx.identity_label(), ctx.access_point_label()])
             .inc_by(bytes_out);
     }
-    let key = match (ctx.key.as_deref(), ctx.key_logging) {
-        (None, _) | (Some(_), KeyLogging::Omitted) => NONE.to_owned(),
-        (Some(k), KeyLogging::Full) => k.to_owned(),
+    let key: std::borrow::Cow<'_, str> = match (ctx.key.as_deref(), ctx.key_logging) {
+        (None, _) | (Some(_), KeyLogging::Omitted) => NONE.into(),
+        (Some(k), KeyLogging::Full) => k.into(),
         (Some(k), KeyLogging::Hashed) => {
             use sha2::Digest;
-            hex::encode(&sha2::Sha256::digest(k.as_bytes())[..8])
+            crate::s3::encoding::hex_lower(&sha2::Sha256::digest(k.as_bytes())[..8]).into()
         }
     };
-    tracing::info!(
-        target: "apgate::access",
-        request_id = %ctx.request_id,
-        listener = %ctx.listener,
-        remote = %ctx.remote,
-        identity = ctx.identity_label(),
-        method = %ctx.method,
-        operation = ctx.operation.as_str(),
-        bucket = ctx.bucket.as_deref().unwrap_or(NONE),
-        key = %key,
-        access_point = ctx.access_point_label(),
-        status = status.as_u16(),
-        error_code = ctx.error_code.as_deref().unwrap_or(NONE),
-        bytes_in = ctx.bytes_in.load(Ordering::Relaxed),
+    crate::access_log::Record {
+        request_id: &ctx.request_id,
+        listener: &ctx.listener,
+        remote: ctx.remote,
+        identity: ctx.identity_label(),
+        method: ctx.method.as_str(),
+        operation: ctx.operation.as_str(),
+        bucket: ctx.bucket.as_deref().unwrap_or(NONE),
+        key: &key,
+        access_point: ctx.access_point_label(),
+        status: status.as_u16(),
+        error_code: ctx.error_code.as_deref().unwrap_or(NONE),
+        bytes_in: ctx.bytes_in.load(Ordering::Relaxed),
         bytes_out,
-        complete = end == BodyEnd::Complete,
-        duration_ms = ctx.started.elapsed().as_secs_f64() * 1000.0,
-        upstream_ms = ctx.upstream_ms.unwrap_or(0.0),
-        upstream_request_id = ctx.upstream_request_id.as_deref().unwrap_or(NONE),
-        upstream_id2 = ctx.upstream_id2.as_deref().unwrap_or(NONE),
-        "request"
-    );
+        complete: end == BodyEnd::Complete,
+        duration_ms: ctx.started.elapsed().as_secs_f64() * 1000.0,
+        upstream_ms: ctx.upstream_ms.unwrap_or(0.0),
+        upstream_request_id: ctx.upstream_request_id.as_deref().unwrap_or(NONE),
+        upstream_id2: ctx.upstream_id2.as_deref().unwrap_or(NONE),
+    }
+    .emit();
 }
 
 fn new_request_id() -> String {
-    format!("{:016X}", rand::random::<u64>())
+    crate::s3::encoding::hex_lower(&rand::random::<u64>().to_be_bytes()).to_ascii_uppercase()
 }

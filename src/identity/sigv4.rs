@@ -32,19 +32,83 @@ pub struct SigV4Verifier {
     keys: HashMap<String, IssuedKey>,
     accepted_regions: Vec<String>,
     max_skew: Duration,
-    /// Derived signing keys (four HMACs each) by (access key, date, region): the same for a whole
-    /// day, so derived once rather than per request.
-    derived: DerivedKeys,
+    /// Derived signing keys of the issued secrets.
+    derived: SigningKeyCache,
 }
 
-/// A small copy-on-write cache of derived signing keys. Reads take no lock; a miss (once per key,
-/// day and region) copies the map. Its `Debug` never shows key material.
-#[derive(Default)]
-struct DerivedKeys(arc_swap::ArcSwap<HashMap<(String, String, String), [u8; 32]>>);
+/// Derived SigV4 signing keys (four chained HMACs each) by (access key, date, region), for service
+/// `s3`: the same for a whole day, so derived once instead of per request. Used for inbound
+/// verification and outbound signing alike.
+///
+/// Copy-on-write: a hit takes no lock and allocates nothing (a map lookup by access key, then a scan
+/// of that key's few (date, region) entries); a miss copies the map. Bounded: past `capacity`
+/// entries it starts over rather than track ages. Its `Debug` never shows key material.
+pub struct SigningKeyCache {
+    map: arc_swap::ArcSwap<HashMap<String, Vec<DerivedKey>>>,
+    capacity: usize,
+}
 
-impl std::fmt::Debug for DerivedKeys {
+#[derive(Clone)]
+struct DerivedKey {
+    date: String,
+    region: String,
+    key: [u8; 32],
+}
+
+impl SigningKeyCache {
+    /// A cache holding at most about `capacity` derived keys.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            map: arc_swap::ArcSwap::from_pointee(HashMap::new()),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// The signing key of `secret` (whose access key id is `access_key_id`) for `date` (YYYYMMDD)
+    /// and `region`. An access key id names one secret for its whole life (AWS never reissues one),
+    /// so it identifies the entry.
+    pub fn get(&self, access_key_id: &str, secret: &str, date: &str, region: &str) -> [u8; 32] {
+        let map = self.map.load();
+        if let Some(found) = map
+            .get(access_key_id)
+            .and_then(|entries| entries.iter().find(|e| e.date == date && e.region == region))
+        {
+            return found.key;
+        }
+        let key = derive_signing_key(secret, date, region, "s3");
+        let mut next = HashMap::clone(&map);
+        if next.values().map(Vec::len).sum::<usize>() >= self.capacity {
+            next.clear();
+        }
+        let entries = next.entry(access_key_id.to_owned()).or_default();
+        // Yesterday's key for the same region is kept (clocks of clients straddle midnight) but no
+        // more than a few per access key.
+        if entries.len() >= 4 {
+            entries.remove(0);
+        }
+        entries.push(DerivedKey {
+            date: date.to_owned(),
+            region: region.to_owned(),
+            key,
+        });
+        self.map.store(Arc::new(next));
+        key
+    }
+
+    /// How many derived keys are cached.
+    pub fn len(&self) -> usize {
+        self.map.load().values().map(Vec::len).sum()
+    }
+
+    /// Whether nothing is cached yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl std::fmt::Debug for SigningKeyCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "DerivedKeys({} cached)", self.0.load().len())
+        write!(f, "SigningKeyCache({} cached)", self.len())
     }
 }
 
@@ -78,25 +142,13 @@ pub struct AuthorizationHeader<'a> {
 impl SigV4Verifier {
     /// The signing key for (access key, date, region, `s3`), derived once and cached.
     fn derived_key(&self, access_key_id: &str, secret: &Secret, date: &str, region: &str) -> [u8; 32] {
-        let id = (access_key_id.to_owned(), date.to_owned(), region.to_owned());
-        if let Some(k) = self.derived.0.load().get(&id) {
-            return *k;
-        }
-        let key = signing_key(secret, date, region, "s3");
-        let mut map = HashMap::clone(&self.derived.0.load());
-        // Bounded: keys × regions × a few days. Start over rather than track ages.
-        if map.len() >= 4 * self.keys.len().max(1) * self.accepted_regions.len().max(1) + 16 {
-            map.clear();
-        }
-        map.insert(id, key);
-        self.derived.0.store(std::sync::Arc::new(map));
-        key
+        self.derived.get(access_key_id, secret.expose(), date, region)
     }
 
     /// How many derived keys are cached (for tests).
     #[cfg(test)]
     fn cached_keys(&self) -> usize {
-        self.derived.0.load().len()
+        self.derived.len()
     }
 
     /// The identity and secret of an access key apgate issued.
@@ -115,15 +167,16 @@ impl SigV4Verifier {
         accepted_regions: Vec<String>,
         max_skew: Duration,
     ) -> Self {
-        let keys = keys
+        let keys: HashMap<String, IssuedKey> = keys
             .into_iter()
             .map(|(akid, identity, secret)| (akid, IssuedKey { identity, secret }))
             .collect();
+        let (keys_len, regions_len) = (keys.len(), accepted_regions.len());
         Self {
             keys,
             accepted_regions,
             max_skew,
-            derived: DerivedKeys::default(),
+            derived: SigningKeyCache::new(4 * keys_len.max(1) * regions_len.max(1) + 16),
         }
     }
 
@@ -236,7 +289,7 @@ impl SigV4Verifier {
         let scope = format!("{}/{}/{}/aws4_request", auth.date, auth.region, auth.service);
         let sts = string_to_sign(amz_date, &scope, &creq);
         let signing_key = self.derived_key(auth.access_key_id, &key.secret, auth.date, auth.region);
-        let expected = hex::encode(hmac(&signing_key, sts.as_bytes()));
+        let expected = crate::s3::encoding::hex_lower(&hmac(&signing_key, sts.as_bytes()));
         if !ct_eq(expected.as_bytes(), auth.signature.as_bytes()) {
             return Err(GatewayError::client(
                 S3ErrorCode::SignatureDoesNotMatch,
@@ -381,10 +434,14 @@ impl SigV4Verifier {
             headers,
             &signed_headers,
             payload.as_str().as_bytes(),
+            Trim::Whitespace,
         );
         let scope = format!("{date}/{region}/{service}/aws4_request");
         let sts = string_to_sign(amz_date, &scope, &creq);
-        let expected = hex::encode(hmac(&self.derived_key(akid, &key.secret, date, region), sts.as_bytes()));
+        let expected = crate::s3::encoding::hex_lower(&hmac(
+            &self.derived_key(akid, &key.secret, date, region),
+            sts.as_bytes(),
+        ));
         if !ct_eq(expected.as_bytes(), signature.as_bytes()) {
             return Err(GatewayError::client(
                 S3ErrorCode::SignatureDoesNotMatch,
@@ -527,17 +584,36 @@ pub fn canonical_request(
     payload_hash: &[u8],
 ) -> Vec<u8> {
     let query = canonical_query(raw_query, &[]);
-    canonical_request_with_query(method, raw_path, &query, headers, signed_headers, payload_hash)
+    canonical_request_with_query(
+        method,
+        raw_path,
+        &query,
+        headers,
+        signed_headers,
+        payload_hash,
+        Trim::Whitespace,
+    )
+}
+
+/// How header values are trimmed in a canonical request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Trim {
+    /// Spaces and tabs, runs collapsed to one space (botocore's `' '.join(value.split())`): what
+    /// inbound verification accepts.
+    Whitespace,
+    /// Spaces only (aws-sigv4, the AWS SDKs' Rust signer): what apgate signs outbound.
+    Spaces,
 }
 
 /// As [`canonical_request`], with the canonical query string already built.
-fn canonical_request_with_query(
+pub(crate) fn canonical_request_with_query(
     method: &str,
     raw_path: &str,
     canonical_query: &str,
     headers: &HeaderMap,
     signed_headers: &[&str],
     payload_hash: &[u8],
+    trim: Trim,
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(512);
     out.extend_from_slice(method.as_bytes());
@@ -555,23 +631,28 @@ fn canonical_request_with_query(
                 out.push(b',');
             }
             first = false;
-            push_trimmed(&mut out, value.as_bytes());
+            push_trimmed(&mut out, value.as_bytes(), trim);
         }
         out.push(b'\n');
     }
     out.push(b'\n');
-    out.extend_from_slice(signed_headers.join(";").as_bytes());
+    for (i, name) in signed_headers.iter().enumerate() {
+        if i > 0 {
+            out.push(b';');
+        }
+        out.extend_from_slice(name.as_bytes());
+    }
     out.push(b'\n');
     out.extend_from_slice(payload_hash);
     out
 }
 
-/// Trims a header value and collapses runs of spaces to one.
-fn push_trimmed(out: &mut Vec<u8>, value: &[u8]) {
+/// Trims a header value and collapses runs of spaces (and, for [`Trim::Whitespace`], tabs) to one.
+fn push_trimmed(out: &mut Vec<u8>, value: &[u8], trim: Trim) {
     let mut in_space = false;
     let start = out.len();
     for &b in value {
-        if b == b' ' || b == b'\t' {
+        if b == b' ' || (b == b'\t' && trim == Trim::Whitespace) {
             in_space = true;
         } else {
             if in_space && out.len() > start {
@@ -622,15 +703,24 @@ fn reencode(raw: &str) -> String {
 
 /// `AWS4-HMAC-SHA256\n<timestamp>\n<scope>\n<hex sha256(canonical request)>`.
 pub fn string_to_sign(amz_date: &str, scope: &str, canonical_request: &[u8]) -> String {
-    format!(
-        "{ALGORITHM}\n{amz_date}\n{scope}\n{}",
-        hex::encode(Sha256::digest(canonical_request))
-    )
+    let mut out = String::with_capacity(ALGORITHM.len() + amz_date.len() + scope.len() + 67);
+    out.push_str(ALGORITHM);
+    out.push('\n');
+    out.push_str(amz_date);
+    out.push('\n');
+    out.push_str(scope);
+    out.push('\n');
+    out.push_str(&crate::s3::encoding::hex_lower(&Sha256::digest(canonical_request)));
+    out
 }
 
 /// The derived signing key: four chained HMACs from the secret.
 pub fn signing_key(secret: &Secret, date: &str, region: &str, service: &str) -> [u8; 32] {
-    let k_date = hmac(format!("AWS4{}", secret.expose()).as_bytes(), date.as_bytes());
+    derive_signing_key(secret.expose(), date, region, service)
+}
+
+fn derive_signing_key(secret: &str, date: &str, region: &str, service: &str) -> [u8; 32] {
+    let k_date = hmac(format!("AWS4{secret}").as_bytes(), date.as_bytes());
     let k_region = hmac(&k_date, region.as_bytes());
     let k_service = hmac(&k_region, service.as_bytes());
     hmac(&k_service, b"aws4_request")

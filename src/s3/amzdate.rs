@@ -36,6 +36,23 @@ pub fn format(t: SystemTime) -> String {
     )
 }
 
+/// Appends a time as RFC 3339 UTC with microseconds, `2026-11-28T02:38:57.727172Z` (log timestamps).
+pub fn push_rfc3339_micros(out: &mut String, t: SystemTime) {
+    use std::fmt::Write;
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (y, m, d) = civil_from_days(i64::try_from(secs / 86_400).unwrap_or(0));
+    let rem = secs % 86_400;
+    let _ = write!(
+        out,
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        since.subsec_micros()
+    );
+}
+
 fn is_leap(y: i64) -> bool {
     (y % 4 == 0 && y % 100 != 0) || y % 400 == 0
 }
@@ -74,6 +91,20 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn formats_log_timestamps_as_rfc3339_with_microseconds() {
+        let cases = [
+            (0, 0, "1970-01-01T00:00:00.000000Z"),
+            (1_795_000_000, 123_456_789, "2026-11-18T11:06:40.123456Z"),
+            (951_782_400, 999_999_999, "2000-02-29T00:00:00.999999Z"),
+        ];
+        for (secs, nanos, want) in cases {
+            let mut s = String::from(">");
+            push_rfc3339_micros(&mut s, UNIX_EPOCH + Duration::new(secs, nanos));
+            assert_eq!(s, format!(">{want}"));
+        }
+    }
 
     #[test]
     fn round_trips_known_instants() {

@@ -45,6 +45,18 @@ pub fn uri_encode_into(out: &mut String, input: &[u8], slash: Slash) {
 }
 
 /// S3 `UriEncode` of raw bytes.
+/// Lowercase hex, as SigV4 writes hashes and signatures (`hex::encode` goes char by char through an
+/// iterator; this is the hot path of every request).
+pub fn hex_lower(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for &b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    out
+}
+
 pub fn uri_encode(input: &[u8], slash: Slash) -> String {
     let mut out = String::with_capacity(input.len() + input.len() / 2);
     uri_encode_into(&mut out, input, slash);
@@ -120,6 +132,15 @@ pub fn parse_query(raw: &str) -> Result<Vec<QueryParam>, InvalidEncoding> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_is_lowercase_and_matches_the_hex_crate() {
+        let cases: [&[u8]; 4] = [b"", b"\x00\x0f\xf0\xff", b"apgate", &[0xab; 32]];
+        for bytes in cases {
+            assert_eq!(hex_lower(bytes), hex::encode(bytes));
+        }
+        assert_eq!(hex_lower(&[0xde, 0xad, 0xbe, 0xef]), "deadbeef");
+    }
 
     #[test]
     fn uri_encode_matches_s3_rules() {

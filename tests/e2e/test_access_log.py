@@ -6,6 +6,7 @@ reads apgate's whole log output."""
 from __future__ import annotations
 
 import json
+import time
 import uuid
 
 import boto3
@@ -35,16 +36,22 @@ def traffic(apgate):
     return key
 
 
-def access_lines(apgate) -> list[dict]:
-    lines = []
-    for raw in apgate.log_path.read_text().splitlines():
-        try:
-            doc = json.loads(raw)
-        except ValueError:
-            continue
-        if doc.get("target") == "apgate::access":
-            lines.append(doc)
-    return lines
+def access_lines(apgate, at_least: int = 3, timeout: float = 5.0) -> list[dict]:
+    """The access log lines so far. apgate writes them from a writer thread a few milliseconds after
+    the response (docs/CONFIG.md), so wait until the fixture's traffic (3 requests) is there."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = []
+        for raw in apgate.log_path.read_text().splitlines():
+            try:
+                doc = json.loads(raw)
+            except ValueError:
+                continue
+            if doc.get("target") == "apgate::access":
+                lines.append(doc)
+        if len(lines) >= at_least or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.02)
 
 
 def test_every_request_has_one_line_with_all_fields(apgate, traffic):

@@ -420,8 +420,14 @@ def test_reload_during_a_running_upload(start_apgate, upstream: FakeUpstream):
     assert put(ap.sidecar, obj("app/after.bin"), b"x" * 100)[0] == 403
     assert get(ap.sidecar, obj("app/x"))[0] == 200
     assert get(ap.sidecar, obj("other/x"))[0] == 200
-    access = [a for a in ap.log_lines() if isinstance(a, dict) and a.get("target") == "apgate::access"
-              and a.get("method") == "PUT"]
+    # Access log lines are written a few milliseconds after the response (a writer thread).
+    deadline = time.monotonic() + 5
+    while True:
+        access = [a for a in ap.log_lines() if isinstance(a, dict) and a.get("target") == "apgate::access"
+                  and a.get("method") == "PUT"]
+        if len(access) >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
     assert [a.get("status") for a in access] == [200, 403], access
 
 

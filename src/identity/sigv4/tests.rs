@@ -572,7 +572,7 @@ fn debug_output_never_shows_key_material() {
     req.run(&v, t("20130524T000500Z")).unwrap();
     let shown = format!("{v:?}");
     assert!(
-        !shown.contains(SECRET) && shown.contains("DerivedKeys(1 cached)"),
+        !shown.contains(SECRET) && shown.contains("SigningKeyCache(1 cached)"),
         "{shown}"
     );
 }

@@ -1,0 +1,397 @@
+#!/usr/bin/env python3
+"""The side-by-side benchmark behind scripts/bench (stdlib only; run it through scripts/bench).
+
+Everything runs on 127.0.0.1 on this machine, in one run, so the ratios compare like with like:
+  upstream  target/release/examples/bench_upstream (hyper; serves N-byte objects, swallows PUTs)
+  nginx     a plain nginx reverse proxy in front of it (keep-alive pool, no signing, no access log)
+  apgate    verifying SigV4 inbound and re-signing SigV4 outbound, access log on
+
+Phases: 1 KiB GET at full speed (wrk, 64 connections), p99 at half of apgate's saturation rate (hey,
+same rate direct and through apgate), 1 GiB GET/PUT throughput (one stream, direct vs apgate), peak
+RSS while streaming 5 GiB each way, RSS with 10,000 idle keep-alive connections.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = REPO / "target" / "release"
+AKID = "APGBENCHKEY000000001"
+SECRET = "bench/secret/key/for/loopback/only/0000"
+UPSTREAM_AKID = "AKIDBENCHUPSTREAM001"
+UPSTREAM_SECRET = "bench-upstream-secret-key-00000000000000"
+BUCKET = "bench-bucket"
+GIB = 1 << 30
+MIB = 1 << 20
+
+PROCS: list[subprocess.Popen] = []
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+def start(cmd: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
+    p = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env,
+                         start_new_session=True)
+    PROCS.append(p)
+    return p
+
+
+def stop(p: subprocess.Popen) -> None:
+    if p.poll() is None:
+        os.killpg(p.pid, signal.SIGTERM)
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
+def status_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def mib(kib: int) -> float:
+    return kib / 1024
+
+
+class Apgate:
+    def __init__(self, work: Path, upstream_port: int, tag: str):
+        self.port, self.admin = free_port(), free_port()
+        config = work / f"apgate-{tag}.toml"
+        config.write_text(f"""
+[admin]
+address = "127.0.0.1:{self.admin}"
+
+[server]
+max_concurrent_requests = 20000
+
+[[listeners]]
+name = "bench"
+address = "127.0.0.1:{self.port}"
+identity_methods = ["sigv4"]
+
+[sigv4]
+accepted_regions = ["us-east-1"]
+
+[upstream]
+region = "us-east-1"
+endpoint = {{ mode = "custom", url = "http://127.0.0.1:{upstream_port}" }}
+
+[credentials]
+type = "static"
+access_key_id = {{ env = "BENCH_UPSTREAM_ACCESS_KEY_ID" }}
+secret_access_key = {{ env = "BENCH_UPSTREAM_SECRET_ACCESS_KEY" }}
+
+[[identities]]
+name = "bench"
+[[identities.keys]]
+access_key_id = "{AKID}"
+secret_access_key = {{ env = "BENCH_SECRET_ACCESS_KEY" }}
+
+[[routes]]
+identity = "bench"
+bucket = "{BUCKET}"
+access_point = "arn:aws:s3:us-east-1:123456789012:accesspoint/bench-ap"
+""")
+        env = dict(os.environ, BENCH_UPSTREAM_ACCESS_KEY_ID=UPSTREAM_AKID,
+                   BENCH_UPSTREAM_SECRET_ACCESS_KEY=UPSTREAM_SECRET, BENCH_SECRET_ACCESS_KEY=SECRET)
+        env.pop("RUST_LOG", None)
+        self.proc = start([str(BIN / "apgate"), "serve", "--config", str(config)], work / f"apgate-{tag}.log", env)
+        wait_port(self.port)
+        self.pid = self.proc.pid
+
+    def url(self, key: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{BUCKET}/{key}"
+
+    def stop(self) -> None:
+        stop(self.proc)
+
+
+def nginx(work: Path, upstream_port: int) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    prefix = work / "nginx"
+    prefix.mkdir(exist_ok=True)
+    conf = prefix / "nginx.conf"
+    conf.write_text(f"""
+daemon off;
+worker_processes auto;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+worker_rlimit_nofile 65536;
+events {{ worker_connections 20000; }}
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    keepalive_requests 1000000;
+    upstream origin {{
+        server 127.0.0.1:{upstream_port};
+        keepalive 128;
+        keepalive_requests 1000000;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+""")
+    p = start(["nginx", "-p", str(prefix), "-c", str(conf)], prefix / "stdout.log")
+    wait_port(port)
+    return p, port
+
+
+def sign(method: str, url: str) -> list[str]:
+    env = dict(os.environ, BENCH_ACCESS_KEY_ID=AKID, BENCH_SECRET_ACCESS_KEY=SECRET)
+    out = subprocess.run([str(BIN / "examples" / "bench_client"), "sign", method, url], env=env,
+                         check=True, capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if line]
+
+
+def to_ms(value: str, unit: str) -> float:
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def wrk(url: str, headers: list[str], seconds: float, connections: int) -> dict:
+    cmd = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    for h in headers:
+        cmd += ["-H", h]
+    out = subprocess.run(cmd + [url], check=True, capture_output=True, text=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    lat = {p: to_ms(v, u) for p, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)}
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: (.*)", out)
+    if errors or socket_errors:
+        raise SystemExit(f"wrk against {url} saw errors:\n{out}")
+    return {"rps": rps, "p50_ms": lat["50"], "p99_ms": lat["99"]}
+
+
+def hey(url: str, headers: list[str], seconds: float, connections: int, rate: float) -> dict:
+    per_worker = max(1.0, rate / connections)
+    cmd = ["hey", "-z", f"{seconds}s", "-c", str(connections), "-q", f"{per_worker:.2f}"]
+    for h in headers:
+        cmd += ["-H", h]
+    out = subprocess.run(cmd + [url], check=True, capture_output=True, text=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    lat = {p: float(v) * 1000 for p, v in re.findall(r"^\s+(50|99)% in ([\d.]+) secs", out, re.M)}
+    codes = re.findall(r"\[(\d+)\]\s+(\d+) responses", out)
+    bad = [c for c in codes if c[0] != "200"]
+    if bad or "Error distribution" in out:
+        raise SystemExit(f"hey against {url} saw errors:\n{out}")
+    return {"rps": rps, "p50_ms": lat["50"], "p99_ms": lat["99"]}
+
+
+def stream(method: str, url: str, size: int) -> float:
+    env = dict(os.environ, BENCH_ACCESS_KEY_ID=AKID, BENCH_SECRET_ACCESS_KEY=SECRET)
+    out = subprocess.run([str(BIN / "examples" / "bench_client"), "stream", method, url, str(size)],
+                         env=env, check=True, capture_output=True, text=True).stdout.split()
+    return float(out[2])
+
+
+def metrics_total(admin: int) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("apgate_requests_total{") and 'status="200"' in line)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="short points and small sizes (CI: runs to completion)")
+    ap.add_argument("--seconds", type=float, help="seconds per load point (default 10, quick 2)")
+    ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--out", default=str(REPO / "target" / "bench"), help="where results.md/json and logs go")
+    args = ap.parse_args()
+    seconds = args.seconds or (2 if args.quick else 10)
+    warmup = 1 if args.quick else 3
+    big = 64 * MIB if args.quick else GIB
+    huge = 256 * MIB if args.quick else 5 * GIB
+    idle_n = 1000 if args.quick else 10_000
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="apgate-bench-"))
+    results: dict = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "quick": args.quick, "seconds": seconds,
+                     "connections": args.connections, "cpus": os.cpu_count()}
+    started = time.time()
+    try:
+        up_port = free_port()
+        start([str(BIN / "examples" / "bench_upstream"), f"127.0.0.1:{up_port}"], work / "upstream.log")
+        wait_port(up_port)
+        ngx, ngx_port = nginx(work, up_port)
+        gate = Apgate(work, up_port, "load")
+        key = "obj/1024"
+        targets = {
+            "direct": f"http://127.0.0.1:{up_port}/{key}",
+            "nginx": f"http://127.0.0.1:{ngx_port}/{key}",
+            "apgate": gate.url(key),
+        }
+        # The same signed header set on every target, so every request has the same size; only
+        # apgate checks it.
+        headers = sign("GET", targets["apgate"])
+
+        print(f"== 1 KiB GET, {args.connections} connections, {seconds:g} s per point (wrk)", flush=True)
+        load = {}
+        for name, url in targets.items():
+            wrk(url, headers, warmup, args.connections)
+            load[name] = wrk(url, headers, seconds, args.connections)
+            print(f"   {name:7} {load[name]['rps']:>10.0f} req/s  p50 {load[name]['p50_ms']:.2f} ms"
+                  f"  p99 {load[name]['p99_ms']:.2f} ms", flush=True)
+        served = metrics_total(gate.admin)
+        if served < load["apgate"]["rps"] * seconds * 0.9:
+            raise SystemExit(f"apgate's metrics count {served:.0f} requests served; wrk reported more")
+        results["load"] = load
+
+        half = load["apgate"]["rps"] / 2
+        print(f"== p99 at half of apgate's saturation rate ({half:.0f} req/s, hey)", flush=True)
+        paced = {name: hey(targets[name], headers, seconds, args.connections, half) for name in ("direct", "apgate")}
+        for name, r in paced.items():
+            print(f"   {name:7} {r['rps']:>10.0f} req/s  p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms", flush=True)
+        results["paced"] = paced
+        rss_load = status_kib(gate.pid, "VmHWM")
+        gate.stop()
+        stop(ngx)
+
+        print(f"== Streaming: {big // MIB} MiB GET and PUT, one connection (direct vs apgate)", flush=True)
+        gate = Apgate(work, up_port, "stream")
+        rss_stream_start = status_kib(gate.pid, "VmRSS")
+        size_key = f"obj/{big}"
+        streams = {}
+        for method in ("GET", "PUT"):
+            direct = stream(method, f"http://127.0.0.1:{up_port}/{size_key}", big)
+            via = stream(method, gate.url(size_key), big)
+            streams[method] = {"direct_mib_s": direct, "apgate_mib_s": via}
+            print(f"   {method}  direct {direct:8.0f} MiB/s   apgate {via:8.0f} MiB/s", flush=True)
+        print(f"== Peak RSS streaming {huge // MIB} MiB each way through apgate", flush=True)
+        for method in ("GET", "PUT"):
+            stream(method, gate.url(f"obj/{huge}"), huge)
+        rss_stream_peak = status_kib(gate.pid, "VmHWM")
+        print(f"   start {mib(rss_stream_start):.1f} MiB, peak {mib(rss_stream_peak):.1f} MiB", flush=True)
+        results["stream"] = streams
+        results["rss_stream"] = {"start_mib": mib(rss_stream_start), "peak_mib": mib(rss_stream_peak),
+                                 "streamed_mib": 2 * huge // MIB + 2 * big // MIB}
+        gate.stop()
+
+        print(f"== RSS with {idle_n} idle keep-alive connections", flush=True)
+        gate = Apgate(work, up_port, "idle")
+        rss_idle_start = status_kib(gate.pid, "VmRSS")
+        env = dict(os.environ, BENCH_ACCESS_KEY_ID=AKID, BENCH_SECRET_ACCESS_KEY=SECRET)
+        client = subprocess.Popen([str(BIN / "examples" / "bench_client"), "idle", gate.url(key), str(idle_n)],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        ready = client.stdout.readline().split()
+        if ready != ["ready", str(idle_n)]:
+            raise SystemExit(f"idle client: {ready}")
+        time.sleep(1)
+        rss_idle = status_kib(gate.pid, "VmRSS")
+        client.stdin.close()
+        still = client.stdout.readline().split()
+        client.wait(30)
+        if still != ["open", str(idle_n)]:
+            raise SystemExit(f"apgate closed idle connections before the measurement ended: {still}")
+        print(f"   start {mib(rss_idle_start):.1f} MiB, with {idle_n} open {mib(rss_idle):.1f} MiB", flush=True)
+        results["rss_idle"] = {"connections": idle_n, "start_mib": mib(rss_idle_start), "open_mib": mib(rss_idle)}
+        results["rss_load_peak_mib"] = mib(rss_load)
+        gate.stop()
+    finally:
+        for p in PROCS:
+            stop(p)
+    results["wall_seconds"] = round(time.time() - started, 1)
+    report = render(results)
+    print(report)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    (out / "results.md").write_text(report)
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def render(r: dict) -> str:
+    load, paced, streams = r["load"], r["paced"], r["stream"]
+    ratio_direct = load["apgate"]["rps"] / load["direct"]["rps"]
+    ratio_nginx = load["apgate"]["rps"] / load["nginx"]["rps"]
+    added_p99 = paced["apgate"]["p99_ms"] - paced["direct"]["p99_ms"]
+    get_ratio = streams["GET"]["apgate_mib_s"] / streams["GET"]["direct_mib_s"]
+    put_ratio = streams["PUT"]["apgate_mib_s"] / streams["PUT"]["direct_mib_s"]
+    big = "1 GiB" if not r["quick"] else "64 MiB"
+    lines = [
+        f"apgate bench — {r['date']} — {r['cpus']} CPUs — {r['seconds']:g} s per point, "
+        f"{r['connections']} connections{' (--quick)' if r['quick'] else ''}",
+        "",
+        "| target | 1 KiB GET req/s | p50 ms | p99 ms |",
+        "|---|---:|---:|---:|",
+    ]
+    for name in ("direct", "nginx", "apgate"):
+        x = load[name]
+        lines.append(f"| {name} | {x['rps']:.0f} | {x['p50_ms']:.2f} | {x['p99_ms']:.2f} |")
+    lines += [
+        "",
+        f"| paced at {paced['apgate']['rps']:.0f} req/s (half of apgate's saturation) | p50 ms | p99 ms |",
+        "|---|---:|---:|",
+        f"| direct | {paced['direct']['p50_ms']:.2f} | {paced['direct']['p99_ms']:.2f} |",
+        f"| apgate | {paced['apgate']['p50_ms']:.2f} | {paced['apgate']['p99_ms']:.2f} |",
+        "",
+        f"| {big}, one stream | direct MiB/s | apgate MiB/s | apgate/direct |",
+        "|---|---:|---:|---:|",
+        f"| GET | {streams['GET']['direct_mib_s']:.0f} | {streams['GET']['apgate_mib_s']:.0f} | {get_ratio:.2f} |",
+        f"| PUT | {streams['PUT']['direct_mib_s']:.0f} | {streams['PUT']['apgate_mib_s']:.0f} | {put_ratio:.2f} |",
+        "",
+        "| apgate RSS | MiB |",
+        "|---|---:|",
+        f"| at start | {r['rss_stream']['start_mib']:.1f} |",
+        f"| peak, streaming {r['rss_stream']['streamed_mib']} MiB | {r['rss_stream']['peak_mib']:.1f} |",
+        f"| peak, 1 KiB GET load | {r['rss_load_peak_mib']:.1f} |",
+        f"| {r['rss_idle']['connections']} idle keep-alive connections | {r['rss_idle']['open_mib']:.1f} |",
+        "",
+        "| target | measured | goal | |",
+        "|---|---:|---:|---|",
+        f"| 1 KiB GET req/s apgate/nginx | {ratio_nginx:.2f}× | ≥ 1.0× | {'met' if ratio_nginx >= 1.0 else 'NOT met'} |",
+        f"| 1 KiB GET req/s apgate/direct | {ratio_direct:.2f}× | | |",
+        f"| p99 added at half saturation | {added_p99:.2f} ms | ≤ 1 ms | {'met' if added_p99 <= 1.0 else 'NOT met'} |",
+        f"| GET throughput apgate/direct | {get_ratio:.2f}× | ≥ 0.9× | {'met' if get_ratio >= 0.9 else 'NOT met'} |",
+        f"| PUT throughput apgate/direct | {put_ratio:.2f}× | ≥ 0.9× | {'met' if put_ratio >= 0.9 else 'NOT met'} |",
+        f"| peak RSS streaming | {r['rss_stream']['peak_mib']:.1f} MiB | ≤ 64 MiB | "
+        f"{'met' if r['rss_stream']['peak_mib'] <= 64 else 'NOT met'} |",
+        f"| RSS, {r['rss_idle']['connections']} idle connections | {r['rss_idle']['open_mib']:.1f} MiB | ≤ 200 MiB | "
+        f"{'met' if r['rss_idle']['open_mib'] <= 200 else 'NOT met'} |",
+        "",
+        f"wall time {r['wall_seconds']} s",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
