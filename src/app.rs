@@ -365,12 +365,15 @@ async fn accept_loop(gateway: Arc<Gateway>, name: Arc<str>, socket: TcpListener,
                 server,
             };
             match listener.tls.clone() {
-                None => conn.serve(None, TokioIo::new(stream), graceful_watch).await,
+                // Each kind of connection boxes its own future, so a plain connection's task does
+                // not carry room for a TLS session (a task is as large as its largest state).
+                None => Box::pin(conn.serve(None, TokioIo::new(stream), graceful_watch)).await,
                 Some(TlsListener {
                     acceptor,
                     identity_from: source,
                 }) => {
-                    let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
+                    let handshake =
+                        Box::pin(tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream))).await;
                     let tls = match handshake {
                         Ok(Ok(tls)) => tls,
                         Ok(Err(error)) => {
@@ -391,7 +394,7 @@ async fn accept_loop(gateway: Arc<Gateway>, name: Arc<str>, socket: TcpListener,
                         .peer_certificates()
                         .and_then(|chain| chain.first())
                         .map(|cert| Arc::<str>::from(client_subject(cert, source).unwrap_or_default().as_str()));
-                    conn.serve(subject, TokioIo::new(tls), graceful_watch).await;
+                    Box::pin(conn.serve(subject, TokioIo::new(tls), graceful_watch)).await;
                 }
             }
         });
@@ -433,14 +436,17 @@ impl Conn {
             remote,
             server,
         } = self;
+        // Boxed: hyper keeps room for one in-flight service future per connection from the moment
+        // it is accepted, and the proxy's future is large. Boxing it makes an idle connection cost
+        // a pointer instead (docs/PERFORMANCE.md), for one allocation per request.
         let svc = service_fn(move |req| {
-            crate::proxy::handle(
+            Box::pin(crate::proxy::handle(
                 gateway.clone(),
                 listener.clone(),
                 remote,
                 client_certificate.clone(),
                 req,
-            )
+            ))
         });
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
