@@ -1,11 +1,13 @@
 //! Secrets that never format.
 //!
-//! A [`Secret`] has a redacted `Debug`, no `Display`, compares in constant time and only
-//! [`Secret::expose`] returns the value. Everything that holds a secret key or token keeps it in one.
+//! A [`Secret`] has a redacted `Debug`, no `Display`, compares in constant time, is overwritten
+//! with zeros when dropped, and only [`Secret::expose`] returns the value. Everything that holds a
+//! secret key or token keeps it in one.
 
 use std::fmt;
 
 use subtle::ConstantTimeEq;
+use zeroize::{Zeroize, ZeroizeOnDrop};
 
 /// A secret string (a secret access key, a session token).
 #[derive(Clone)]
@@ -28,6 +30,20 @@ impl Secret {
     }
 }
 
+impl Zeroize for Secret {
+    fn zeroize(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+impl ZeroizeOnDrop for Secret {}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("[REDACTED]")
@@ -49,6 +65,16 @@ mod tests {
         let shown = format!("{s:?}");
         assert_eq!(shown, "[REDACTED]");
         assert!(!shown.contains("wJalr"));
+    }
+
+    #[test]
+    fn zeroize_clears_the_value() {
+        let mut s = Secret::new("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY");
+        s.zeroize();
+        assert_eq!(s.expose(), "");
+        // Dropping zeroizes too: `Secret` is `ZeroizeOnDrop` (a compile-time check).
+        fn zeroized_on_drop<T: ZeroizeOnDrop>() {}
+        zeroized_on_drop::<Secret>();
     }
 
     #[test]

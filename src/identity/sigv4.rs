@@ -55,6 +55,12 @@ struct DerivedKey {
     key: [u8; 32],
 }
 
+impl Drop for DerivedKey {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.key);
+    }
+}
+
 impl SigningKeyCache {
     /// A cache holding at most about `capacity` derived keys.
     pub fn new(capacity: usize) -> Self {
