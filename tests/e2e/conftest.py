@@ -10,6 +10,8 @@ Run: target/e2e-venv/bin/python -m pytest tests/e2e -q
 
 Environment knobs:
 - APGATE_BIN: apgate binary (default target/release/apgate).
+- E2E_APGATE_LOG: RUST_LOG for every apgate the suite starts (default "trace": the most verbose
+  logs apgate can write, which test_zzz_no_secrets.py scans for secrets; scripts/test sets it).
 - E2E_MOTO_LAUNCHER_ARGS: extra launcher args; "--without-sigv4-fix" reproduces
   moto's stock signature bug (diagnostics only).
 """
@@ -49,9 +51,91 @@ BOB_ACCESS_KEY_ID = "APGTESTBOB0000000001"
 BOB_ALIAS_BUCKET = "bob-legacy-name"
 
 
-# Every secret an apgate of this test session was given; test_zzz_no_secrets.py checks that none of
-# them appears in any apgate log of the session. Fixtures that start apgates add theirs.
+# Every secret an apgate of this test session was given or handled (its keys, the upstream
+# credentials, session tokens, tokens for credential endpoints); test_zzz_no_secrets.py checks that
+# none of them appears in any apgate log of the session. Whatever starts an apgate calls
+# register_apgate() with its log and its secrets.
 SECRETS_GIVEN_TO_APGATE: set[str] = set()
+# Every apgate log of the session (register_apgate); test_zzz_no_secrets.py scans them all.
+APGATE_LOGS: set[Path] = set()
+# Signatures this test process's botocore computed (SigV4 header and query, SigV2): a sample of the
+# signatures clients sent to apgate, which must not appear in its logs either.
+CLIENT_SIGNATURES: set[str] = set()
+_MAX_CLIENT_SIGNATURES = 50_000
+
+
+def apgate_log_filter() -> str:
+    """RUST_LOG for every apgate the suite starts (E2E_APGATE_LOG, default trace)."""
+    return os.environ.get("E2E_APGATE_LOG", "").strip() or "trace"
+
+
+def apgate_log_env() -> dict[str, str]:
+    """The logging part of an apgate's environment; every apgate the suite starts gets it."""
+    return {"RUST_LOG": apgate_log_filter()}
+
+
+def register_apgate(log: Path | None, *secrets: str) -> None:
+    """An apgate of this session: its log (scanned at the end) and the secrets it was given."""
+    if log is not None:
+        APGATE_LOGS.add(Path(log))
+    SECRETS_GIVEN_TO_APGATE.update(s for s in secrets if s)
+
+
+def _record_client_signatures() -> None:
+    """Wrap botocore's signature functions (results unchanged) to remember what they computed."""
+    import botocore.auth as auth
+
+    if getattr(auth.SigV4Auth.signature, "_e2e_recording", False):
+        return
+    v4, v1 = auth.SigV4Auth.signature, auth.HmacV1Auth.sign_string
+
+    def signature(self, string_to_sign, request):
+        sig = v4(self, string_to_sign, request)
+        if len(CLIENT_SIGNATURES) < _MAX_CLIENT_SIGNATURES:
+            CLIENT_SIGNATURES.add(sig)
+        return sig
+
+    def sign_string(self, string_to_sign):
+        sig = v1(self, string_to_sign)
+        if len(CLIENT_SIGNATURES) < _MAX_CLIENT_SIGNATURES:
+            CLIENT_SIGNATURES.add(sig)
+        return sig
+
+    signature._e2e_recording = True  # type: ignore[attr-defined]
+    auth.SigV4Auth.signature = signature  # covers S3SigV4Auth and the query (presign) variants
+    auth.HmacV1Auth.sign_string = sign_string  # SigV2 header and query auth
+
+
+_record_client_signatures()
+
+
+# STS session tokens registered (register_moto_session_secrets), and what went wrong doing it.
+SESSION_TOKENS_REGISTERED: list[int] = [0]
+SESSION_SECRET_PROBLEMS: list[str] = []
+
+
+def register_moto_session_secrets(endpoint: str, request_log: Path) -> None:
+    """Register every STS session (secret key, session token) moto issued, if the module called
+    STS at all (a POST to / in the request log): what apgate's credential providers fetched,
+    directly or through a credentials endpoint. Problems are kept for test_zzz_no_secrets.py."""
+    try:
+        with open(request_log, encoding="utf-8") as fh:
+            entries = [json.loads(line) for line in fh if '"method": "POST"' in line]
+        # STS (query protocol): POST / to moto's own address, signed by someone other than
+        # setup_moto's bootstrap credentials (its IAM calls look the same).
+        if not any(e.get("raw_uri") == "/" and (e.get("host") or "").startswith("127.0.0.1:")
+                   and e.get("access_key_id") not in (None, "bootstrap") for e in entries):
+            return
+        with urllib.request.urlopen(f"{endpoint}/moto-api/data.json", timeout=120) as resp:
+            data = json.loads(resp.read())
+        roles = data.get("sts", {}).get("AssumedRole", [])
+        for role in roles:
+            SECRETS_GIVEN_TO_APGATE.update(v for v in (role.get("secret_access_key"), role.get("session_token")) if v)
+        SESSION_TOKENS_REGISTERED[0] += sum(1 for r in roles if r.get("session_token"))
+        if not roles:
+            SESSION_SECRET_PROBLEMS.append(f"{endpoint}: STS was called but moto lists no AssumedRole")
+    except Exception as e:  # noqa: BLE001 - reported by the scan
+        SESSION_SECRET_PROBLEMS.append(f"{endpoint}: reading moto's STS sessions failed: {e!r}")
 
 
 def free_port() -> int:
@@ -145,6 +229,8 @@ def moto(tmp_path_factory) -> Moto:
             account=creds["account"],
             request_log=request_log, process_log=process_log,
         )
+        # Whatever STS sessions this module's apgates used (test_credentials.py) are secrets too.
+        register_moto_session_secrets(f"http://127.0.0.1:{port}", request_log)
     finally:
         stop(proc)
 
@@ -288,7 +374,6 @@ def apgate(moto: Moto, tmp_path_factory) -> Apgate:
     config = tmp / "apgate.toml"
     config.write_text(apgate_config(admin, shared, sidecar, moto.port))
     bob_secret = secrets.token_urlsafe(30)
-    SECRETS_GIVEN_TO_APGATE.update({bob_secret, moto.secret_access_key})
     env = {
         k: v for k, v in os.environ.items()
         if not k.startswith("AWS_") and not k.startswith("APGATE_")
@@ -298,8 +383,10 @@ def apgate(moto: Moto, tmp_path_factory) -> Apgate:
         "APGATE_UPSTREAM_SECRET_ACCESS_KEY": moto.secret_access_key,
         "APGATE_TEST_BOB_SECRET": bob_secret,
         "AWS_EC2_METADATA_DISABLED": "true",
+        **apgate_log_env(),
     })
     log_path = tmp / "apgate.log"
+    register_apgate(log_path, bob_secret, moto.secret_access_key)
     with open(log_path, "wb") as out:
         proc = subprocess.Popen(
             [str(binary), "serve", "-c", str(config)],

@@ -41,7 +41,9 @@ from conftest import (
     _readyz,
     _tail,
     apgate_config,
+    apgate_log_env,
     free_port,
+    register_apgate,
     stop,
     wait_port,
 )
@@ -177,6 +179,7 @@ class EcsServer:
 def ecs_server(moto, tmp: Path, lifetime: float):
     port = free_port()
     token = secrets.token_urlsafe(24)
+    register_apgate(None, token)  # apgate sends it to the endpoint: never to its log
     log = tmp / f"ecs-{port}.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env.update({
@@ -254,8 +257,10 @@ def run_apgate(moto, tmp: Path, *, env: dict, credentials: str | None = None,
     config.write_text(gateway_config(admin, shared, sidecar, moto.port, credentials=credentials,
                                      roles=roles, extra=extra))
     bob_secret = secrets.token_urlsafe(30)
-    env = dict(env, APGATE_TEST_BOB_SECRET=bob_secret)
+    env = dict(env, APGATE_TEST_BOB_SECRET=bob_secret, **apgate_log_env())
     log_path = tmp / f"apgate-{admin}.log"
+    register_apgate(log_path, bob_secret, *(v for k, v in env.items() if k.endswith(("SECRET_ACCESS_KEY", "TOKEN"))),
+                    *re.findall(r'insecure_inline = "([^"]+)"', extra))
     with open(log_path, "wb") as out:
         proc = subprocess.Popen([str(binary), "serve", "-c", str(config)],
                                 stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp)
@@ -310,8 +315,7 @@ def ecs_env(ecs: EcsServer, tmp: Path) -> dict:
         "AWS_CONFIG_FILE": str(empty_config),
         "AWS_SHARED_CREDENTIALS_FILE": str(empty_credentials),
     }
-    if "RUST_LOG" in os.environ:
-        env["RUST_LOG"] = os.environ["RUST_LOG"]
+    env.update(apgate_log_env())
     for forbidden in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
                       "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"):
         assert forbidden not in env

@@ -46,7 +46,7 @@ import pytest
 import yaml
 from cfnlint.decode import cfn_yaml
 
-from conftest import REPO
+from conftest import REPO, apgate_log_env, register_apgate
 
 DEPLOY = REPO / "deploy"
 TEMPLATES = sorted((DEPLOY / "cloudformation").glob("*.yaml"))
@@ -971,7 +971,11 @@ access_point = "arn:aws:s3:us-east-1:123456789012:accesspoint/health-test"
 """
     )
     url = f"http://127.0.0.1:{admin}/readyz"
-    proc = subprocess.Popen([str(BIN), "serve", "-c", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path / "apgate.log"
+    register_apgate(log, *re.findall(r'insecure_inline = "([^"]+)"', cfg.read_text()))
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([str(BIN), "serve", "-c", str(cfg)], stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, **apgate_log_env()})
     try:
         deadline = time.monotonic() + 20
         while run([str(BIN), "health", "--url", url]).returncode != 0:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, _readyz, _tail, free_port, stop
+from conftest import REPO, _readyz, _tail, apgate_log_env, free_port, register_apgate, stop
 from fake_upstream import CHUNK, Handler, Server, pattern_at, pattern_chunks
 from test_streaming_memory import (
     ACCOUNT, AP_ARN, BUCKET, REGION, UPSTREAM_ACCESS_KEY_ID, UPSTREAM_SECRET, FakeUpstream, wait_file,
@@ -232,8 +232,10 @@ def start_apgate(upstream: FakeUpstream, tmp_path):
             "APGATE_UPSTREAM_ACCESS_KEY_ID": UPSTREAM_ACCESS_KEY_ID,
             "APGATE_UPSTREAM_SECRET_ACCESS_KEY": UPSTREAM_SECRET,
             "AWS_EC2_METADATA_DISABLED": "true",
+            **apgate_log_env(),
         })
         log_path = tmp_path / "apgate.log"
+        register_apgate(log_path, UPSTREAM_SECRET)
         with open(log_path, "wb") as out:
             proc = subprocess.Popen([str(binary), "serve", "-c", str(config)],
                                     stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)

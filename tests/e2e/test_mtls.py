@@ -31,7 +31,7 @@ from botocore.exceptions import ClientError
 
 import certs
 from conftest import (ACCOUNT, APP_AP, BOB_AP, BOB_ACCESS_KEY_ID, BUCKET, REGION, REPO, Moto,
-                      _readyz, _tail, free_port, stop)
+                      _readyz, _tail, apgate_log_env, free_port, register_apgate, stop)
 
 APP_SPIFFE = "spiffe://example.org/ns/prod/sa/app"
 UNMAPPED_SPIFFE = "spiffe://example.org/ns/prod/sa/intruder"
@@ -188,8 +188,12 @@ access_point = "arn:aws:s3:{REGION}:{ACCOUNT}:accesspoint/{APP_AP}"
         "APGATE_UPSTREAM_SECRET_ACCESS_KEY": moto.secret_access_key,
         "APGATE_TEST_BOB_SECRET": bob_secret,
         "AWS_EC2_METADATA_DISABLED": "true",
+        **apgate_log_env(),
     })
     log_path = tmp / "apgate.log"
+    # the server's private key too: its PEM body lines
+    key_lines = [line for line in pki.server.key.read_text().splitlines() if line and not line.startswith("-----")]
+    register_apgate(log_path, bob_secret, moto.secret_access_key, *key_lines)
     with open(log_path, "wb") as out:
         proc = subprocess.Popen([str(binary), "serve", "-c", str(config_path)],
                                 stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp)

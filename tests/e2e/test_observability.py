@@ -44,7 +44,8 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 import setup_moto
-from conftest import BOB_ACCESS_KEY_ID, BUCKET, REGION, REPO, _readyz, _tail, apgate_config, free_port, stop, wait_port
+from conftest import (BOB_ACCESS_KEY_ID, BUCKET, REGION, REPO, _readyz, _tail, apgate_config, apgate_log_env, free_port,
+                      register_apgate, stop, wait_port)
 
 PROMETHEUS_DIR = REPO / "deploy" / "prometheus"
 ALERTS = PROMETHEUS_DIR / "alerts.yml"
@@ -414,8 +415,10 @@ def full(moto, tmp_path_factory) -> Full:
         "APGATE_UPSTREAM_SECRET_ACCESS_KEY": moto.secret_access_key,
         "APGATE_TEST_BOB_SECRET": bob_secret,
         "AWS_EC2_METADATA_DISABLED": "true",
+        **apgate_log_env(),
     })
     log_path = tmp / "apgate.log"
+    register_apgate(log_path, bob_secret, moto.secret_access_key)
     admin_url = f"http://127.0.0.1:{admin}"
     with open(log_path, "wb") as out:
         proc = subprocess.Popen([str(binary), "serve", "-c", str(config)],

@@ -47,7 +47,8 @@ from botocore.exceptions import ClientError
 import aws_chunked as ac
 import s3wire
 from conftest import (
-    BOB_ACCESS_KEY_ID, BOB_AP_HOST, BUCKET, REGION, REPO, _readyz, _tail, apgate_config, free_port, stop,
+    BOB_ACCESS_KEY_ID, BOB_AP_HOST, BUCKET, REGION, REPO, _readyz, _tail, apgate_config, apgate_log_env,
+    free_port, register_apgate, stop,
 )
 
 KIB = 1024
@@ -626,8 +627,10 @@ def capture_apgate(capture, tmp_path_factory):
         "APGATE_UPSTREAM_SECRET_ACCESS_KEY": CAPTURE_SECRET_KEY,
         "APGATE_TEST_BOB_SECRET": bob_secret,
         "AWS_EC2_METADATA_DISABLED": "true",
+        **apgate_log_env(),
     })
     log_path = tmp / "apgate.log"
+    register_apgate(log_path, CAPTURE_SECRET_KEY, bob_secret)
     with open(log_path, "wb") as out:
         proc = subprocess.Popen([str(binary), "serve", "-c", str(config)],
                                 stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp)

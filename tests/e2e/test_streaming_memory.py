@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, _readyz, _tail, free_port, stop
+from conftest import REPO, _readyz, _tail, apgate_log_env, free_port, register_apgate, stop
 from fake_upstream import CHUNK, pattern_at, pattern_chunks
 
 HERE = Path(__file__).resolve().parent
@@ -197,8 +197,10 @@ def streaming_apgate(fake_upstream: FakeUpstream, tmp_path_factory) -> Streaming
         "APGATE_UPSTREAM_ACCESS_KEY_ID": UPSTREAM_ACCESS_KEY_ID,
         "APGATE_UPSTREAM_SECRET_ACCESS_KEY": UPSTREAM_SECRET,
         "AWS_EC2_METADATA_DISABLED": "true",
+        **apgate_log_env(),
     })
     log_path = tmp / "apgate.log"
+    register_apgate(log_path, UPSTREAM_SECRET)
     with open(log_path, "wb") as out:
         proc = subprocess.Popen([str(binary), "serve", "-c", str(config)],
                                 stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp)
@@ -329,6 +331,11 @@ def test_1gib_put_and_get_stream_without_buffering(streaming_apgate: StreamingAp
 
     # apgate's access log: both requests, 200, the GET with every byte counted. (Its
     # `complete` flag is checked separately: test_access_log_marks_full_bodies_complete.)
+    # The GET's line is written when apgate's side of the body ends, which can be a moment after
+    # the client has read the last byte (seen with trace logging): wait for it.
+    deadline = time.monotonic() + 10
+    while len(ap.access_log()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
     access = ap.access_log()
     assert [(a["method"], a["operation"], a["status"]) for a in access] == [
         ("PUT", "PutObject", 200), ("GET", "GetObject", 200)], access
