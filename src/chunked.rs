@@ -143,9 +143,17 @@ pub type FailureSlot = Arc<OnceLock<ChunkError>>;
 #[derive(Debug)]
 enum State {
     Header,
-    Data { size: usize, hex: Bytes, signature: String },
+    Data {
+        size: usize,
+        hex: Bytes,
+        signature: String,
+    },
     AfterFinal,
-    Trailer { lines: Vec<(String, String)>, bytes: usize },
+    /// Trailer lines so far: (lower-case name, trimmed value, the line as received).
+    Trailer {
+        lines: Vec<(String, String, String)>,
+        bytes: usize,
+    },
     Done,
 }
 
@@ -352,12 +360,19 @@ fn step(
                 let (name, value) = text
                     .split_once(':')
                     .ok_or(ChunkError::Malformed("trailer line without ':'"))?;
-                lines.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
+                lines.push((
+                    name.trim().to_ascii_lowercase(),
+                    value.trim().to_owned(),
+                    text.to_owned(),
+                ));
                 return Ok(true);
             }
             // The empty line ends the trailer: check its signature and re-emit it re-signed.
-            let mut canonical_lines: Vec<&(String, String)> =
-                lines.iter().filter(|(n, _)| n != "x-amz-trailer-signature").collect();
+            let mut canonical_lines: Vec<(&String, &String)> = lines
+                .iter()
+                .filter(|(n, _, _)| n != "x-amz-trailer-signature")
+                .map(|(n, v, _)| (n, v))
+                .collect();
             canonical_lines.sort();
             let mut canonical = Vec::new();
             for (n, v) in &canonical_lines {
@@ -368,9 +383,12 @@ fn step(
             }
             let given = lines
                 .iter()
-                .find(|(n, _)| n == "x-amz-trailer-signature")
-                .map(|(_, v)| v.as_str())
+                .find(|(n, _, _)| n == "x-amz-trailer-signature")
+                .map(|(_, v, _)| v.as_str())
                 .ok_or(ChunkError::Malformed("trailer without x-amz-trailer-signature"))?;
+            if !crate::identity::sigv4::is_signature(given) {
+                return Err(ChunkError::Malformed("bad trailer signature"));
+            }
             if let Some(inbound) = inbound {
                 let expected = inbound.key.trailer_signature(previous_in, &canonical);
                 if !ct_eq(expected.as_bytes(), given.as_bytes()) {
@@ -378,16 +396,20 @@ fn step(
                 }
             }
             let resigned = outbound.trailer_signature(previous_out, &canonical);
+            // Every line goes out as received but for the signature value, which has the same
+            // length: the body keeps the length the client declared in Content-Length (the fuzzer
+            // found a normalised `name: value` line shortening it by a byte).
             let mut text = String::new();
-            for (n, v) in lines.iter() {
-                let v = if n == "x-amz-trailer-signature" {
-                    resigned.as_str()
+            for (n, v, raw) in lines.iter() {
+                if n == "x-amz-trailer-signature" {
+                    let colon = raw.find(':').map_or(0, |c| c + 1);
+                    let at = raw[colon..].find(v.as_str()).map_or(raw.len(), |i| colon + i);
+                    text.push_str(&raw[..at]);
+                    text.push_str(&resigned);
+                    text.push_str(&raw[at + v.len().min(raw.len() - at)..]);
                 } else {
-                    v.as_str()
-                };
-                text.push_str(n);
-                text.push(':');
-                text.push_str(v);
+                    text.push_str(raw);
+                }
                 text.push_str("\r\n");
             }
             text.push_str("\r\n");

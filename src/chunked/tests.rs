@@ -188,6 +188,36 @@ async fn resigns_valid_bodies_to_the_same_length_with_apgate_signatures() {
 }
 
 #[tokio::test]
+async fn trailer_lines_keep_their_spelling_so_the_length_is_kept() {
+    // Found by the `aws_chunked` fuzz target (fuzz/regressions/aws_chunked): trailer lines were
+    // re-emitted normalised (`Name:value`), so `x-amz-checksum-crc32: AAAA` came out a byte shorter
+    // than the Content-Length the client declared and apgate forwards.
+    let client = key("client-secret-0123456789");
+    let apgate = key("apgate-secret-0123456789");
+    let body = data(100);
+    let spelled = |key: &ChunkKey, seed: &str| {
+        let mut wire = encode(key, seed, &body, 65536, None);
+        wire.truncate(wire.len() - 2); // the final CRLF of a body without trailer
+        let last = encode(key, seed, &body, 65536, None);
+        let prev_sig = {
+            let text = String::from_utf8_lossy(&last).into_owned();
+            let at = text.rfind("chunk-signature=").unwrap() + "chunk-signature=".len();
+            text[at..at + 64].to_owned()
+        };
+        let sig = key.trailer_signature(&prev_sig, b"x-amz-checksum-crc32:AAAAAA==\n");
+        wire.extend_from_slice(
+            format!("X-Amz-Checksum-CRC32:  AAAAAA== \r\nx-amz-trailer-signature: {sig}\r\n\r\n").as_bytes(),
+        );
+        wire
+    };
+    let wire = spelled(&client, SEED_IN);
+    let (out, result) = resign(wire.clone(), 100, true, true, 9).await;
+    result.unwrap();
+    assert_eq!(out.len(), wire.len());
+    assert_eq!(out, spelled(&apgate, SEED_OUT));
+}
+
+#[tokio::test]
 async fn refuses_bad_bodies_before_forwarding_the_bad_chunk() {
     let client = key("client-secret-0123456789");
     let body = data(200_000);

@@ -162,9 +162,12 @@ pub fn parse_target(
 fn virtual_host_bucket(host: &str, domains: &[String]) -> Option<Result<BucketName, AddressingError>> {
     let host = strip_port(host);
     domains.iter().find_map(|d| {
+        // Compared as bytes: a host need not be ASCII (the fuzzer found a panic slicing inside a
+        // multi-byte character); after a match the split is after an ASCII '.', a char boundary.
         let prefix = host.len().checked_sub(d.len() + 1)?;
-        let (label, rest) = host.split_at(prefix);
-        (rest.as_bytes()[0] == b'.' && rest[1..].eq_ignore_ascii_case(d))
+        let rest = &host.as_bytes()[prefix..];
+        let label = host.get(..prefix)?;
+        (rest[0] == b'.' && rest[1..].eq_ignore_ascii_case(d.as_bytes()))
             .then(|| BucketName::parse(&label.to_ascii_lowercase()))
     })
 }
@@ -185,6 +188,25 @@ mod tests {
 
     fn domains() -> Vec<String> {
         vec!["s3.example.internal".to_owned()]
+    }
+
+    #[test]
+    fn non_ascii_hosts_are_not_virtual_hosts_and_never_panic() {
+        // Found by the `addressing` fuzz target (fuzz/regressions/addressing): a multi-byte
+        // character straddling the split point.
+        let domains = vec!["s3.localhost".to_owned()];
+        for host in [
+            "aés3.localhost",
+            "é.s3.localhost",
+            "s3.localhosté",
+            "ééééééééééééé",
+            "é",
+        ] {
+            let t = parse_target(Some(host), "/bkt/k", None, &domains);
+            if let Ok(t) = t {
+                assert_eq!(t.style, AddressingStyle::Path, "{host}");
+            }
+        }
     }
 
     #[test]
