@@ -220,7 +220,7 @@ async fn hostile_inputs_never_make_apgate_connect_anywhere_but_the_configured_up
     let (upstream, hosts) = recording_upstream().await;
     let (decoy, decoy_connections) = decoy().await;
     let (addr, _stop) = gateway(upstream).await;
-    let mut rng = StdRng::seed_from_u64(0x55_f0_00d);
+    let mut rng = StdRng::seed_from_u64(0x055f_000d);
     let cases = 600;
     for _ in 0..cases {
         let (method, target, host, copy) = hostile(&mut rng, decoy);
