@@ -19,10 +19,20 @@ const MIB: usize = 1 << 20;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_upload_longer_than_the_response_header_timeout_succeeds() {
     let up = Upstream::start(|_, _| Act::ok(b"")).await;
-    let gw = gateway(&format!("http://{}", up.addr), Tune { upstream: "", ..Tune::default() }).await;
+    let gw = gateway(
+        &format!("http://{}", up.addr),
+        Tune {
+            upstream: "",
+            ..Tune::default()
+        },
+    )
+    .await;
     let body = pattern(0, 2 * MIB);
     let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    stream.write_all(&head("PUT", "/shared/Bob/slow-upload", &[], Some(body.len()))).await.unwrap();
+    stream
+        .write_all(&head("PUT", "/shared/Bob/slow-upload", &[], Some(body.len())))
+        .await
+        .unwrap();
     let started = Instant::now();
     for piece in body.chunks(128 * 1024) {
         if stream.write_all(piece).await.is_err() {
@@ -31,7 +41,10 @@ async fn slow_upload_longer_than_the_response_header_timeout_succeeds() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let reply = read_reply(&mut stream, Duration::from_secs(10)).await;
-    assert!(started.elapsed() > Duration::from_secs(3), "the upload must outlast the 2 s timeout");
+    assert!(
+        started.elapsed() > Duration::from_secs(3),
+        "the upload must outlast the 2 s timeout"
+    );
     assert_eq!(reply.status(), Some(200), "{reply:?}");
     assert_eq!(up.stored("/Bob/slow-upload"), vec![body]);
 }
@@ -51,7 +64,10 @@ async fn client_pausing_a_download_longer_than_the_body_idle_timeout_still_gets_
     let socket = TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(64 * 1024).unwrap();
     let mut stream = socket.connect(gw.addr).await.unwrap();
-    stream.write_all(&head("GET", "/shared/Bob/big", &[], None)).await.unwrap();
+    stream
+        .write_all(&head("GET", "/shared/Bob/big", &[], None))
+        .await
+        .unwrap();
     let mut got = 0usize;
     let mut buf = vec![0u8; 64 * 1024];
     while got < 256 * 1024 {

@@ -635,7 +635,10 @@ fn validate_retry(c: &mut Checker<'_>, r: &super::raw::RawRetry) -> RetryConfig 
     }
     let max = r.max_backoff_ms.unwrap_or(1000);
     if !(1..=MAX_BACKOFF_MS).contains(&max) {
-        c.problem(format!("{p}.max_backoff_ms"), format!("{max}: want 1 to {MAX_BACKOFF_MS}"));
+        c.problem(
+            format!("{p}.max_backoff_ms"),
+            format!("{max}: want 1 to {MAX_BACKOFF_MS}"),
+        );
     } else if max < initial {
         c.problem(
             format!("{p}.max_backoff_ms"),

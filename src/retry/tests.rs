@@ -30,8 +30,18 @@ fn plans_replay_only_for_idempotent_requests_with_small_fixed_bodies() {
     let cases: &[(Method, &PayloadHash, &[(&str, &str)], BodyPlan)] = &[
         (Method::GET, &unsigned, &[], BodyPlan::Replay { len: 0 }),
         (Method::HEAD, &unsigned, &[], BodyPlan::Replay { len: 0 }),
-        (Method::DELETE, &unsigned, &[("content-length", "0")], BodyPlan::Replay { len: 0 }),
-        (Method::PUT, &unsigned, &[("content-length", "1024")], BodyPlan::Replay { len: 1024 }),
+        (
+            Method::DELETE,
+            &unsigned,
+            &[("content-length", "0")],
+            BodyPlan::Replay { len: 0 },
+        ),
+        (
+            Method::PUT,
+            &unsigned,
+            &[("content-length", "1024")],
+            BodyPlan::Replay { len: 1024 },
+        ),
         // One byte over the buffer: streams, one attempt.
         (Method::PUT, &unsigned, &[("content-length", "1025")], BodyPlan::Stream),
         // Not idempotent.
@@ -47,7 +57,12 @@ fn plans_replay_only_for_idempotent_requests_with_small_fixed_bodies() {
             &[("content-length", "100"), ("content-encoding", "aws-chunked")],
             BodyPlan::Stream,
         ),
-        (Method::PUT, &unsigned, &[("transfer-encoding", "chunked")], BodyPlan::Stream),
+        (
+            Method::PUT,
+            &unsigned,
+            &[("transfer-encoding", "chunked")],
+            BodyPlan::Stream,
+        ),
         // A length apgate cannot read: not held.
         (Method::PUT, &unsigned, &[("content-length", "ten")], BodyPlan::Stream),
         (
@@ -58,7 +73,11 @@ fn plans_replay_only_for_idempotent_requests_with_small_fixed_bodies() {
         ),
     ];
     for (method, payload, hs, want) in cases {
-        assert_eq!(plan(method, payload, &headers(hs), &policy()), *want, "{method} {payload:?} {hs:?}");
+        assert_eq!(
+            plan(method, payload, &headers(hs), &policy()),
+            *want,
+            "{method} {payload:?} {hs:?}"
+        );
     }
     let disabled = RetryConfig {
         max_attempts: 1,
@@ -155,7 +174,11 @@ fn stops_at_the_attempt_limit_or_the_deadline() {
         (1, s(11), ms(0), false),
     ];
     for (made, elapsed, sleep, want) in cases {
-        assert_eq!(may_retry(made, elapsed, sleep, &policy()), want, "{made} {elapsed:?} {sleep:?}");
+        assert_eq!(
+            may_retry(made, elapsed, sleep, &policy()),
+            want,
+            "{made} {elapsed:?} {sleep:?}"
+        );
     }
 }
 

@@ -170,7 +170,9 @@ impl Upstream {
 
     async fn connection(&self, stream: TcpStream, script: Script) {
         let mut reader = BufReader::new(stream);
-        let Some((method, target, headers)) = read_head(&mut reader).await else { return };
+        let Some((method, target, headers)) = read_head(&mut reader).await else {
+            return;
+        };
         let index = {
             let mut seen = self.seen.lock().unwrap();
             let index = seen.len();
@@ -206,7 +208,12 @@ impl Upstream {
                 tokio::time::sleep(delay).await;
                 if status == 200 && method == Method::PUT && complete {
                     let data = self.seen.lock().unwrap()[index].body.clone();
-                    self.stored.lock().unwrap().entry(target.clone()).or_default().push(data);
+                    self.stored
+                        .lock()
+                        .unwrap()
+                        .entry(target.clone())
+                        .or_default()
+                        .push(data);
                 }
                 let reason = if status == 200 { "OK" } else { "Scripted" };
                 let kind = if status == 200 {
@@ -412,6 +419,15 @@ impl Gw {
 }
 
 pub fn config_text(endpoint: &str, tune: Tune<'_>) -> String {
+    // Short timeouts unless the test sets its own.
+    let mut upstream = tune.upstream.to_owned();
+    for default in ["connect_timeout_seconds = 2", "response_header_timeout_seconds = 2"] {
+        let key = default.split(' ').next().unwrap_or_default();
+        if !upstream.contains(key) {
+            upstream.push('\n');
+            upstream.push_str(default);
+        }
+    }
     format!(
         r#"
 [admin]
@@ -432,8 +448,6 @@ identity = "bob"
 [upstream]
 region = "us-east-1"
 endpoint = {{ mode = "custom", url = "{endpoint}" }}
-connect_timeout_seconds = 2
-response_header_timeout_seconds = 2
 {upstream}
 
 [upstream.retry]
@@ -454,7 +468,7 @@ prefix = "Bob/"
 access_point = "arn:aws:s3:us-east-1:123456789012:accesspoint/bob-ap"
 "#,
         server = tune.server,
-        upstream = tune.upstream,
+        upstream = upstream,
         retry = tune.retry,
     )
 }
@@ -487,7 +501,9 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         if line.starts_with('#') {
             continue;
         }
-        let Some((series, value)) = line.rsplit_once(' ') else { continue };
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
         let (n, rest) = series.split_once('{').unwrap_or((series, ""));
         if n != name {
             continue;
@@ -702,6 +718,11 @@ fn dechunk(mut raw: &[u8]) -> (Vec<u8>, bool) {
 /// Collects every `apgate::access` JSON line written while the returned guard lives, on this
 /// thread (use a current-thread runtime so the gateway's tasks log here too).
 pub fn capture_access_log() -> (Arc<Mutex<Vec<u8>>>, tracing::subscriber::DefaultGuard) {
+    // With a single dispatcher alive, tracing computes a callsite's interest from the default of
+    // whichever thread reaches it first: another test's thread, with no subscriber, would silence
+    // the access log for good. A second, idle dispatcher makes it ask every live one.
+    static SECOND: std::sync::OnceLock<tracing::Dispatch> = std::sync::OnceLock::new();
+    SECOND.get_or_init(|| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()));
     let buf: Arc<Mutex<Vec<u8>>> = Arc::default();
     let sink = buf.clone();
     let subscriber = tracing_subscriber::fmt()
@@ -736,7 +757,10 @@ pub fn access_lines(buf: &Arc<Mutex<Vec<u8>>>) -> Vec<HashMap<String, String>> {
             let inner = l.trim().trim_start_matches('{').trim_end_matches('}');
             for part in split_top(inner) {
                 if let Some((k, v)) = part.split_once(':') {
-                    fields.insert(k.trim().trim_matches('"').to_owned(), v.trim().trim_matches('"').to_owned());
+                    fields.insert(
+                        k.trim().trim_matches('"').to_owned(),
+                        v.trim().trim_matches('"').to_owned(),
+                    );
                 }
             }
             fields

@@ -121,15 +121,31 @@ fn reads_the_retry_table() {
 #[test]
 fn reports_retry_problems_with_their_key_paths() {
     let cases: &[(&str, &str, &str)] = &[
-        ("max_attempts = 0", "upstream.retry.max_attempts", "want 1 (no retries) to 10"),
-        ("max_attempts = 11", "upstream.retry.max_attempts", "want 1 (no retries) to 10"),
+        (
+            "max_attempts = 0",
+            "upstream.retry.max_attempts",
+            "want 1 (no retries) to 10",
+        ),
+        (
+            "max_attempts = 11",
+            "upstream.retry.max_attempts",
+            "want 1 (no retries) to 10",
+        ),
         (
             "replay_buffer_bytes = 16777217",
             "upstream.retry.replay_buffer_bytes",
             "want 0 (retry bodiless requests only) to 16777216",
         ),
-        ("initial_backoff_ms = 0", "upstream.retry.initial_backoff_ms", "want 1 to 60000"),
-        ("max_backoff_ms = 60001", "upstream.retry.max_backoff_ms", "want 1 to 60000"),
+        (
+            "initial_backoff_ms = 0",
+            "upstream.retry.initial_backoff_ms",
+            "want 1 to 60000",
+        ),
+        (
+            "max_backoff_ms = 60001",
+            "upstream.retry.max_backoff_ms",
+            "want 1 to 60000",
+        ),
         (
             "initial_backoff_ms = 500\nmax_backoff_ms = 100",
             "upstream.retry.max_backoff_ms",
@@ -139,7 +155,11 @@ fn reports_retry_problems_with_their_key_paths() {
         ("attempts = 2", "", "unknown field `attempts`"),
     ];
     for (table, path, message) in cases {
-        let text = BASE.replacen("[credentials]", &format!("[upstream.retry]\n{table}\n\n[credentials]"), 1);
+        let text = BASE.replacen(
+            "[credentials]",
+            &format!("[upstream.retry]\n{table}\n\n[credentials]"),
+            1,
+        );
         let err = parse(&text).expect_err(table);
         let hit = err
             .problems
