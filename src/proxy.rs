@@ -94,30 +94,34 @@ pub async fn handle(
         let error = GatewayError::internal("the listener is no longer configured");
         return Ok(error.into_response(&new_request_id(), req.method() == Method::HEAD));
     };
-    let mut ctx = Ctx {
-        request_id: new_request_id(),
-        started: Instant::now(),
-        listener: listener.name.clone(),
-        remote,
-        client_certificate,
-        scheme: listener.scheme,
-        method: req.method().clone(),
-        head: req.method() == Method::HEAD,
-        operation: Operation::Unknown,
-        identity: None,
-        bucket: None,
-        access_point: None,
-        key: None,
-        key_logging: state.config.access_log.key,
-        error_code: None,
-        bytes_in: Arc::default(),
-        attempts: 0,
-        upstream_ms: None,
-        upstream_request_id: None,
-        upstream_id2: None,
-        identity_slot: false,
-    };
     state.metrics.inflight.inc();
+    let mut unanswered = Unanswered {
+        state: &state,
+        answered: false,
+        ctx: Ctx {
+            request_id: new_request_id(),
+            started: Instant::now(),
+            listener: listener.name.clone(),
+            remote,
+            client_certificate,
+            scheme: listener.scheme,
+            method: req.method().clone(),
+            head: req.method() == Method::HEAD,
+            operation: Operation::Unknown,
+            identity: None,
+            bucket: None,
+            access_point: None,
+            key: None,
+            key_logging: state.config.access_log.key,
+            error_code: None,
+            bytes_in: Arc::default(),
+            attempts: 0,
+            upstream_ms: None,
+            upstream_request_id: None,
+            upstream_id2: None,
+            identity_slot: false,
+        },
+    };
     let has_body = req.headers().contains_key(header::TRANSFER_ENCODING)
         || req
             .headers()
@@ -165,18 +169,20 @@ pub async fn handle(
         proxy(
             &state,
             &listener,
-            &mut ctx,
+            &mut unanswered.ctx,
             parts,
             &mut unread_body,
             &client_body_failed,
         )
         .await
     };
+    unanswered.answered = true;
+    let ctx = &mut unanswered.ctx;
     let resp = match outcome {
         Ok(resp) => resp,
         Err(error) => {
             ctx.error_code = Some(error.code().as_str().to_owned());
-            let mut resp = error_response(&state, &ctx, error);
+            let mut resp = error_response(&state, ctx, error);
             match unread_body.take() {
                 Some(body) if has_body && !expects_continue => {
                     // The client is sending a body we refused. Closing now would make it fail with a
@@ -200,12 +206,34 @@ pub async fn handle(
                 None => {}
             }
             let len = resp.body().size_hint().exact().unwrap_or(0);
-            finish(&state, &ctx, resp.status(), len, BodyEnd::Complete);
+            finish(&state, ctx, resp.status(), len, BodyEnd::Complete);
             resp
         }
     };
     Ok(resp)
 }
+
+/// A request being handled. hyper drops the handler when the client goes away before the answer
+/// (while apgate waits on the upstream, or between retries); the request is then finished here:
+/// counted and logged with status 499 (nginx's "client closed request"), and its concurrency slots
+/// given back, which would otherwise stay taken for good.
+struct Unanswered<'a> {
+    state: &'a State,
+    ctx: Ctx,
+    answered: bool,
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            let status = StatusCode::from_u16(CLIENT_CLOSED_REQUEST).unwrap_or(StatusCode::BAD_REQUEST);
+            finish(self.state, &self.ctx, status, 0, BodyEnd::Aborted);
+        }
+    }
+}
+
+/// The status logged and counted for requests the client abandoned before apgate answered.
+pub const CLIENT_CLOSED_REQUEST: u16 = 499;
 
 async fn proxy(
     state: &Arc<State>,

@@ -86,3 +86,33 @@ async fn client_pausing_a_download_longer_than_the_body_idle_timeout_still_gets_
     }
     assert!(got >= size, "the download was cut after {got} bytes (head included)");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_disconnecting_while_the_upstream_is_slow_frees_its_slot() {
+    let up = Upstream::start(|i, _| match i {
+        0 => Act::NeverAnswer,
+        _ => Act::ok(b"served"),
+    })
+    .await;
+    let gw = gateway(
+        &format!("http://{}", up.addr),
+        Tune {
+            server: "max_concurrent_requests_per_identity = 1",
+            upstream: "response_header_timeout_seconds = 30",
+            ..Tune::default()
+        },
+    )
+    .await;
+    let mut client = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    client.write_all(&head("GET", "/shared/Bob/stuck", &[], None)).await.unwrap();
+    assert_eq!(up.wait_for(1, Duration::from_secs(5)).await, 1);
+    drop(client);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // bob's only slot is free again: the next request is served, not refused with SlowDown.
+    let reply = request(gw.addr, "GET", "/shared/Bob/next", b"", Duration::from_secs(5)).await;
+    assert_eq!(reply.status(), Some(200), "{reply:?}");
+    let m = gw.metrics();
+    assert_eq!(metric(&m, "apgate_inflight_requests", &[]), Some(0.0), "{m}");
+    let abandoned = [("operation", "GetObject"), ("status", "499")];
+    assert_eq!(metric(&m, "apgate_requests_total", &abandoned), Some(1.0), "{m}");
+}

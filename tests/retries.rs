@@ -329,6 +329,8 @@ async fn a_client_that_leaves_during_the_backoff_stops_the_retries() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     let attempts = up.seen().len();
     assert!(attempts <= 2, "{attempts} attempts after the client left");
+    let m = gw.metrics();
+    assert_eq!(metric(&m, "apgate_inflight_requests", &[]), Some(0.0), "{m}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
