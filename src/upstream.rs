@@ -8,7 +8,7 @@
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -94,29 +94,52 @@ impl Upstream {
                 Ok(result) => result.map_err(classify),
             };
         }
-        let progress = Arc::new(Progress::new());
+        let progress = Arc::new(Progress::new(body));
+        // On a timeout, or when the request is abandoned, the body is dropped here and now: the
+        // upstream connection may hold on to it for as long as the upstream stalls, and the client
+        // connection it streams from would wait with it.
+        let mut abandon = DropBodyUnlessAnswered(Some(progress.clone()));
         let body = Tracked {
-            inner: body,
             progress: progress.clone(),
         }
         .boxed_unsync();
         let exchange = self.client.request(Request::from_parts(parts, body));
         tokio::pin!(exchange);
-        // While the body goes out, only time in which the upstream takes none of it counts.
-        while !progress.is_done() {
-            let stalled = progress.stalled_for();
-            if stalled >= limit {
-                return Err(UpstreamError::Timeout(limit));
+        let result = async {
+            // While the body goes out, only time in which the upstream takes none of it counts.
+            while !progress.is_done() {
+                let stalled = progress.stalled_for();
+                if stalled >= limit {
+                    return Err(UpstreamError::Timeout(limit));
+                }
+                tokio::select! {
+                    result = &mut exchange => return result.map_err(classify),
+                    () = progress.done.notified() => {}
+                    () = tokio::time::sleep(limit - stalled) => {}
+                }
             }
-            tokio::select! {
-                result = &mut exchange => return result.map_err(classify),
-                () = progress.done.notified() => {}
-                () = tokio::time::sleep(limit - stalled) => {}
+            match tokio::time::timeout(limit, &mut exchange).await {
+                Err(_) => Err(UpstreamError::Timeout(limit)),
+                Ok(result) => result.map_err(classify),
             }
         }
-        match tokio::time::timeout(limit, exchange).await {
-            Err(_) => Err(UpstreamError::Timeout(limit)),
-            Ok(result) => result.map_err(classify),
+        .await;
+        if result.is_ok() {
+            // The upstream may answer before it has read the whole body (an early error); the rest
+            // of the body still goes out as the connection asks for it.
+            abandon.0 = None;
+        }
+        result
+    }
+}
+
+/// Drops the request body of an exchange that ended without a response (or was abandoned).
+struct DropBodyUnlessAnswered(Option<Arc<Progress>>);
+
+impl Drop for DropBodyUnlessAnswered {
+    fn drop(&mut self) {
+        if let Some(progress) = self.0.take() {
+            drop(progress.take_body());
         }
     }
 }
@@ -168,9 +191,11 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// How far a request body has gone out.
+/// A request body on its way out: how far it has gone, and the body itself, which
+/// [`DropBodyUnlessAnswered`] can take away from the connection that holds it.
 #[derive(Debug)]
 struct Progress {
+    body: Mutex<Option<ResponseBody>>,
     origin: Instant,
     /// Milliseconds after `origin` when the upstream last took a frame.
     last_ms: AtomicU64,
@@ -179,13 +204,22 @@ struct Progress {
 }
 
 impl Progress {
-    fn new() -> Self {
+    fn new(body: ResponseBody) -> Self {
         Self {
+            body: Mutex::new(Some(body)),
             origin: Instant::now(),
             last_ms: AtomicU64::new(0),
             finished: AtomicBool::new(false),
             done: tokio::sync::Notify::new(),
         }
+    }
+
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<ResponseBody>> {
+        self.body.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn take_body(&self) -> Option<ResponseBody> {
+        self.slot().take()
     }
 
     fn touch(&self) {
@@ -210,13 +244,15 @@ impl Progress {
     }
 }
 
-pin_project_lite::pin_project! {
-    /// A request body that reports each frame the upstream connection takes, and its end.
-    struct Tracked {
-        #[pin]
-        inner: ResponseBody,
-        progress: Arc<Progress>,
-    }
+/// The request body was dropped because the exchange timed out or was abandoned.
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream exchange was abandoned")]
+struct Abandoned;
+
+/// A request body that reports each frame the upstream connection takes, and its end.
+#[derive(Debug)]
+struct Tracked {
+    progress: Arc<Progress>,
 }
 
 impl Body for Tracked {
@@ -224,27 +260,34 @@ impl Body for Tracked {
     type Error = BoxError;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let mut this = self.project();
-        let polled = this.inner.as_mut().poll_frame(cx);
+        let progress = &self.progress;
+        let mut slot = progress.slot();
+        let Some(body) = slot.as_mut() else {
+            return Poll::Ready(Some(Err(Box::new(Abandoned))));
+        };
+        let polled = Pin::new(&mut *body).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(_))) => {
-                this.progress.touch();
+                progress.touch();
                 // hyper stops polling a body that reports its end after its last frame.
-                if this.inner.is_end_stream() {
-                    this.progress.finish();
+                if body.is_end_stream() {
+                    progress.finish();
                 }
             }
-            Poll::Ready(None) => this.progress.finish(),
+            Poll::Ready(None) => progress.finish(),
             Poll::Ready(Some(Err(_))) | Poll::Pending => {}
         }
         polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.progress.slot().as_ref().is_some_and(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.progress
+            .slot()
+            .as_ref()
+            .map_or_else(SizeHint::default, Body::size_hint)
     }
 }
