@@ -4,7 +4,8 @@
 //! through `fmt` and serde and was a tenth of the CPU of a forwarded small GET. The line has the
 //! same shape as the other (tracing) log lines — `timestamp`, `level`, `message`, fields, `target` —
 //! and is on or off with the same filter (`RUST_LOG`, target `apgate::access`, level INFO). With
-//! `APGATE_LOG_FORMAT=text` the same JSON object goes through tracing as the message.
+//! `APGATE_LOG_FORMAT=text`, or without the writer thread (a library user, the in-process tests),
+//! the record is a structured tracing event instead.
 //!
 //! Lines go to a writer thread ([`start_writer`]): a request never blocks on stdout. An idle
 //! writer writes a line at once; after each write it rests [`FLUSH_INTERVAL`], so a busy gateway
@@ -116,6 +117,8 @@ pub struct Record<'a> {
     pub bytes_out: u64,
     pub complete: bool,
     pub duration_ms: f64,
+    /// Upstream attempts (0: never forwarded; more than 1: retried).
+    pub attempts: u32,
     pub upstream_ms: f64,
     pub upstream_request_id: &'a str,
     pub upstream_id2: &'a str,
@@ -127,22 +130,46 @@ impl Record<'_> {
         if !tracing::enabled!(target: "apgate::access", tracing::Level::INFO) {
             return;
         }
-        if TEXT_FORMAT.load(Ordering::Relaxed) {
-            tracing::info!(target: "apgate::access", "{}", self.fields_json());
-            return;
-        }
-        let line = self.json_line(SystemTime::now());
-        let line = match WRITER.get() {
-            Some(tx) => match tx.try_send(Message::Line(line)) {
-                Ok(()) => return,
-                Err(TrySendError::Full(Message::Line(line)) | TrySendError::Disconnected(Message::Line(line))) => line,
-                Err(_) => return,
-            },
-            None => line,
+        let writer = match WRITER.get() {
+            Some(tx) if !TEXT_FORMAT.load(Ordering::Relaxed) => tx,
+            // Text logs, or no writer thread (a library user, the in-process tests): a structured
+            // tracing event, which whatever subscriber is installed formats.
+            _ => return self.emit_event(),
         };
-        // One write of a whole line (stdout is line-buffered); a failed write (a closed pipe) must
-        // not fail the request.
+        let line = match writer.try_send(Message::Line(self.json_line(SystemTime::now()))) {
+            Ok(()) => return,
+            Err(TrySendError::Full(Message::Line(line)) | TrySendError::Disconnected(Message::Line(line))) => line,
+            Err(_) => return,
+        };
+        // The queue is full: this request writes its own line, in one write (stdout is
+        // line-buffered); a failed write (a closed pipe) must not fail the request.
         let _ = std::io::stdout().lock().write_all(line.as_bytes());
+    }
+
+    fn emit_event(&self) {
+        tracing::info!(
+            target: "apgate::access",
+            request_id = self.request_id,
+            listener = self.listener,
+            remote = %self.remote,
+            identity = self.identity,
+            method = self.method,
+            operation = self.operation,
+            bucket = self.bucket,
+            key = self.key,
+            access_point = self.access_point,
+            status = self.status,
+            error_code = self.error_code,
+            bytes_in = self.bytes_in,
+            bytes_out = self.bytes_out,
+            complete = self.complete,
+            duration_ms = self.duration_ms,
+            attempts = self.attempts,
+            upstream_ms = self.upstream_ms,
+            upstream_request_id = self.upstream_request_id,
+            upstream_id2 = self.upstream_id2,
+            "request"
+        );
     }
 
     /// The full log line, newline included.
@@ -153,14 +180,6 @@ impl Record<'_> {
         out.push_str("\",\"level\":\"INFO\",\"message\":\"request\",");
         self.push_fields(&mut out);
         out.push_str(",\"target\":\"apgate::access\"}\n");
-        out
-    }
-
-    fn fields_json(&self) -> String {
-        let mut out = String::with_capacity(400);
-        out.push('{');
-        self.push_fields(&mut out);
-        out.push('}');
         out
     }
 
@@ -199,6 +218,8 @@ impl Record<'_> {
         });
         out.push_str(",\"duration_ms\":");
         push_millis(out, self.duration_ms);
+        out.push_str(",\"attempts\":");
+        push_u64(out, u64::from(self.attempts));
         out.push_str(",\"upstream_ms\":");
         push_millis(out, self.upstream_ms);
         out.push(',');
@@ -296,6 +317,7 @@ mod tests {
             bytes_out: u64::MAX,
             complete: true,
             duration_ms: 0.438395,
+            attempts: 2,
             upstream_ms: f64::NAN,
             upstream_request_id: "0123456789ABCDEF",
             upstream_id2: "id/2+=",
@@ -312,7 +334,7 @@ mod tests {
             "request_id": "0414EAB40795B54F", "listener": "shared", "remote": "127.0.0.1:37352",
             "identity": "bob", "method": "GET", "operation": "GetObject", "bucket": "access-point-test",
             "key": "Bob/report.csv", "access_point": "bob-access-point-test", "status": 200,
-            "error_code": "-", "bytes_in": 0, "bytes_out": 18_446_744_073_709_551_615_u64, "complete": true, "duration_ms": 0.438,
+            "error_code": "-", "bytes_in": 0, "bytes_out": 18_446_744_073_709_551_615_u64, "complete": true, "duration_ms": 0.438, "attempts": 2,
             "upstream_ms": 0.0, "upstream_request_id": "0123456789ABCDEF", "upstream_id2": "id/2+=",
             "target": "apgate::access",
         });

@@ -2,6 +2,8 @@
 //! they stream and reports when the body ends (or is dropped half-way).
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -117,14 +119,19 @@ where
 }
 
 pin_project_lite::pin_project! {
-    /// Fails a body that sends nothing for `idle`: a stalled upstream must not hold a client (and a
-    /// concurrency slot) forever.
+    /// Fails a body that sends nothing for `idle` while its reader waits: a stalled upstream (or
+    /// client) must not hold the other side, and a concurrency slot, forever. The clock runs from
+    /// the first poll that finds no data until data comes, so time in which the reader itself does
+    /// not poll (its own consumer is slow) never counts against the body.
     pub struct IdleTimeout<B> {
         #[pin]
         inner: B,
         idle: std::time::Duration,
         #[pin]
         deadline: tokio::time::Sleep,
+        armed: bool,
+        // Set when the timeout fires, for callers that must tell it from other failures.
+        fired: Option<Arc<AtomicBool>>,
     }
 }
 
@@ -142,7 +149,15 @@ impl<B> IdleTimeout<B> {
             inner,
             idle,
             deadline: tokio::time::sleep(idle),
+            armed: false,
+            fired: None,
         }
+    }
+
+    /// Also sets `flag` when the timeout fires.
+    pub fn flagging(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.fired = Some(flag);
+        self
     }
 }
 
@@ -163,13 +178,24 @@ where
         let mut this = self.project();
         match this.inner.poll_frame(cx) {
             Poll::Ready(frame) => {
-                this.deadline.as_mut().reset(tokio::time::Instant::now() + *this.idle);
+                *this.armed = false;
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
-            Poll::Pending => match std::future::Future::poll(this.deadline, cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyIdle(*this.idle))))),
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending => {
+                if !*this.armed {
+                    *this.armed = true;
+                    this.deadline.as_mut().reset(tokio::time::Instant::now() + *this.idle);
+                }
+                match std::future::Future::poll(this.deadline, cx) {
+                    Poll::Ready(()) => {
+                        if let Some(flag) = this.fired {
+                            flag.store(true, Ordering::Relaxed);
+                        }
+                        Poll::Ready(Some(Err(Box::new(BodyIdle(*this.idle)))))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 
@@ -184,7 +210,7 @@ where
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
+    use std::sync::Mutex;
 
     use super::*;
 
@@ -250,6 +276,75 @@ mod tests {
         .collect()
         .await;
         assert_eq!(&ok.unwrap().to_bytes()[..], b"fine");
+    }
+
+    #[tokio::test]
+    async fn time_the_reader_spends_away_does_not_count_as_idle() {
+        // One frame is ready, the next comes 50 ms after it is asked for; the reader comes back for
+        // it only after 200 ms, well past the 100 ms idle limit.
+        struct Late {
+            sent: u8,
+            asked: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+        }
+        impl Body for Late {
+            type Data = Bytes;
+            type Error = std::convert::Infallible;
+            fn poll_frame(
+                mut self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+            ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+                if self.sent == 0 {
+                    self.sent = 1;
+                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"a")))));
+                }
+                if self.sent == 2 {
+                    return Poll::Ready(None);
+                }
+                let sleep = self
+                    .asked
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(std::time::Duration::from_millis(50))));
+                match sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        self.sent = 2;
+                        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"b")))))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+        use std::future::Future as _;
+        let flag = Arc::new(AtomicBool::new(false));
+        let mut body = Box::pin(
+            IdleTimeout::new(Late { sent: 0, asked: None }, std::time::Duration::from_millis(100))
+                .flagging(flag.clone()),
+        );
+        assert_eq!(body.frame().await.unwrap().unwrap().into_data().unwrap(), "a");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert_eq!(body.frame().await.unwrap().unwrap().into_data().unwrap(), "b");
+        assert!(body.frame().await.is_none());
+        assert!(!flag.load(Ordering::Relaxed));
+    }
+
+    #[tokio::test]
+    async fn a_stall_sets_the_flag() {
+        struct Stalled;
+        impl Body for Stalled {
+            type Data = Bytes;
+            type Error = std::convert::Infallible;
+            fn poll_frame(
+                self: Pin<&mut Self>,
+                _: &mut Context<'_>,
+            ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+                Poll::Pending
+            }
+        }
+        let flag = Arc::new(AtomicBool::new(false));
+        let result = IdleTimeout::new(Stalled, std::time::Duration::from_millis(50))
+            .flagging(flag.clone())
+            .collect()
+            .await;
+        assert!(result.is_err());
+        assert!(flag.load(Ordering::Relaxed));
     }
 
     #[test]

@@ -47,6 +47,9 @@ pub struct ServerConfig {
     pub max_concurrent_requests: usize,
     /// Requests handled at once for one identity; more get `503 SlowDown`.
     pub max_concurrent_requests_per_identity: Option<usize>,
+    /// A request body the client stops sending for this long fails the request with
+    /// `400 RequestTimeout` (and aborts the upstream request).
+    pub client_body_idle_timeout: Duration,
 }
 
 /// The access log (one JSON line per request).
@@ -138,6 +141,22 @@ pub struct UpstreamConfig {
     pub body_idle_timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_host: usize,
+    pub retry: RetryConfig,
+}
+
+/// When a failed upstream exchange is tried again (see [`crate::retry`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryConfig {
+    /// Attempts in all, the first included; 1 disables retries.
+    pub max_attempts: u32,
+    /// The largest request body held in memory so that it can be sent again.
+    pub replay_buffer_bytes: usize,
+    /// The backoff before the first retry is at most this; it doubles per retry.
+    pub initial_backoff: Duration,
+    /// The backoff never exceeds this.
+    pub max_backoff: Duration,
+    /// No retry starts (or sleeps) past this time after the first attempt was sent.
+    pub deadline: Duration,
 }
 
 /// How the upstream is reached.

@@ -40,6 +40,8 @@ pub enum S3ErrorCode {
     MalformedXML,
     RequestHeaderSectionTooLarge,
     IncompleteBody,
+    /// The client stopped sending its request body.
+    RequestTimeout,
     InvalidChunkSizeError,
     MissingContentLength,
     NotImplemented,
@@ -71,6 +73,7 @@ impl S3ErrorCode {
             Self::MalformedXML => "MalformedXML",
             Self::RequestHeaderSectionTooLarge => "RequestHeaderSectionTooLarge",
             Self::IncompleteBody => "IncompleteBody",
+            Self::RequestTimeout => "RequestTimeout",
             Self::InvalidChunkSizeError => "InvalidChunkSizeError",
             Self::MissingContentLength => "MissingContentLength",
             Self::NotImplemented => "NotImplemented",
@@ -100,7 +103,8 @@ impl S3ErrorCode {
             | Self::InvalidURI
             | Self::MalformedXML
             | Self::RequestHeaderSectionTooLarge
-            | Self::IncompleteBody => StatusCode::BAD_REQUEST,
+            | Self::IncompleteBody
+            | Self::RequestTimeout => StatusCode::BAD_REQUEST,
             Self::MissingContentLength => StatusCode::LENGTH_REQUIRED,
             Self::NotImplemented => StatusCode::NOT_IMPLEMENTED,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,

@@ -5,7 +5,7 @@ use std::fmt;
 
 use http::{HeaderMap, Method};
 
-use crate::config::{Config, Endpoint, IdentityMethod};
+use crate::config::{Config, Endpoint, IdentityMethod, RetryConfig};
 use crate::routing::{Router, Scope};
 use crate::s3::addressing::parse_target;
 use crate::s3::{Operation, Support};
@@ -139,6 +139,7 @@ pub fn explain(config: &Config, identity: &str, method: &str, target: &str, copy
         None => "apgate's base credentials".to_owned(),
     };
     lines.push(format!("signed by: {signer}"));
+    lines.push(format!("retries:   {}", retries(&config.upstream.retry, &method)));
     if let Some(cs) = copy_source {
         match crate::s3::copy_source::CopySource::parse(cs) {
             Ok(src) => match router.route(
@@ -162,6 +163,25 @@ pub fn explain(config: &Config, identity: &str, method: &str, target: &str, copy
 }
 
 /// Parts of a valid configuration that can never apply.
+/// What `[upstream.retry]` does for requests with this method (docs/CONFIG.md).
+fn retries(policy: &RetryConfig, method: &Method) -> String {
+    let n = policy.max_attempts;
+    let within = policy.deadline.as_secs_f64();
+    if n <= 1 {
+        return "none (upstream.retry.max_attempts = 1)".to_owned();
+    }
+    match *method {
+        Method::GET | Method::HEAD => format!(
+            "up to {n} attempts within {within} s on connection errors, timeouts, 500 and 503 (none once the response has started)"
+        ),
+        Method::PUT | Method::DELETE => format!(
+            "up to {n} attempts within {within} s on connection errors, 500 and 503, if the body is at most {} bytes and not aws-chunked (it is held in memory); larger bodies stream once",
+            policy.replay_buffer_bytes
+        ),
+        _ => format!("none: {method} is not idempotent (the body streams, once)"),
+    }
+}
+
 pub fn warnings(config: &Config) -> Vec<String> {
     let mut out = Vec::new();
     // A route is shadowed when an earlier route of the same identity, bucket and prefix already
@@ -203,6 +223,17 @@ pub fn warnings(config: &Config) -> Vec<String> {
                 ident.name
             ));
         }
+    }
+    let (idle, head) = (
+        config.server.client_body_idle_timeout,
+        config.upstream.response_header_timeout,
+    );
+    if idle >= head {
+        out.push(format!(
+            "server.client_body_idle_timeout_seconds ({}) is not below upstream.response_header_timeout_seconds ({}): a client that stalls mid-upload gets 504 GatewayTimeout instead of 400 RequestTimeout",
+            idle.as_secs_f64(),
+            head.as_secs_f64()
+        ));
     }
     out
 }
@@ -264,6 +295,27 @@ access_point = "arn:aws:s3:us-east-1:123456789012:accesspoint/bob-ap"
             ("carol", "GET", "/shared/Bob/x", false, "no identity"),
             ("bob", "DELETE", "/shared", false, "not forwarded"),
             ("bob", "GET", "/", true, "answered by apgate"),
+            (
+                "bob",
+                "GET",
+                "/shared/Bob/x",
+                true,
+                "retries:   up to 3 attempts within 10 s on connection errors, timeouts, 500 and 503",
+            ),
+            (
+                "bob",
+                "PUT",
+                "/shared/Bob/x",
+                true,
+                "if the body is at most 1048576 bytes",
+            ),
+            (
+                "bob",
+                "POST",
+                "/shared/Bob/x?uploads",
+                true,
+                "retries:   none: POST is not idempotent",
+            ),
         ];
         for (who, m, t, allowed, needle) in cases {
             let e = explain(&c, who, m, t, None);
@@ -293,5 +345,15 @@ name = "ghost"
         assert!(w.contains("identities[1] (ghost): no route"), "{w}");
         assert!(w.contains("identities[1] (ghost): no listener can identify it"), "{w}");
         assert!(warnings(&config("")).is_empty());
+        let stalls = config("[server]\nclient_body_idle_timeout_seconds = 60\n");
+        let w = warnings(&stalls).join("\n");
+        assert!(w.contains("client_body_idle_timeout_seconds (60) is not below"), "{w}");
+    }
+
+    #[test]
+    fn explains_retries_per_method_and_setting() {
+        let off = config("[upstream.retry]\nmax_attempts = 1\n");
+        let e = explain(&off, "bob", "GET", "/shared/Bob/x", None).to_string();
+        assert!(e.contains("retries:   none (upstream.retry.max_attempts = 1)"), "{e}");
     }
 }

@@ -13,6 +13,7 @@
 //! - [`signing`]: outbound SigV4 and apgate's credentials.
 //! - [`upstream`]: the pooled client.
 //! - [`proxy`]: one request, phase by phase.
+//! - [`retry`]: which failed upstream exchanges are tried again, and when (pure).
 //! - [`app`], [`admin`], [`metrics`]: running it.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
@@ -29,6 +30,7 @@ pub mod explain;
 pub mod identity;
 pub mod metrics;
 pub mod proxy;
+pub mod retry;
 pub mod rewrite;
 pub mod routing;
 pub mod s3;

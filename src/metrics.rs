@@ -15,6 +15,7 @@ pub const RECEIVED_BYTES_TOTAL: &str = "apgate_received_bytes_total";
 pub const SENT_BYTES_TOTAL: &str = "apgate_sent_bytes_total";
 pub const AUTH_FAILURES_TOTAL: &str = "apgate_auth_failures_total";
 pub const UPSTREAM_ERRORS_TOTAL: &str = "apgate_upstream_errors_total";
+pub const UPSTREAM_RETRIES_TOTAL: &str = "apgate_upstream_retries_total";
 pub const INFLIGHT_REQUESTS: &str = "apgate_inflight_requests";
 pub const BUILD_INFO: &str = "apgate_build_info";
 pub const CONFIG_RELOADS_TOTAL: &str = "apgate_config_reloads_total";
@@ -37,6 +38,7 @@ pub struct Metrics {
     pub sent_bytes: IntCounterVec,
     pub auth_failures: IntCounterVec,
     pub upstream_errors: IntCounterVec,
+    pub upstream_retries: IntCounterVec,
     pub inflight: IntGauge,
     pub credential_refreshes: IntCounterVec,
     pub credential_refresh_duration: HistogramVec,
@@ -100,6 +102,13 @@ impl Metrics {
             ),
             &["access_point", "kind"],
         )?;
+        let upstream_retries = IntCounterVec::new(
+            Opts::new(
+                UPSTREAM_RETRIES_TOTAL,
+                "Upstream attempts tried again, by access point and reason (connect_error, status_500, status_503, timeout).",
+            ),
+            &["access_point", "reason"],
+        )?;
         let credential_refreshes = IntCounterVec::new(
             Opts::new(
                 CREDENTIAL_REFRESHES_TOTAL,
@@ -147,6 +156,7 @@ impl Metrics {
         registry.register(Box::new(sent_bytes.clone()))?;
         registry.register(Box::new(auth_failures.clone()))?;
         registry.register(Box::new(upstream_errors.clone()))?;
+        registry.register(Box::new(upstream_retries.clone()))?;
         registry.register(Box::new(inflight.clone()))?;
         registry.register(Box::new(build_info))?;
         registry.register(Box::new(credential_refreshes.clone()))?;
@@ -163,6 +173,7 @@ impl Metrics {
             sent_bytes,
             auth_failures,
             upstream_errors,
+            upstream_retries,
             inflight,
             credential_refreshes,
             credential_refresh_duration,

@@ -24,6 +24,7 @@ use crate::config::KeyLogging;
 use crate::error::{xml_escape_into, GatewayError, S3ErrorCode};
 use crate::identity::{self, CallerIdentity};
 use crate::metrics::NONE;
+use crate::retry::{self, BodyPlan};
 use crate::routing::{Route, Scope};
 use crate::s3::addressing::AddressingStyle;
 use crate::s3::addressing::{parse_target, AddressingError};
@@ -32,6 +33,7 @@ use crate::s3::copy_source::CopySource;
 use crate::s3::encoding::{uri_encode_into, Slash};
 use crate::s3::{AccessPoint, BucketName, Operation, OperationClass, PayloadHash, S3Target, Support};
 use crate::signing::sign_request;
+use crate::upstream::UpstreamError;
 
 /// What is known about a request so far, for its metrics and its log line.
 #[derive(Debug)]
@@ -57,6 +59,8 @@ struct Ctx {
     error_code: Option<String>,
     /// Request body bytes received so far (shared with the body as it streams).
     bytes_in: Arc<AtomicU64>,
+    /// Upstream attempts made (0: nothing was sent upstream).
+    attempts: u32,
     upstream_ms: Option<f64>,
     upstream_request_id: Option<String>,
     upstream_id2: Option<String>,
@@ -88,29 +92,34 @@ pub async fn handle(
         let error = GatewayError::internal("the listener is no longer configured");
         return Ok(error.into_response(&new_request_id(), req.method() == Method::HEAD));
     };
-    let mut ctx = Ctx {
-        request_id: new_request_id(),
-        started: Instant::now(),
-        listener: listener.name.clone(),
-        remote,
-        client_certificate,
-        scheme: listener.scheme,
-        method: req.method().clone(),
-        head: req.method() == Method::HEAD,
-        operation: Operation::Unknown,
-        identity: None,
-        bucket: None,
-        access_point: None,
-        key: None,
-        key_logging: state.config.access_log.key,
-        error_code: None,
-        bytes_in: Arc::default(),
-        upstream_ms: None,
-        upstream_request_id: None,
-        upstream_id2: None,
-        identity_slot: false,
-    };
     state.metrics.inflight.inc();
+    let mut unanswered = Unanswered {
+        state: &state,
+        answered: false,
+        ctx: Ctx {
+            request_id: new_request_id(),
+            started: Instant::now(),
+            listener: listener.name.clone(),
+            remote,
+            client_certificate,
+            scheme: listener.scheme,
+            method: req.method().clone(),
+            head: req.method() == Method::HEAD,
+            operation: Operation::Unknown,
+            identity: None,
+            bucket: None,
+            access_point: None,
+            key: None,
+            key_logging: state.config.access_log.key,
+            error_code: None,
+            bytes_in: Arc::default(),
+            attempts: 0,
+            upstream_ms: None,
+            upstream_request_id: None,
+            upstream_id2: None,
+            identity_slot: false,
+        },
+    };
     let has_body = req.headers().contains_key(header::TRANSFER_ENCODING)
         || req
             .headers()
@@ -158,18 +167,20 @@ pub async fn handle(
         proxy(
             &state,
             &listener,
-            &mut ctx,
+            &mut unanswered.ctx,
             parts,
             &mut unread_body,
             &client_body_failed,
         )
         .await
     };
+    unanswered.answered = true;
+    let ctx = &mut unanswered.ctx;
     let resp = match outcome {
         Ok(resp) => resp,
         Err(error) => {
             ctx.error_code = Some(error.code().as_str().to_owned());
-            let mut resp = error_response(&state, &ctx, error);
+            let mut resp = error_response(&state, ctx, error);
             match unread_body.take() {
                 Some(body) if has_body && !expects_continue => {
                     // The client is sending a body we refused. Closing now would make it fail with a
@@ -193,12 +204,34 @@ pub async fn handle(
                 None => {}
             }
             let len = resp.body().size_hint().exact().unwrap_or(0);
-            finish(&state, &ctx, resp.status(), len, BodyEnd::Complete);
+            finish(&state, ctx, resp.status(), len, BodyEnd::Complete);
             resp
         }
     };
     Ok(resp)
 }
+
+/// A request being handled. hyper drops the handler when the client goes away before the answer
+/// (while apgate waits on the upstream, or between retries); the request is then finished here:
+/// counted and logged with status 499 (nginx's "client closed request"), and its concurrency slots
+/// given back, which would otherwise stay taken for good.
+struct Unanswered<'a> {
+    state: &'a State,
+    ctx: Ctx,
+    answered: bool,
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            let status = StatusCode::from_u16(CLIENT_CLOSED_REQUEST).unwrap_or(StatusCode::BAD_REQUEST);
+            finish(self.state, &self.ctx, status, 0, BodyEnd::Aborted);
+        }
+    }
+}
+
+/// The status logged and counted for requests the client abandoned before apgate answered.
+pub const CLIENT_CLOSED_REQUEST: u16 = 499;
 
 async fn proxy(
     state: &Arc<State>,
@@ -341,129 +374,111 @@ async fn proxy(
             "apgate has no credentials to sign the upstream request with.",
         )
     })?;
-    let mut up_parts = Request::new(()).into_parts().0;
-    up_parts.method = parts.method.clone();
-    up_parts.uri = outbound.connect_uri;
-    up_parts.headers = outbound.headers;
+    let mut head = Request::new(()).into_parts().0;
+    head.method = parts.method.clone();
+    head.uri = outbound.connect_uri;
+    head.headers = outbound.headers;
     if let Some(value) = copy_source {
-        up_parts.headers.insert("x-amz-copy-source", value);
+        head.headers.insert("x-amz-copy-source", value);
     }
+    let outgoing = Outgoing {
+        head,
+        signing_uri: &outbound.signing_uri,
+        payload: &caller.payload,
+        credentials: &credentials,
+        region: ap.region(),
+        keys: &state.signing_keys,
+    };
 
-    // The body: DeleteObjects names its keys in the body, so that (small) body is read and every
-    // key checked against the routes first; everything else streams as the upstream polls it.
+    // The body. DeleteObjects names its keys in the body, so that (small) body is read and every
+    // key checked against the routes first. A body that may be sent again (retry::plan) is read into
+    // memory before the first attempt; everything else streams as the upstream polls it, once.
     let received = state
         .metrics
         .received_bytes
         .with_label_values(&[ctx.identity_label(), ctx.access_point_label()]);
-    let signed_at = SystemTime::now();
-    let seed = sign_request(
-        &mut up_parts,
-        &outbound.signing_uri,
-        &caller.payload,
-        &credentials,
-        ap.region(),
-        signed_at,
-        &state.signing_keys,
-    )
-    .map_err(|e| GatewayError::client(S3ErrorCode::InvalidArgument, e.to_string()))?;
-    let chunk_failure: FailureSlot = Arc::default();
     let body = unread_body
         .take()
         .ok_or_else(|| GatewayError::internal("the request body was taken twice"))?;
-    let upstream_body = match &caller.payload {
-        _ if ctx.operation == Operation::DeleteObjects => {
-            let bytes = read_delete_objects(state, &caller, bucket, &ap, &parts, body).await?;
-            received.inc_by(bytes.len() as u64);
-            ctx.bytes_in.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-            body::full(bytes)
-        }
-        PayloadHash::StreamingSigned { trailer } => {
-            // Every chunk is checked against the caller's key and re-signed with apgate's, chained
-            // from the seed signature just put on the upstream request.
-            let amz_date = amzdate::format(signed_at);
-            let date = &amz_date[..8];
-            let outbound_key = ChunkKey::new(
-                state.signing_keys.get(
-                    credentials.access_key_id(),
-                    credentials.secret_access_key(),
-                    date,
-                    ap.region(),
-                ),
-                amz_date.clone(),
-                format!("{date}/{}/s3/aws4_request", ap.region()),
-            );
-            let failed = client_body_failed.clone();
-            let bytes_in = ctx.bytes_in.clone();
-            let metered = Metered::new(body, move |n, end| {
-                received.inc_by(n);
-                bytes_in.fetch_add(n, Ordering::Relaxed);
-                if end == BodyEnd::Failed {
-                    failed.store(true, Ordering::Relaxed);
-                }
-            });
-            ResignChunks::new(
-                metered,
-                caller.chunks.clone(),
-                outbound_key,
-                seed,
-                *trailer,
-                decoded_length(&parts)?,
-                chunk_failure.clone(),
-            )
-            .boxed_unsync()
-        }
-        _ => {
-            let failed = client_body_failed.clone();
-            let bytes_in = ctx.bytes_in.clone();
-            Metered::new(body, move |n, end| {
-                received.inc_by(n);
-                bytes_in.fetch_add(n, Ordering::Relaxed);
-                if end == BodyEnd::Failed {
-                    failed.store(true, Ordering::Relaxed);
-                }
-            })
-            .map_err(Into::into)
-            .boxed_unsync()
-        }
+    let client_idle = Arc::new(AtomicBool::new(false));
+    let plan = match ctx.operation {
+        Operation::DeleteObjects => BodyPlan::Stream,
+        _ => retry::plan(
+            &parts.method,
+            &caller.payload,
+            &parts.headers,
+            &state.config.upstream.retry,
+        ),
     };
+    let up_resp = if let BodyPlan::Replay { len } = plan {
+        let bytes = read_replay_body(state, ctx, body, len, received).await?;
+        send_with_retries(state, ctx, &outgoing, bytes).await?
+    } else {
+        let signed_at = SystemTime::now();
+        let (up_parts, seed) = outgoing.sign(signed_at)?;
+        let chunk_failure: FailureSlot = Arc::default();
+        let idle = state.config.server.client_body_idle_timeout;
+        let upstream_body = match &caller.payload {
+            _ if ctx.operation == Operation::DeleteObjects => {
+                let bytes = read_delete_objects(state, &caller, bucket, &ap, &parts, body).await?;
+                received.inc_by(bytes.len() as u64);
+                ctx.bytes_in.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                body::full(bytes)
+            }
+            PayloadHash::StreamingSigned { trailer } => {
+                // Every chunk is checked against the caller's key and re-signed with apgate's,
+                // chained from the seed signature just put on the upstream request.
+                let amz_date = amzdate::format(signed_at);
+                let date = &amz_date[..8];
+                let outbound_key = ChunkKey::new(
+                    state.signing_keys.get(
+                        credentials.access_key_id(),
+                        credentials.secret_access_key(),
+                        date,
+                        ap.region(),
+                    ),
+                    amz_date.clone(),
+                    format!("{date}/{}/s3/aws4_request", ap.region()),
+                );
+                let metered = metered_client_body(ctx, body, idle, &client_idle, client_body_failed, received);
+                ResignChunks::new(
+                    metered,
+                    caller.chunks.clone(),
+                    outbound_key,
+                    seed,
+                    *trailer,
+                    decoded_length(&parts)?,
+                    chunk_failure.clone(),
+                )
+                .boxed_unsync()
+            }
+            _ => metered_client_body(ctx, body, idle, &client_idle, client_body_failed, received).boxed_unsync(),
+        };
 
-    // Forward.
-    let up_req = Request::from_parts(up_parts, upstream_body);
-    let sent_at = Instant::now();
-    let sent = state.upstream.send(up_req).await;
-    // A refused chunk aborted the upstream request: the caller hears why, whatever the upstream did.
-    if let Some(failure) = chunk_failure.get() {
-        tracing::info!(error = %failure, request_id = %ctx.request_id, "Signed aws-chunked body refused; upstream request aborted.");
-        return Err(failure.to_gateway_error());
-    }
-    if sent.is_err() && client_body_failed.load(Ordering::Relaxed) {
-        return Err(GatewayError::client(
-            S3ErrorCode::IncompleteBody,
-            "You did not provide the number of bytes specified by the Content-Length HTTP header.",
-        ));
-    }
-    let up_resp = sent.map_err(|e| {
+        // Forward, once.
+        ctx.attempts = 1;
+        let sent_at = Instant::now();
+        let sent = state.upstream.send(Request::from_parts(up_parts, upstream_body)).await;
+        // A refused chunk aborted the upstream request: the caller hears why, whatever the upstream did.
+        if let Some(failure) = chunk_failure.get() {
+            tracing::info!(error = %failure, request_id = %ctx.request_id, "Signed aws-chunked body refused; upstream request aborted.");
+            return Err(failure.to_gateway_error());
+        }
+        if sent.is_err() && client_idle.load(Ordering::Relaxed) {
+            return Err(request_timeout());
+        }
+        if sent.is_err() && client_body_failed.load(Ordering::Relaxed) {
+            return Err(incomplete_body());
+        }
+        let resp = sent.map_err(|e| upstream_failure(state, ctx, e))?;
         state
             .metrics
-            .upstream_errors
-            .with_label_values(&[ctx.access_point_label(), e.kind()])
-            .inc();
-        tracing::warn!(error = %e, request_id = %ctx.request_id, access_point = %ap, "Upstream exchange failed.");
-        match e {
-            crate::upstream::UpstreamError::Timeout(_) => {
-                GatewayError::upstream(S3ErrorCode::GatewayTimeout, "The upstream did not answer in time.")
-            }
-            _ => GatewayError::upstream(
-                S3ErrorCode::BadGateway,
-                "The upstream could not be reached or broke the exchange.",
-            ),
-        }
-    })?;
-    state
-        .metrics
-        .upstream_duration
-        .with_label_values(&[ctx.access_point_label(), ctx.operation.as_str()])
-        .observe(sent_at.elapsed().as_secs_f64());
+            .upstream_duration
+            .with_label_values(&[ctx.access_point_label(), ctx.operation.as_str()])
+            .observe(sent_at.elapsed().as_secs_f64());
+        ctx.upstream_ms = Some(sent_at.elapsed().as_secs_f64() * 1000.0);
+        resp
+    };
 
     // Respond: bodies that name the bucket are rewritten (they are small); everything else streams
     // back as is. Either way bytes are counted and the request is logged when the body ends.
@@ -490,7 +505,6 @@ async fn proxy(
     };
     ctx.upstream_request_id = header_text("x-amz-request-id").or_else(|| header_text("x-amzn-requestid"));
     ctx.upstream_id2 = header_text("x-amz-id-2");
-    ctx.upstream_ms = Some(sent_at.elapsed().as_secs_f64() * 1000.0);
     let mut error_code = None;
     let resp_body: ResponseBody = if ctx.head || !reveals_bucket(ctx.operation, &resp_parts) {
         crate::body::IdleTimeout::new(resp_body, state.config.upstream.body_idle_timeout).boxed_unsync()
@@ -532,6 +546,215 @@ async fn proxy(
     let done = clone_ctx(ctx);
     let metered = Metered::new(resp_body, move |n, end| finish(&state2, &done, status, n, end));
     Ok(Response::from_parts(resp_parts, metered.boxed_unsync()))
+}
+
+/// The outbound request head before signing, and what each attempt signs it with.
+struct Outgoing<'a> {
+    head: http::request::Parts,
+    signing_uri: &'a str,
+    payload: &'a PayloadHash,
+    credentials: &'a aws_credential_types::Credentials,
+    region: &'a str,
+    keys: &'a crate::identity::sigv4::SigningKeyCache,
+}
+
+impl Outgoing<'_> {
+    /// A signed copy of the head (a fresh `x-amz-date` for each attempt) and its signature.
+    fn sign(&self, now: SystemTime) -> Result<(http::request::Parts, String), GatewayError> {
+        let mut head = self.head.clone();
+        let seed = sign_request(
+            &mut head,
+            self.signing_uri,
+            self.payload,
+            self.credentials,
+            self.region,
+            now,
+            self.keys,
+        )
+        .map_err(|e| GatewayError::client(S3ErrorCode::InvalidArgument, e.to_string()))?;
+        Ok((head, seed))
+    }
+}
+
+/// The client's request body as it streams upstream: counted, and failed if the client stops
+/// sending for `idle` (which sets `client_idle`) or breaks off (which sets `failed`).
+fn metered_client_body(
+    ctx: &Ctx,
+    body: Incoming,
+    idle: std::time::Duration,
+    client_idle: &Arc<AtomicBool>,
+    failed: &Arc<AtomicBool>,
+    received: prometheus::IntCounter,
+) -> Metered<crate::body::IdleTimeout<Incoming>, impl FnOnce(u64, BodyEnd)> {
+    let failed = failed.clone();
+    let bytes_in = ctx.bytes_in.clone();
+    let body = crate::body::IdleTimeout::new(body, idle).flagging(client_idle.clone());
+    Metered::new(body, move |n, end| {
+        received.inc_by(n);
+        bytes_in.fetch_add(n, Ordering::Relaxed);
+        if end == BodyEnd::Failed {
+            failed.store(true, Ordering::Relaxed);
+        }
+    })
+}
+
+/// Reads a body that may be sent more than once: exactly its declared `len` bytes (at most
+/// `replay_buffer_bytes`, which `retry::plan` checked).
+async fn read_replay_body(
+    state: &State,
+    ctx: &Ctx,
+    body: Incoming,
+    len: u64,
+    received: prometheus::IntCounter,
+) -> Result<Bytes, GatewayError> {
+    if len == 0 {
+        return Ok(Bytes::new());
+    }
+    let limit = usize::try_from(len).map_err(|_| GatewayError::internal("a replay body over usize"))?;
+    let idle = Arc::new(AtomicBool::new(false));
+    let failed = Arc::new(AtomicBool::new(false));
+    let metered = metered_client_body(
+        ctx,
+        body,
+        state.config.server.client_body_idle_timeout,
+        &idle,
+        &failed,
+        received,
+    );
+    match http_body_util::Limited::new(metered, limit).collect().await {
+        Ok(collected) => {
+            let bytes = collected.to_bytes();
+            if bytes.len() == limit {
+                Ok(bytes)
+            } else {
+                Err(incomplete_body())
+            }
+        }
+        Err(_) if idle.load(Ordering::Relaxed) => Err(request_timeout()),
+        Err(_) => Err(incomplete_body()),
+    }
+}
+
+/// Sends a request whose body apgate holds, again on the failures `retry` allows, with
+/// full-jitter backoff, until an attempt succeeds, the attempts run out or the deadline nears.
+/// Nothing has reached the client while this runs, so a retry is never visible to it.
+async fn send_with_retries(
+    state: &State,
+    ctx: &mut Ctx,
+    outgoing: &Outgoing<'_>,
+    body: Bytes,
+) -> Result<Response<Incoming>, GatewayError> {
+    let policy = state.config.upstream.retry;
+    let first_sent = Instant::now();
+    loop {
+        ctx.attempts += 1;
+        let (head, _) = outgoing.sign(SystemTime::now())?;
+        let sent_at = Instant::now();
+        let outcome = state
+            .upstream
+            .send(Request::from_parts(head, body::full(body.clone())))
+            .await;
+        if outcome.is_ok() {
+            state
+                .metrics
+                .upstream_duration
+                .with_label_values(&[ctx.access_point_label(), ctx.operation.as_str()])
+                .observe(sent_at.elapsed().as_secs_f64());
+        }
+        let reason = match &outcome {
+            Ok(resp) => retry::status_reason(resp.status()),
+            Err(e) => retry::error_reason(e, &ctx.method),
+        };
+        let backoff = retry::jittered(retry::backoff_ceiling(ctx.attempts - 1, &policy), rand::random());
+        let Some(reason) = reason.filter(|_| retry::may_retry(ctx.attempts, first_sent.elapsed(), backoff, &policy))
+        else {
+            ctx.upstream_ms = Some(first_sent.elapsed().as_secs_f64() * 1000.0);
+            return outcome.map_err(|e| upstream_failure(state, ctx, e));
+        };
+        match outcome {
+            Ok(resp) => {
+                // The answer is not passed on: read what little there is of it, for its code.
+                let status = resp.status();
+                let code = drain_error(resp.into_body()).await;
+                state
+                    .metrics
+                    .upstream_responses
+                    .with_label_values(&[
+                        ctx.access_point_label(),
+                        status.as_str(),
+                        code.as_deref().unwrap_or(NONE),
+                    ])
+                    .inc();
+            }
+            Err(e) => {
+                state
+                    .metrics
+                    .upstream_errors
+                    .with_label_values(&[ctx.access_point_label(), e.kind()])
+                    .inc();
+                tracing::info!(error = %e, request_id = %ctx.request_id, "Upstream exchange failed; retrying.");
+            }
+        }
+        state
+            .metrics
+            .upstream_retries
+            .with_label_values(&[ctx.access_point_label(), reason.as_str()])
+            .inc();
+        tracing::info!(
+            request_id = %ctx.request_id,
+            access_point = ctx.access_point_label(),
+            attempt = ctx.attempts,
+            reason = reason.as_str(),
+            backoff_ms = backoff.as_secs_f64() * 1000.0,
+            "Retrying the upstream request."
+        );
+        tokio::time::sleep(backoff).await;
+    }
+}
+
+/// The most of a retried error answer apgate reads before dropping it (and its connection).
+const MAX_DRAINED_ERROR: usize = 64 << 10;
+
+/// Reads a bounded amount of an upstream error body and returns its S3 code.
+async fn drain_error(body: Incoming) -> Option<String> {
+    let limited = http_body_util::Limited::new(body, MAX_DRAINED_ERROR);
+    match tokio::time::timeout(std::time::Duration::from_secs(1), limited.collect()).await {
+        Ok(Ok(collected)) => s3_error_code(&collected.to_bytes()),
+        _ => None,
+    }
+}
+
+/// Counts and logs an exchange that produced no response, and says so to the client.
+fn upstream_failure(state: &State, ctx: &Ctx, e: UpstreamError) -> GatewayError {
+    state
+        .metrics
+        .upstream_errors
+        .with_label_values(&[ctx.access_point_label(), e.kind()])
+        .inc();
+    tracing::warn!(error = %e, request_id = %ctx.request_id, access_point = ctx.access_point_label(), attempts = ctx.attempts, "Upstream exchange failed.");
+    match e {
+        UpstreamError::Timeout(_) => {
+            GatewayError::upstream(S3ErrorCode::GatewayTimeout, "The upstream did not answer in time.")
+        }
+        _ => GatewayError::upstream(
+            S3ErrorCode::BadGateway,
+            "The upstream could not be reached or broke the exchange.",
+        ),
+    }
+}
+
+fn incomplete_body() -> GatewayError {
+    GatewayError::client(
+        S3ErrorCode::IncompleteBody,
+        "You did not provide the number of bytes specified by the Content-Length HTTP header.",
+    )
+}
+
+fn request_timeout() -> GatewayError {
+    GatewayError::client(
+        S3ErrorCode::RequestTimeout,
+        "Your socket connection to the server was not read from or written to within the timeout period. Idle connections will be closed.",
+    )
 }
 
 /// The `<Code>` of an S3 error body, if it is a plain identifier (so it is safe as a metric label:
@@ -777,6 +1000,7 @@ fn clone_ctx(c: &Ctx) -> Ctx {
         key_logging: c.key_logging,
         error_code: c.error_code.clone(),
         bytes_in: c.bytes_in.clone(),
+        attempts: c.attempts,
         upstream_ms: c.upstream_ms,
         upstream_request_id: c.upstream_request_id.clone(),
         upstream_id2: c.upstream_id2.clone(),
@@ -924,6 +1148,7 @@ fn finish(state: &State, ctx: &Ctx, status: StatusCode, bytes_out: u64, end: Bod
         bytes_out,
         complete: end == BodyEnd::Complete,
         duration_ms: ctx.started.elapsed().as_secs_f64() * 1000.0,
+        attempts: ctx.attempts,
         upstream_ms: ctx.upstream_ms.unwrap_or(0.0),
         upstream_request_id: ctx.upstream_request_id.as_deref().unwrap_or(NONE),
         upstream_id2: ctx.upstream_id2.as_deref().unwrap_or(NONE),

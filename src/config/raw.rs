@@ -39,6 +39,7 @@ pub(crate) struct RawServer {
     pub(crate) shutdown_grace_period_seconds: Option<f64>,
     pub(crate) max_concurrent_requests: Option<usize>,
     pub(crate) max_concurrent_requests_per_identity: Option<usize>,
+    pub(crate) client_body_idle_timeout_seconds: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -114,6 +115,18 @@ pub(crate) struct RawUpstream {
     pub(crate) body_idle_timeout_seconds: Option<f64>,
     pub(crate) pool_idle_timeout_seconds: Option<f64>,
     pub(crate) pool_max_idle_per_host: Option<usize>,
+    #[serde(default)]
+    pub(crate) retry: RawRetry,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRetry {
+    pub(crate) max_attempts: Option<u32>,
+    pub(crate) replay_buffer_bytes: Option<usize>,
+    pub(crate) initial_backoff_ms: Option<u64>,
+    pub(crate) max_backoff_ms: Option<u64>,
+    pub(crate) deadline_seconds: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -10,8 +10,8 @@ use ipnet::IpNet;
 use super::raw::{RawConfig, RawCredentials, RawEndpoint, RawSecret};
 use super::{
     AccessLogConfig, AddressingConfig, AdminConfig, Config, CredentialRefreshConfig, CredentialsConfig, Endpoint,
-    IdentityConfig, IdentityMethod, KeyConfig, KeyLogging, ListenerConfig, ListenerTls, RoleConfig, RouteConfig,
-    ServerConfig, SigV4Config, StsConfig, UpstreamConfig,
+    IdentityConfig, IdentityMethod, KeyConfig, KeyLogging, ListenerConfig, ListenerTls, RetryConfig, RoleConfig,
+    RouteConfig, ServerConfig, SigV4Config, StsConfig, UpstreamConfig,
 };
 use crate::s3::{AccessPoint, BucketName, OperationClass};
 use crate::secret::Secret;
@@ -193,6 +193,11 @@ fn validate(raw: RawConfig, env: &dyn Env) -> Result<Config, ConfigError> {
         ),
         max_concurrent_requests: raw.server.max_concurrent_requests.unwrap_or(10_000),
         max_concurrent_requests_per_identity: raw.server.max_concurrent_requests_per_identity,
+        client_body_idle_timeout: c.seconds(
+            "server.client_body_idle_timeout_seconds",
+            raw.server.client_body_idle_timeout_seconds,
+            30.0,
+        ),
     };
     if server.max_concurrent_requests == 0 {
         c.problem("server.max_concurrent_requests", "must be at least 1");
@@ -428,6 +433,7 @@ fn validate(raw: RawConfig, env: &dyn Env) -> Result<Config, ConfigError> {
         body_idle_timeout: c.seconds("upstream.body_idle_timeout_seconds", u.body_idle_timeout_seconds, 60.0),
         pool_idle_timeout: c.seconds("upstream.pool_idle_timeout_seconds", u.pool_idle_timeout_seconds, 30.0),
         pool_max_idle_per_host: u.pool_max_idle_per_host.unwrap_or(64),
+        retry: validate_retry(&mut c, &u.retry),
     };
 
     let credentials = match &raw.credentials {
@@ -594,6 +600,57 @@ fn validate(raw: RawConfig, env: &dyn Env) -> Result<Config, ConfigError> {
         })
     } else {
         Err(ConfigError { problems: c.problems })
+    }
+}
+
+/// The most attempts one request may make: more would multiply load on an upstream in trouble.
+const MAX_ATTEMPTS: u32 = 10;
+/// The largest replay buffer: every in-flight retryable request may hold one.
+const MAX_REPLAY_BUFFER: usize = 16 << 20;
+/// The longest backoff, in milliseconds.
+const MAX_BACKOFF_MS: u64 = 60_000;
+
+fn validate_retry(c: &mut Checker<'_>, r: &super::raw::RawRetry) -> RetryConfig {
+    let p = "upstream.retry";
+    let max_attempts = r.max_attempts.unwrap_or(3);
+    if !(1..=MAX_ATTEMPTS).contains(&max_attempts) {
+        c.problem(
+            format!("{p}.max_attempts"),
+            format!("{max_attempts}: want 1 (no retries) to {MAX_ATTEMPTS}"),
+        );
+    }
+    let replay_buffer_bytes = r.replay_buffer_bytes.unwrap_or(1 << 20);
+    if replay_buffer_bytes > MAX_REPLAY_BUFFER {
+        c.problem(
+            format!("{p}.replay_buffer_bytes"),
+            format!("{replay_buffer_bytes}: want 0 (retry bodiless requests only) to {MAX_REPLAY_BUFFER}"),
+        );
+    }
+    let initial = r.initial_backoff_ms.unwrap_or(50);
+    if !(1..=MAX_BACKOFF_MS).contains(&initial) {
+        c.problem(
+            format!("{p}.initial_backoff_ms"),
+            format!("{initial}: want 1 to {MAX_BACKOFF_MS}"),
+        );
+    }
+    let max = r.max_backoff_ms.unwrap_or(1000);
+    if !(1..=MAX_BACKOFF_MS).contains(&max) {
+        c.problem(
+            format!("{p}.max_backoff_ms"),
+            format!("{max}: want 1 to {MAX_BACKOFF_MS}"),
+        );
+    } else if max < initial {
+        c.problem(
+            format!("{p}.max_backoff_ms"),
+            format!("{max}: must be at least initial_backoff_ms ({initial})"),
+        );
+    }
+    RetryConfig {
+        max_attempts: max_attempts.clamp(1, MAX_ATTEMPTS),
+        replay_buffer_bytes,
+        initial_backoff: Duration::from_millis(initial),
+        max_backoff: Duration::from_millis(max),
+        deadline: c.seconds(&format!("{p}.deadline_seconds"), r.deadline_seconds, 10.0),
     }
 }
 

@@ -18,7 +18,7 @@ from conftest import BUCKET
 
 FIELDS = {"timestamp", "level", "request_id", "listener", "remote", "identity", "method", "operation",
           "bucket", "key", "access_point", "status", "error_code", "bytes_in", "bytes_out", "complete",
-          "duration_ms", "upstream_ms", "upstream_request_id", "upstream_id2"}
+          "duration_ms", "attempts", "upstream_ms", "upstream_request_id", "upstream_id2"}
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +65,7 @@ def test_every_request_has_one_line_with_all_fields(apgate, traffic):
     assert put["identity"] == "bob" and put["access_point"] == "bob-access-point-test"
     assert put["status"] == 200 and put["error_code"] == "-"
     assert put["bytes_in"] == 1234
+    assert put["attempts"] == 1
     assert put["upstream_ms"] > 0 and put["upstream_request_id"] != "-"
     get = [d for d in lines if d["operation"] == "GetObject" and d["key"] == traffic][0]
     assert get["bytes_out"] == 1234 and get["complete"] is True
@@ -75,6 +76,7 @@ def test_refusals_carry_their_error_code(apgate, traffic):
     assert denied, "no line for the denied request"
     assert denied[0]["status"] == 403 and denied[0]["error_code"] == "AccessDenied"
     assert denied[0]["access_point"] == "-" and denied[0]["upstream_ms"] == 0
+    assert denied[0]["attempts"] == 0, "a refused request is never sent upstream"
 
 
 def test_no_secret_ever_reaches_the_log(apgate, traffic):

@@ -8,7 +8,8 @@
   has been used. Some families only appear after use, and some only under conditions the shared
   fixture never meets, so that comparison runs against a gateway of its own (``full``): bob signs
   with an assumed role (expiring credentials: the expiry gauge and refresh metrics), the upstream is
-  reached through a TCP proxy the test can cut (upstream errors), and the configuration is reloaded
+  reached through a TCP proxy the test can cut (upstream errors, and the retries of the GET that
+  meets them), and the configuration is reloaded
   once successfully and once with a broken file.
 - Prometheus (Debian's package; scripts/lib.sh ensure_prometheus) scrapes the ``apgate`` fixture's
   admin port every second with alerts.yml loaded; the counters bob's requests caused show up in its
@@ -483,7 +484,7 @@ def test_metrics_doc_matches_exports(full):
     exported = {n for n in full.families if n.startswith("apgate_")}
     problems = [f"{n}: exported by apgate, missing from docs/METRICS.md" for n in sorted(exported - docs)]
     problems += [f"{n}: in docs/METRICS.md, not exported by apgate (after a successful GET, a 404, a "
-                 f"refusal, an auth failure, an upstream error, assumed-role credentials"
+                 f"refusal, an auth failure, an upstream error and its retries, assumed-role credentials"
                  f"{', config reloads' if full.reloads_supported else ''})" for n in sorted(docs - exported)]
     assert not problems, "\n".join(problems)
 
@@ -515,6 +516,8 @@ def test_full_gateway_counted_what_it_saw(full):
     assert sample(f, "apgate_requests_total", identity="bob", status="403") >= 1
     assert sample(f, "apgate_auth_failures_total", listener="shared", code="InvalidAccessKeyId") >= 1
     assert sample(f, "apgate_upstream_errors_total") >= 1, full.log
+    if "apgate_upstream_retries_total" in f:
+        assert sample(f, "apgate_upstream_retries_total", reason="connect_error") >= 1, full.log
     assert sample(f, "apgate_credentials_expiry_seconds", principal="identity:bob") > 0
     assert sample(f, "apgate_credential_refreshes_total", principal="identity:bob", result="success") >= 1
     if "apgate_upstream_responses_total" in f:

@@ -83,6 +83,90 @@ fn parses_the_reference_config() {
         "bob-secret-0123456789abcdef"
     );
     assert!(matches!(c.upstream.endpoint, Endpoint::Custom(_)));
+    assert_eq!(
+        c.upstream.retry,
+        RetryConfig {
+            max_attempts: 3,
+            replay_buffer_bytes: 1 << 20,
+            initial_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(1),
+            deadline: Duration::from_secs(10),
+        },
+        "retry defaults"
+    );
+    assert_eq!(c.server.client_body_idle_timeout, Duration::from_secs(30));
+}
+
+#[test]
+fn reads_the_retry_table() {
+    let text = BASE.replacen(
+        "[credentials]",
+        "[upstream.retry]\nmax_attempts = 1\nreplay_buffer_bytes = 0\ninitial_backoff_ms = 10\nmax_backoff_ms = 10\ndeadline_seconds = 0.5\n\n[credentials]",
+        1,
+    );
+    let retry = parse(&text).unwrap().upstream.retry;
+    assert_eq!(
+        retry,
+        RetryConfig {
+            max_attempts: 1,
+            replay_buffer_bytes: 0,
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(10),
+            deadline: Duration::from_millis(500),
+        }
+    );
+}
+
+/// Each case is the body of an `[upstream.retry]` table and the problem it must cause.
+#[test]
+fn reports_retry_problems_with_their_key_paths() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "max_attempts = 0",
+            "upstream.retry.max_attempts",
+            "want 1 (no retries) to 10",
+        ),
+        (
+            "max_attempts = 11",
+            "upstream.retry.max_attempts",
+            "want 1 (no retries) to 10",
+        ),
+        (
+            "replay_buffer_bytes = 16777217",
+            "upstream.retry.replay_buffer_bytes",
+            "want 0 (retry bodiless requests only) to 16777216",
+        ),
+        (
+            "initial_backoff_ms = 0",
+            "upstream.retry.initial_backoff_ms",
+            "want 1 to 60000",
+        ),
+        (
+            "max_backoff_ms = 60001",
+            "upstream.retry.max_backoff_ms",
+            "want 1 to 60000",
+        ),
+        (
+            "initial_backoff_ms = 500\nmax_backoff_ms = 100",
+            "upstream.retry.max_backoff_ms",
+            "must be at least initial_backoff_ms (500)",
+        ),
+        ("deadline_seconds = 0", "upstream.retry.deadline_seconds", "above 0"),
+        ("attempts = 2", "", "unknown field `attempts`"),
+    ];
+    for (table, path, message) in cases {
+        let text = BASE.replacen(
+            "[credentials]",
+            &format!("[upstream.retry]\n{table}\n\n[credentials]"),
+            1,
+        );
+        let err = parse(&text).expect_err(table);
+        let hit = err
+            .problems
+            .iter()
+            .any(|p| p.path == *path && p.message.contains(message));
+        assert!(hit, "{table}: want {path}: ..{message}.., got:\n{err}");
+    }
 }
 
 #[test]
@@ -194,6 +278,12 @@ fn reports_each_problem_with_its_key_path() {
             "region = \"us-east-1\"\nendpoint",
             "region = \"us-east-1\"\nconnect_timeout_seconds = -1.0\nendpoint",
             "upstream.connect_timeout_seconds",
+            "above 0",
+        ),
+        (
+            "[upstream]\n",
+            "[server]\nclient_body_idle_timeout_seconds = 0\n\n[upstream]\n",
+            "server.client_body_idle_timeout_seconds",
             "above 0",
         ),
     ];

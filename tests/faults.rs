@@ -1,0 +1,656 @@
+//! Fault injection (issue 8): one test per fault, each against an in-process apgate in front of a
+//! fake upstream that misbehaves on cue (tests/support/harness.rs: raw TCP, per-request scripts,
+//! resets with SO_LINGER 0 at a chosen byte), asserting what the client sees (status and S3 code, or
+//! an aborted body) and what the upstream saw.
+//!
+//! | fault | test | asserted outcome |
+//! |---|---|---|
+//! | upstream resets mid-response | `upstream_resets_mid_response` | 200 head, body short of its Content-Length (aborted, never "whole"); one attempt upstream |
+//! | upstream resets mid-upload (streamed body) | `upstream_resets_mid_upload` | 502 BadGateway (or the connection reset under the unsent body), never a success; one incomplete attempt; no object |
+//! | upstream resets before the response to a small upload | tests/retries.rs `a_small_put_is_sent_again_whole_after_a_reset_before_the_response` | 200; two attempts each with the whole body; stored once |
+//! | upstream returns 500 | `upstream_returns_500` | 3 attempts, then the upstream's 500 InternalError; retries and responses counted |
+//! | upstream returns 503 SlowDown | `upstream_returns_503_slow_down` | a GET rides one out (200); a 2 MiB PUT gets one attempt and 503 SlowDown |
+//! | upstream accepts and never answers | `upstream_accepts_and_never_answers` | 504 GatewayTimeout: a GET after 3 timed-out attempts (~1.5 s), a PUT after one |
+//! | upstream slow to send headers | `upstream_slow_to_send_headers` | within the timeout: 200; slower: 504 GatewayTimeout at the timeout |
+//! | upstream stops reading an upload | `upstream_stops_reading_an_upload` | 504 GatewayTimeout after the timeout, and the client connection ends; no object |
+//! | slow but steady upload, longer than the timeout | `slow_upload_longer_than_the_response_header_timeout_succeeds` | 200, stored whole |
+//! | client pauses reading a download longer than the body idle timeout | `client_pausing_a_download_longer_than_the_body_idle_timeout_still_gets_it_all` | every byte arrives |
+//! | client aborts mid-upload | `client_aborts_mid_upload` | streamed: the upstream request is aborted before its end; held (≤ replay buffer): nothing sent; no object; slots freed |
+//! | client aborts mid-upload, real S3 (moto) | tests/e2e/test_faults.py `test_client_abort_mid_upload_leaves_no_object` | no object (head_object 404), nothing or an incomplete request upstream |
+//! | client stalls mid-upload | `client_stalls_mid_upload` | 400 RequestTimeout after `client_body_idle_timeout_seconds`, `Connection: close`; no object |
+//! | client disconnects while the upstream is slow | `client_disconnecting_while_the_upstream_is_slow_frees_its_slot` | its concurrency slot is freed (next request 200, not SlowDown); counted as 499 |
+//! | slow-loris clients | `slow_loris_clients_do_not_stop_service` | 200 trickling connections: a normal request is served at once; each is closed after `header_read_timeout_seconds` |
+//! | credential endpoint down | tests/e2e/test_credentials.py `test_ecs_endpoint_down_then_back` | cached credentials keep serving (and /readyz 200) until they expire; then 503 ServiceUnavailable, nothing forwarded; recovers without a restart |
+//! | STS refuses a per-caller role | tests/e2e/test_credentials.py `test_unassumable_role` | that caller gets 503 ServiceUnavailable, nothing forwarded; everyone else served |
+//! | STS down for a per-caller role | `sts_down_for_a_per_caller_role` | that caller gets 503 ServiceUnavailable at once, nothing forwarded; everyone else served; failures counted |
+//! | invalid config reload | tests/proxy.rs `a_reload_changes_routes_without_a_restart_and_a_bad_one_changes_nothing`; tests/e2e/test_lifecycle.py `test_invalid_reload_keeps_the_old_config` | refused with the key path, counted; the running routes keep serving |
+//! | SIGTERM under load | `sigterm_under_load_fails_no_in_flight_request`; tests/e2e/test_lifecycle.py `test_drain_on_sigterm`; tests/e2e/test_faults.py `test_sigterm_under_concurrent_load_fails_nothing_in_flight` | every request in flight completes whole (0 failed); new connections refused; exit 0 within the grace period |
+//! | DNS failure for the upstream host | `dns_failure_for_the_upstream_host` | 502 BadGateway within 3 s; 3 connect errors, 2 retries counted |
+//! | upstream connection pool exhausted | `upstream_connection_pool_exhausted` | 64 requests against 32 slots and an upstream serving 4 at a time: each 200, 503 SlowDown or 504 GatewayTimeout within 3 s; none hangs; served normally afterwards |
+
+#![allow(clippy::unwrap_used)] // Test code: a failure here is a test failure.
+
+#[path = "support/harness.rs"]
+mod harness;
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpSocket;
+
+use harness::*;
+
+const MIB: usize = 1 << 20;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_upload_longer_than_the_response_header_timeout_succeeds() {
+    let up = Upstream::start(|_, _| Act::ok(b"")).await;
+    let gw = gateway(
+        &format!("http://{}", up.addr),
+        Tune {
+            upstream: "",
+            ..Tune::default()
+        },
+    )
+    .await;
+    let body = pattern(0, 2 * MIB);
+    let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    stream
+        .write_all(&head("PUT", "/shared/Bob/slow-upload", &[], Some(body.len())))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    for piece in body.chunks(128 * 1024) {
+        if stream.write_all(piece).await.is_err() {
+            break; // apgate gave up on the upload: the reply says why
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let reply = read_reply(&mut stream, Duration::from_secs(10)).await;
+    assert!(
+        started.elapsed() > Duration::from_secs(3),
+        "the upload must outlast the 2 s timeout"
+    );
+    assert_eq!(reply.status(), Some(200), "{reply:?}");
+    assert_eq!(up.stored("/Bob/slow-upload"), vec![body]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_pausing_a_download_longer_than_the_body_idle_timeout_still_gets_it_all() {
+    let size = 64 * MIB;
+    let up = Upstream::start(move |_, _| Act::ok(&pattern(0, size))).await;
+    let gw = gateway(
+        &format!("http://{}", up.addr),
+        Tune {
+            upstream: "body_idle_timeout_seconds = 1",
+            ..Tune::default()
+        },
+    )
+    .await;
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(64 * 1024).unwrap();
+    let mut stream = socket.connect(gw.addr).await.unwrap();
+    stream
+        .write_all(&head("GET", "/shared/Bob/big", &[], None))
+        .await
+        .unwrap();
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 64 * 1024];
+    while got < 256 * 1024 {
+        got += stream.read(&mut buf).await.unwrap();
+    }
+    // The reader stops for longer than the upstream body idle timeout; the upstream is not idle.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => got += n,
+        }
+        if got >= size {
+            break;
+        }
+    }
+    assert!(got >= size, "the download was cut after {got} bytes (head included)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_disconnecting_while_the_upstream_is_slow_frees_its_slot() {
+    let up = Upstream::start(|i, _| match i {
+        0 => Act::NeverAnswer,
+        _ => Act::ok(b"served"),
+    })
+    .await;
+    let gw = gateway(
+        &format!("http://{}", up.addr),
+        Tune {
+            server: "max_concurrent_requests_per_identity = 1",
+            upstream: "response_header_timeout_seconds = 30",
+            ..Tune::default()
+        },
+    )
+    .await;
+    let mut client = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    client
+        .write_all(&head("GET", "/shared/Bob/stuck", &[], None))
+        .await
+        .unwrap();
+    assert_eq!(up.wait_for(1, Duration::from_secs(5)).await, 1);
+    drop(client);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // bob's only slot is free again: the next request is served, not refused with SlowDown.
+    let reply = request(gw.addr, "GET", "/shared/Bob/next", b"", Duration::from_secs(5)).await;
+    assert_eq!(reply.status(), Some(200), "{reply:?}");
+    let m = gw.metrics();
+    assert_eq!(metric(&m, "apgate_inflight_requests", &[]), Some(0.0), "{m}");
+    let abandoned = [("operation", "GetObject"), ("status", "499")];
+    assert_eq!(metric(&m, "apgate_requests_total", &abandoned), Some(1.0), "{m}");
+}
+
+fn url(up: &Upstream) -> String {
+    format!("http://{}", up.addr)
+}
+
+const WITHIN: Duration = Duration::from_secs(10);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_resets_mid_response() {
+    let up = Upstream::start(|_, _| Act::ResetMidResponse {
+        len: 1_000_000,
+        after: 100_000,
+    })
+    .await;
+    let gw = gateway(&url(&up), Tune::default()).await;
+    let reply = request(gw.addr, "GET", "/shared/Bob/big", b"", WITHIN).await;
+    // The head went out before the reset: the client sees a 200 whose body ends short of its
+    // Content-Length, an aborted body, never a whole one.
+    assert_eq!(reply.status(), Some(200), "{reply:?}");
+    assert_eq!(reply.header("content-length"), Some("1000000"));
+    assert!(!reply.whole(), "an aborted body looked whole");
+    assert!(reply.body().len() < 1_000_000 && reply.body() == pattern(0, reply.body().len()));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(up.seen().len(), 1, "no retry once response bytes went to the client");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_resets_mid_upload() {
+    let up = Upstream::start(|_, _| Act::ResetAfterBodyBytes(256 * 1024)).await;
+    let gw = gateway(&url(&up), Tune::default()).await;
+    // 4 MiB: over the replay buffer, so it streams and gets one attempt.
+    let body = pattern(0, 4 * MIB);
+    let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let mut bytes = head("PUT", "/shared/Bob/reset-upload", &[], Some(body.len()));
+    bytes.extend_from_slice(&body);
+    let (mut rd, mut wr) = stream.split();
+    let writer = async {
+        let _ = wr.write_all(&bytes).await;
+    };
+    let reader = async {
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(WITHIN, rd.read_to_end(&mut buf)).await;
+        buf
+    };
+    let (_, answer) = tokio::join!(writer, reader);
+    let text = String::from_utf8_lossy(&answer);
+    // apgate answers 502 BadGateway and closes; the client may instead see the connection reset
+    // under its still-unsent body. Never a success.
+    assert!(
+        text.is_empty() || (text.starts_with("HTTP/1.1 502") && text.contains("<Code>BadGateway</Code>")),
+        "{text}"
+    );
+    let seen = up.seen();
+    assert_eq!(seen.len(), 1, "a streamed upload is never retried");
+    assert!(!seen[0].complete && seen[0].body.len() <= 256 * 1024);
+    assert!(up.stored("/Bob/reset-upload").is_empty());
+    let m = gw.metrics();
+    assert_eq!(metric(&m, "apgate_upstream_errors_total", &[]), Some(1.0), "{m}");
+    assert_eq!(metric(&m, "apgate_inflight_requests", &[]), Some(0.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_returns_500() {
+    let up = Upstream::start(|_, _| Act::s3_error(500, "InternalError")).await;
+    let gw = gateway(&url(&up), Tune::default()).await;
+    let reply = request(gw.addr, "GET", "/shared/Bob/k", b"", WITHIN).await;
+    // Retried (max_attempts 3), then the upstream's own error passes through.
+    assert_eq!(reply.error(), Some((500, "InternalError")), "{reply:?}");
+    assert_eq!(up.seen().len(), 3);
+    let m = gw.metrics();
+    assert_eq!(
+        metric(&m, "apgate_upstream_retries_total", &[("reason", "status_500")]),
+        Some(2.0)
+    );
+    let counted = [("status", "500"), ("code", "InternalError")];
+    assert_eq!(metric(&m, "apgate_upstream_responses_total", &counted), Some(3.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_returns_503_slow_down() {
+    let up = Upstream::start(|i, _| match i {
+        0 => Act::s3_error(503, "SlowDown"),
+        1 => Act::ok(b"recovered"),
+        _ => Act::s3_error(503, "SlowDown"),
+    })
+    .await;
+    let gw = gateway(&url(&up), Tune::default()).await;
+    // A GET rides out one SlowDown.
+    let reply = request(gw.addr, "GET", "/shared/Bob/k", b"", WITHIN).await;
+    assert_eq!(
+        (reply.status(), reply.body()),
+        (Some(200), &b"recovered"[..]),
+        "{reply:?}"
+    );
+    // A 2 MiB PUT streams: it gets one attempt, and the client gets SlowDown to back off itself.
+    let reply = request(gw.addr, "PUT", "/shared/Bob/big", &pattern(0, 2 * MIB), WITHIN).await;
+    assert_eq!(reply.error(), Some((503, "SlowDown")), "{reply:?}");
+    assert_eq!(up.seen().len(), 3);
+    assert!(up.stored("/Bob/big").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_accepts_and_never_answers() {
+    let up = Upstream::start(|_, _| Act::NeverAnswer).await;
+    let gw = gateway(
+        &url(&up),
+        Tune {
+            upstream: "response_header_timeout_seconds = 0.5",
+            ..Tune::default()
+        },
+    )
+    .await;
+    let started = Instant::now();
+    let reply = request(gw.addr, "GET", "/shared/Bob/k", b"", WITHIN).await;
+    let took = started.elapsed();
+    assert_eq!(reply.error(), Some((504, "GatewayTimeout")), "{reply:?}");
+    // Three attempts of 0.5 s, and at most 50 + 100 ms of backoff between them.
+    assert_eq!(up.seen().len(), 3);
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_millis(2500),
+        "{took:?}"
+    );
+    let started = Instant::now();
+    let reply = request(gw.addr, "PUT", "/shared/Bob/k", b"data", WITHIN).await;
+    assert_eq!(reply.error(), Some((504, "GatewayTimeout")), "{reply:?}");
+    assert!(
+        started.elapsed() < Duration::from_millis(1000),
+        "a PUT timeout is not retried"
+    );
+    assert_eq!(up.seen().len(), 4);
+    assert!(
+        up.seen()[3].complete,
+        "the PUT body was sent whole; only the answer never came"
+    );
+    let m = gw.metrics();
+    assert_eq!(
+        metric(&m, "apgate_upstream_errors_total", &[("kind", "timeout")]),
+        Some(4.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_slow_to_send_headers() {
+    let up = Upstream::start(|_, s| Act::Answer {
+        status: 200,
+        body: b"late".to_vec(),
+        delay: if s.target.contains("slower") {
+            Duration::from_millis(1500)
+        } else {
+            Duration::from_millis(400)
+        },
+    })
+    .await;
+    let gw = gateway(
+        &url(&up),
+        Tune {
+            upstream: "response_header_timeout_seconds = 1",
+            retry: "max_attempts = 1",
+            ..Tune::default()
+        },
+    )
+    .await;
+    // Slow, but within the timeout: served.
+    let reply = request(gw.addr, "GET", "/shared/Bob/slow", b"", WITHIN).await;
+    assert_eq!((reply.status(), reply.body()), (Some(200), &b"late"[..]), "{reply:?}");
+    // Slower than the timeout: 504 after it, not after the upstream.
+    let started = Instant::now();
+    let reply = request(gw.addr, "GET", "/shared/Bob/slower", b"", WITHIN).await;
+    assert_eq!(reply.error(), Some((504, "GatewayTimeout")), "{reply:?}");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(950) && took < Duration::from_millis(1400),
+        "{took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_stops_reading_an_upload() {
+    let up = Upstream::start(|_, _| Act::NeverRead).await;
+    let gw = gateway(
+        &url(&up),
+        Tune {
+            upstream: "response_header_timeout_seconds = 1",
+            ..Tune::default()
+        },
+    )
+    .await;
+    // 16 MiB: more than the sockets between apgate and the upstream hold, so the upload stalls.
+    let body = pattern(0, 16 * MIB);
+    let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let mut bytes = head("PUT", "/shared/Bob/unread", &[], Some(body.len()));
+    bytes.extend_from_slice(&body);
+    let started = Instant::now();
+    let (mut rd, mut wr) = stream.split();
+    let writer = async {
+        let _ = wr.write_all(&bytes).await;
+    };
+    // The answer comes, and the connection ends (the client is not left writing into a void).
+    let reader = async {
+        let mut buf = Vec::new();
+        let ended = tokio::time::timeout(WITHIN, rd.read_to_end(&mut buf)).await.is_ok();
+        assert!(ended, "the connection stayed open after the answer");
+        (buf, started.elapsed())
+    };
+    let (_, (answer, took)) = tokio::join!(writer, reader);
+    let text = String::from_utf8_lossy(&answer);
+    assert!(
+        text.starts_with("HTTP/1.1 504") && text.contains("<Code>GatewayTimeout</Code>"),
+        "{text}"
+    );
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    assert_eq!(up.seen().len(), 1);
+    assert!(up.stored("/Bob/unread").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_aborts_mid_upload() {
+    let up = Upstream::start(|_, _| Act::ok(b"")).await;
+    let gw = gateway(&url(&up), Tune::default()).await;
+    for (name, size) in [("streamed", 4 * MIB), ("held", 512 * 1024)] {
+        let path = format!("/shared/Bob/aborted-{name}");
+        let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        stream.write_all(&head("PUT", &path, &[], Some(size))).await.unwrap();
+        stream.write_all(&pattern(0, size / 4)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        reset(stream);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let key = format!("/Bob/aborted-{name}");
+        assert!(up.stored(&key).is_empty(), "{name}: an object was created");
+        let seen: Vec<_> = up.seen().into_iter().filter(|s| s.target == key).collect();
+        match name {
+            // The upstream request was started and then aborted before its end.
+            "streamed" => assert!(seen.len() == 1 && !seen[0].complete, "{name}: {seen:?}"),
+            // A body apgate holds never left it.
+            _ => assert!(seen.is_empty(), "{name}: {seen:?}"),
+        }
+    }
+    let m = gw.metrics();
+    assert_eq!(metric(&m, "apgate_inflight_requests", &[]), Some(0.0), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_stalls_mid_upload() {
+    let up = Upstream::start(|_, _| Act::ok(b"")).await;
+    let gw = gateway(
+        &url(&up),
+        Tune {
+            server: "client_body_idle_timeout_seconds = 0.5",
+            ..Tune::default()
+        },
+    )
+    .await;
+    for (name, size) in [("streamed", 4 * MIB), ("held", 512 * 1024)] {
+        let path = format!("/shared/Bob/stalled-{name}");
+        let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        stream.write_all(&head("PUT", &path, &[], Some(size))).await.unwrap();
+        stream.write_all(&pattern(0, size / 4)).await.unwrap();
+        let started = Instant::now();
+        let reply = read_reply(&mut stream, WITHIN).await;
+        let took = started.elapsed();
+        assert_eq!(reply.error(), Some((400, "RequestTimeout")), "{name}: {reply:?}");
+        assert_eq!(reply.header("connection"), Some("close"));
+        assert!(took < Duration::from_millis(1500), "{name}: {took:?}");
+        let key = format!("/Bob/stalled-{name}");
+        assert!(up.stored(&key).is_empty());
+        let seen: Vec<_> = up.seen().into_iter().filter(|s| s.target == key).collect();
+        match name {
+            "streamed" => assert!(seen.len() == 1 && !seen[0].complete, "{name}: {seen:?}"),
+            _ => assert!(seen.is_empty(), "{name}: {seen:?}"),
+        }
+    }
+    let m = gw.metrics();
+    let timed_out = [("operation", "PutObject"), ("status", "400")];
+    assert_eq!(metric(&m, "apgate_requests_total", &timed_out), Some(2.0), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_loris_clients_do_not_stop_service() {
+    let up = Upstream::start(|_, _| Act::ok(b"served")).await;
+    let gw = gateway(
+        &url(&up),
+        Tune {
+            server: "header_read_timeout_seconds = 1",
+            ..Tune::default()
+        },
+    )
+    .await;
+    let addr = gw.addr;
+    let started = Instant::now();
+    let lorises: Vec<_> = (0..200)
+        .map(|i| {
+            tokio::spawn(async move {
+                let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+                s.write_all(format!("GET /shared/Bob/loris-{i} HTTP/1.1\r\n").as_bytes())
+                    .await
+                    .unwrap();
+                let mut buf = [0u8; 1024];
+                loop {
+                    // One header byte every 100 ms, and see whether apgate has closed.
+                    if s.write_all(b"x").await.is_err() {
+                        return started.elapsed();
+                    }
+                    let read = tokio::time::timeout(Duration::from_millis(100), s.read(&mut buf)).await;
+                    if let Ok(Ok(0) | Err(_)) = read {
+                        return started.elapsed();
+                    }
+                    if started.elapsed() > Duration::from_secs(10) {
+                        return started.elapsed();
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = Instant::now();
+    let reply = request(addr, "GET", "/shared/Bob/normal", b"", WITHIN).await;
+    assert_eq!((reply.status(), reply.body()), (Some(200), &b"served"[..]), "{reply:?}");
+    assert!(t.elapsed() < Duration::from_millis(500), "served in {:?}", t.elapsed());
+    for loris in lorises {
+        let closed_at = loris.await.unwrap();
+        assert!(
+            closed_at >= Duration::from_millis(900) && closed_at < Duration::from_secs(3),
+            "a trickling connection was closed after {closed_at:?} (header_read_timeout 1 s)"
+        );
+    }
+    assert_eq!(up.seen().len(), 1, "no trickled request reached the upstream");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_failure_for_the_upstream_host() {
+    let gw = gateway("http://no-such-host.invalid:9000", Tune::default()).await;
+    let started = Instant::now();
+    let reply = request(gw.addr, "GET", "/shared/Bob/k", b"", WITHIN).await;
+    assert_eq!(reply.error(), Some((502, "BadGateway")), "{reply:?}");
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    let m = gw.metrics();
+    assert_eq!(
+        metric(&m, "apgate_upstream_errors_total", &[("kind", "connect")]),
+        Some(3.0),
+        "{m}"
+    );
+    let retried = [("reason", "connect_error")];
+    assert_eq!(metric(&m, "apgate_upstream_retries_total", &retried), Some(2.0));
+    let counted = [("operation", "GetObject"), ("status", "502")];
+    assert_eq!(metric(&m, "apgate_requests_total", &counted), Some(1.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connection_pool_exhausted() {
+    // The upstream serves at most 4 connections at once, 300 ms each; apgate takes 32 requests at
+    // once, waits 1 s for an answer and does not retry (so every outcome is one attempt's).
+    let up = Upstream::start_limited(Some(4), |_, _| Act::Answer {
+        status: 200,
+        body: b"ok".to_vec(),
+        delay: Duration::from_millis(300),
+    })
+    .await;
+    let gw = gateway(
+        &url(&up),
+        Tune {
+            server: "max_concurrent_requests = 32",
+            upstream: "response_header_timeout_seconds = 1",
+            retry: "max_attempts = 1",
+        },
+    )
+    .await;
+    let addr = gw.addr;
+    let started = Instant::now();
+    let clients: Vec<_> = (0..64)
+        .map(|i| {
+            tokio::spawn(async move {
+                let reply = request(addr, "GET", &format!("/shared/Bob/p{i}"), b"", WITHIN).await;
+                (reply, started.elapsed())
+            })
+        })
+        .collect();
+    let mut outcomes = std::collections::BTreeMap::new();
+    for c in clients {
+        let (reply, at) = c.await.unwrap();
+        assert!(at < Duration::from_secs(3), "a request took {at:?}: {reply:?}");
+        let outcome = match (reply.status(), reply.code()) {
+            (Some(200), _) => "200",
+            (Some(503), Some("SlowDown")) => "503 SlowDown",
+            (Some(504), Some("GatewayTimeout")) => "504 GatewayTimeout",
+            _ => panic!("unexpected outcome {reply:?}"),
+        };
+        *outcomes.entry(outcome).or_insert(0) += 1;
+    }
+    assert!(outcomes.get("200").is_some_and(|n| *n >= 4), "{outcomes:?}");
+    assert!(outcomes.get("503 SlowDown").is_some_and(|n| *n >= 32), "{outcomes:?}");
+    // Afterwards apgate serves normally.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let reply = request(addr, "GET", "/shared/Bob/after", b"", WITHIN).await;
+    assert_eq!(reply.status(), Some(200), "{reply:?}");
+    let m = gw.metrics();
+    assert_eq!(metric(&m, "apgate_inflight_requests", &[]), Some(0.0), "{m}");
+    println!("pool exhausted: {outcomes:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_fails_no_in_flight_request() {
+    let up = Upstream::start(|_, _| Act::Answer {
+        status: 200,
+        body: pattern(0, 64 * 1024),
+        delay: Duration::from_millis(500),
+    })
+    .await;
+    let mut gw = gateway(&url(&up), Tune::default()).await;
+    let addr = gw.addr;
+    let clients: Vec<_> = (0..32)
+        .map(|i| tokio::spawn(async move { request(addr, "GET", &format!("/shared/Bob/d{i}"), b"", WITHIN).await }))
+        .collect();
+    assert_eq!(up.wait_for(32, WITHIN).await, 32, "all 32 in flight upstream");
+    gw.shut_down();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Draining: new connections are refused at once.
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "a new connection was accepted"
+    );
+    for c in clients {
+        let reply = c.await.unwrap();
+        assert_eq!(reply.status(), Some(200), "{reply:?}");
+        assert!(reply.whole() && reply.body() == pattern(0, 64 * 1024));
+    }
+    tokio::time::timeout(Duration::from_secs(5), &mut gw.served)
+        .await
+        .expect("serve() returned once the in-flight requests were done")
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sts_down_for_a_per_caller_role() {
+    let up = Upstream::start(|_, _| Act::ok(b"served")).await;
+    let sts = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    // carol's requests are signed with an assumed role; STS refuses every connection.
+    let toml = config_text(&url(&up), Tune::default()).replace(
+        "[[identities]]\nname = \"bob\"\n",
+        &format!(
+            r#"[[identities]]
+name = "bob"
+
+[[identities]]
+name = "carol"
+role_arn = "arn:aws:iam::123456789012:role/carol"
+
+[sts]
+endpoint_url = "http://{sts}"
+
+[[listeners]]
+name = "carol"
+address = "127.0.0.1:0"
+identity_methods = ["source"]
+
+[[listeners.sources]]
+cidr = "127.0.0.0/8"
+identity = "carol"
+
+[[routes]]
+identity = "carol"
+bucket = "shared"
+prefix = "Carol/"
+access_point = "arn:aws:s3:us-east-1:123456789012:accesspoint/bob-ap"
+"#
+        ),
+    );
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let config = apgate::config::Config::from_toml(&toml).unwrap();
+    let bound = apgate::app::Bound::bind(&config).await.unwrap();
+    let addr = |name: &str| {
+        bound
+            .data
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap()
+            .1
+            .local_addr()
+            .unwrap()
+    };
+    let (bob, carol) = (addr("sidecar"), addr("carol"));
+    let started = Instant::now();
+    let running = apgate::app::Gateway::new(config).await.unwrap();
+    let start_up = started.elapsed();
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(apgate::app::serve(running.clone(), bound, async move {
+        let _ = stopped.await;
+    }));
+    assert!(!running.is_ready(), "ready without carol's credentials");
+    let started = Instant::now();
+    let reply = request(carol, "GET", "/shared/Carol/k", b"", WITHIN).await;
+    let took = started.elapsed();
+    assert_eq!(reply.error(), Some((503, "ServiceUnavailable")), "{reply:?}");
+    assert!(up.seen().is_empty(), "a request was forwarded without credentials");
+    // Everybody else is served.
+    let reply = request(bob, "GET", "/shared/Bob/k", b"", WITHIN).await;
+    assert_eq!((reply.status(), reply.body()), (Some(200), &b"served"[..]), "{reply:?}");
+    let m = running.metrics.render();
+    let failed = [("principal", "identity:carol"), ("result", "failure")];
+    assert!(
+        metric(&m, "apgate_credential_refreshes_total", &failed).is_some_and(|n| n >= 1.0),
+        "{m}"
+    );
+    println!("STS down: start-up {start_up:?}, carol's 503 in {took:?}");
+    assert!(took < Duration::from_secs(5), "carol waited {took:?} for a dead STS");
+}
