@@ -381,6 +381,10 @@ fn step(
                 canonical.extend_from_slice(v.as_bytes());
                 canonical.push(b'\n');
             }
+            if lines.iter().filter(|(n, _, _)| n == "x-amz-trailer-signature").count() > 1 {
+                // Found by the `aws_chunked` fuzz target: which one would S3 check?
+                return Err(ChunkError::Malformed("more than one x-amz-trailer-signature"));
+            }
             let given = lines
                 .iter()
                 .find(|(n, _, _)| n == "x-amz-trailer-signature")

@@ -215,6 +215,16 @@ async fn trailer_lines_keep_their_spelling_so_the_length_is_kept() {
     result.unwrap();
     assert_eq!(out.len(), wire.len());
     assert_eq!(out, spelled(&apgate, SEED_OUT));
+    // Two signature lines: refused, whichever is right.
+    let mut twice = wire[..wire.len() - 2].to_vec();
+    let sig_line = String::from_utf8_lossy(&wire)
+        .lines()
+        .find(|l| l.starts_with("x-amz-trailer-signature"))
+        .unwrap()
+        .to_owned();
+    twice.extend_from_slice(format!("{sig_line}\r\n\r\n").as_bytes());
+    let (_, result) = resign(twice, 100, true, true, 9).await;
+    assert!(matches!(result, Err(ChunkError::Malformed(_))), "{result:?}");
 }
 
 #[tokio::test]
