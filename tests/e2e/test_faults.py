@@ -34,6 +34,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 import s3wire
+import conftest  # noqa: E402
 from conftest import (
     BOB_ACCESS_KEY_ID, BUCKET, REGION, REPO, SECRETS_GIVEN_TO_APGATE, _readyz, _tail, apgate_config, free_port,
     stop, wait_port,
@@ -99,7 +100,9 @@ def run_apgate(moto, tmp: Path, *, upstream_port: int | None = None, extra: str 
         "APGATE_TEST_BOB_SECRET": bob_secret,
         "AWS_EC2_METADATA_DISABLED": "true",
     })
+    env.update(conftest.apgate_log_env())
     log_path = tmp / f"apgate-{admin}.log"
+    conftest.register_apgate(log_path, bob_secret, moto.secret_access_key)
     with open(log_path, "wb") as out:
         proc = subprocess.Popen([str(binary), "serve", "-c", str(config)],
                                 stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp)
