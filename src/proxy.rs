@@ -621,17 +621,29 @@ async fn read_replay_body(
         &failed,
         received,
     );
-    match http_body_util::Limited::new(metered, limit).collect().await {
-        Ok(collected) => {
-            let bytes = collected.to_bytes();
-            if bytes.len() == limit {
-                Ok(bytes)
-            } else {
-                Err(incomplete_body())
+    // One allocation of exactly the declared length; each frame is copied in and dropped at once,
+    // so hyper reuses its read buffer instead of the frames pinning it (what `collect` does).
+    let mut buf = bytes::BytesMut::with_capacity(limit);
+    let mut metered = std::pin::pin!(metered);
+    loop {
+        match metered.frame().await {
+            None => break,
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    if data.len() > limit - buf.len() {
+                        return Err(incomplete_body());
+                    }
+                    buf.extend_from_slice(&data);
+                }
             }
+            Some(Err(_)) if idle.load(Ordering::Relaxed) => return Err(request_timeout()),
+            Some(Err(_)) => return Err(incomplete_body()),
         }
-        Err(_) if idle.load(Ordering::Relaxed) => Err(request_timeout()),
-        Err(_) => Err(incomplete_body()),
+    }
+    if buf.len() == limit {
+        Ok(buf.freeze())
+    } else {
+        Err(incomplete_body())
     }
 }
 

@@ -239,7 +239,7 @@ def proc_status(pid: int) -> dict[str, int]:
     with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as fh:
         for line in fh:
             key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
+            if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
                 out[key] = int(value.split()[0])  # kB
     return out
 
@@ -253,6 +253,8 @@ class Sample:
     t: float  # seconds since the traffic started
     rss_kib: int
     hwm_kib: int
+    anon_kib: int  # RssAnon: the process's own memory (heap, stacks): where a leak shows
+    file_kib: int  # RssFile: pages of the executable and libraries mapped in so far
     fds: int
     moto_rss_kib: int
     actions: int
@@ -268,7 +270,7 @@ def take_sample(world: World, t: float, actions: int) -> Sample:
     except OSError:
         moto_rss = 0
     return Sample(t=round(t, 1), rss_kib=st.get("VmRSS", 0), hwm_kib=st.get("VmHWM", 0),
-                  fds=fd_count(world.apgate.pid), moto_rss_kib=moto_rss, actions=actions)
+                  anon_kib=st.get("RssAnon", 0), file_kib=st.get("RssFile", 0), fds=fd_count(world.apgate.pid), moto_rss_kib=moto_rss, actions=actions)
 
 
 # ----------------------------------------------------------------------------- outcome bookkeeping
@@ -663,17 +665,33 @@ def rss_windows(samples: list[Sample], traffic_seconds: float) -> dict:
         mid = len(values) // 2
         return float(values[mid]) if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
 
-    warm = [s.rss_kib for s in samples if wp <= s.t < wp + width] or [samples[-1].rss_kib]
-    end = [s.rss_kib for s in samples if traffic_seconds - width < s.t <= traffic_seconds] or [samples[-1].rss_kib]
-    w, e = median(warm), median(end)
+    warm_samples = [s for s in samples if wp <= s.t < wp + width] or [samples[-1]]
+    end_samples = [s for s in samples if traffic_seconds - width < s.t <= traffic_seconds] or [samples[-1]]
+
+    def drift(field: str) -> tuple[float, float, float]:
+        w = median([getattr(s, field) for s in warm_samples])
+        e = median([getattr(s, field) for s in end_samples])
+        return round(w / 1024, 2), round(e / 1024, 2), round(100.0 * (e - w) / w, 2) if w else 0.0
+
+    w, e, d = drift("rss_kib")
+    aw, ae, ad = drift("anon_kib")
+    fw, fe, fd = drift("file_kib")
     return {
         "window_s": width,
         "warmup_window": [round(wp, 1), round(wp + width, 1)],
         "end_window": [round(traffic_seconds - width, 1), round(traffic_seconds, 1)],
-        "warmup_median_mib": round(w / 1024, 2),
-        "end_median_mib": round(e / 1024, 2),
-        "drift_percent": round(100.0 * (e - w) / w, 2) if w else 0.0,
-        "samples_in_windows": [len(warm), len(end)],
+        "warmup_median_mib": w,
+        "end_median_mib": e,
+        "drift_percent": d,
+        # The two parts of VmRSS: anonymous memory (heap, stacks: a leak shows here) and the
+        # executable's pages mapped in so far (grows as rarely taken code paths first run).
+        "anon_warmup_median_mib": aw,
+        "anon_end_median_mib": ae,
+        "anon_drift_percent": ad,
+        "file_warmup_median_mib": fw,
+        "file_end_median_mib": fe,
+        "file_drift_percent": fd,
+        "samples_in_windows": [len(warm_samples), len(end_samples)],
     }
 
 
@@ -852,6 +870,9 @@ def render(report: dict) -> str:
     lines.append(f"  apgate RSS, medians of {rw['window_s']:.0f}s windows (gated for runs >= "
                  f"{fmt_duration(RSS_GATE_MIN_DURATION)}): warm-up {rw['warmup_window']} {rw['warmup_median_mib']:.2f} MiB, "
                  f"end {rw['end_window']} {rw['end_median_mib']:.2f} MiB, drift {rw['drift_percent']:+.2f} %")
+    lines.append(f"    of which anonymous (heap, stacks) {rw['anon_warmup_median_mib']:.2f} -> {rw['anon_end_median_mib']:.2f} MiB "
+                 f"({rw['anon_drift_percent']:+.2f} %), file-backed (the executable's pages) "
+                 f"{rw['file_warmup_median_mib']:.2f} -> {rw['file_end_median_mib']:.2f} MiB ({rw['file_drift_percent']:+.2f} %)")
     lines.append(f"  apgate fds: before traffic {report['fds_baseline']}, warm-up {report['fds_warmup']}, "
                  f"end {report['fds_end']}, idle {report['fds_idle']} (tolerance +{FD_TOLERANCE})")
     lines.append(f"  moto RSS: warm-up {w['moto_rss_kib'] / 1024:.0f} MiB, end {e['moto_rss_kib'] / 1024:.0f} MiB")
