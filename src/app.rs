@@ -452,7 +452,9 @@ impl Conn {
         builder
             .timer(TokioTimer::new())
             .header_read_timeout(server.header_read_timeout)
-            .max_buf_size(server.max_header_bytes.max(8192))
+            // The read buffer also bounds how much of a head hyper takes in; apgate refuses a head
+            // over max_header_bytes itself (400 RequestHeaderSectionTooLarge).
+            .max_buf_size(server.read_buffer_bytes.max(server.max_header_bytes))
             .keep_alive(true);
         let conn = graceful.watch(builder.serve_connection(io, svc));
         if let Err(error) = conn.await {

@@ -50,6 +50,9 @@ pub struct ServerConfig {
     /// A request body the client stops sending for this long fails the request with
     /// `400 RequestTimeout` (and aborts the upstream request).
     pub client_body_idle_timeout: Duration,
+    /// The most a client connection's read buffer grows to (it starts at 8 KiB and grows only
+    /// while reads fill it): the size of the body frames an upload streams in.
+    pub read_buffer_bytes: usize,
 }
 
 /// The access log (one JSON line per request).
@@ -141,6 +144,9 @@ pub struct UpstreamConfig {
     pub body_idle_timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_host: usize,
+    /// The most an upstream connection's read buffer grows to: the size of the body frames a
+    /// download streams in.
+    pub read_buffer_bytes: usize,
     pub retry: RetryConfig,
 }
 

@@ -74,6 +74,7 @@ impl Upstream {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(config.pool_idle_timeout)
             .pool_max_idle_per_host(config.pool_max_idle_per_host)
+            .http1_max_buf_size(config.read_buffer_bytes)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .build(https);

@@ -1242,7 +1242,7 @@ fn cases() -> Vec<Case> {
             v2_get(Some(&http_date(SystemTime::now())), Some("AWS APGUNKNOWNKEY0000001:c2lnbmF0dXJl")),
             S3(403, "InvalidAccessKeyId"),
         ),
-        // --- Oversized and malformed heads (hyper answers before apgate).
+        // --- Oversized and malformed heads (past the read buffer, hyper answers before apgate).
         case(
             "too many headers (200)",
             Src,
@@ -1276,12 +1276,18 @@ fn cases() -> Vec<Case> {
             "head of 200 KB (well over max_header_bytes)",
             Src,
             src("GET", "/shared/Bob/k", &[("x-big", &"a".repeat(200_000))], b""),
-            Bare(431),
+            S3(400, "RequestHeaderSectionTooLarge"),
         ),
         case(
-            "head of 1 MB",
+            "head of 1 MB (just inside the 1 MiB read buffer)",
             Src,
             src("GET", "/shared/Bob/k", &[("x-big", &"a".repeat(1_000_000))], b""),
+            S3(400, "RequestHeaderSectionTooLarge"),
+        ),
+        case(
+            "head of 4 MB (far over the read buffer: hyper refuses it before apgate sees it)",
+            Src,
+            src("GET", "/shared/Bob/k", &[("x-big", &"a".repeat(4_000_000))], b""),
             Bare(431),
         ),
         case(

@@ -40,6 +40,7 @@ pub(crate) struct RawServer {
     pub(crate) max_concurrent_requests: Option<usize>,
     pub(crate) max_concurrent_requests_per_identity: Option<usize>,
     pub(crate) client_body_idle_timeout_seconds: Option<f64>,
+    pub(crate) read_buffer_bytes: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -115,6 +116,7 @@ pub(crate) struct RawUpstream {
     pub(crate) body_idle_timeout_seconds: Option<f64>,
     pub(crate) pool_idle_timeout_seconds: Option<f64>,
     pub(crate) pool_max_idle_per_host: Option<usize>,
+    pub(crate) read_buffer_bytes: Option<usize>,
     #[serde(default)]
     pub(crate) retry: RawRetry,
 }

@@ -113,6 +113,17 @@ impl Checker<'_> {
         Duration::from_secs_f64(v)
     }
 
+    /// A connection read buffer's ceiling: 1 MiB unless set, 64 KiB to 16 MiB.
+    fn buffer_size(&mut self, path: &str, v: Option<usize>) -> usize {
+        const DEFAULT: usize = 1 << 20;
+        let v = v.unwrap_or(DEFAULT);
+        if !(64 * 1024..=16 << 20).contains(&v) {
+            self.problem(path, format!("{v}: want 65536 to 16777216 bytes"));
+            return DEFAULT;
+        }
+        v
+    }
+
     fn secret(&mut self, path: &str, raw: &RawSecret) -> Option<Secret> {
         let given = [raw.env.is_some(), raw.file.is_some(), raw.insecure_inline.is_some()];
         if given.iter().filter(|g| **g).count() != 1 {
@@ -198,6 +209,7 @@ fn validate(raw: RawConfig, env: &dyn Env) -> Result<Config, ConfigError> {
             raw.server.client_body_idle_timeout_seconds,
             30.0,
         ),
+        read_buffer_bytes: c.buffer_size("server.read_buffer_bytes", raw.server.read_buffer_bytes),
     };
     if server.max_concurrent_requests == 0 {
         c.problem("server.max_concurrent_requests", "must be at least 1");
@@ -433,6 +445,7 @@ fn validate(raw: RawConfig, env: &dyn Env) -> Result<Config, ConfigError> {
         body_idle_timeout: c.seconds("upstream.body_idle_timeout_seconds", u.body_idle_timeout_seconds, 60.0),
         pool_idle_timeout: c.seconds("upstream.pool_idle_timeout_seconds", u.pool_idle_timeout_seconds, 30.0),
         pool_max_idle_per_host: u.pool_max_idle_per_host.unwrap_or(64),
+        read_buffer_bytes: c.buffer_size("upstream.read_buffer_bytes", u.read_buffer_bytes),
         retry: validate_retry(&mut c, &u.retry),
     };
 

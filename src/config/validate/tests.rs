@@ -286,6 +286,18 @@ fn reports_each_problem_with_its_key_path() {
             "server.client_body_idle_timeout_seconds",
             "above 0",
         ),
+        (
+            "[upstream]\n",
+            "[server]\nread_buffer_bytes = 4096\n\n[upstream]\n",
+            "server.read_buffer_bytes",
+            "want 65536 to 16777216",
+        ),
+        (
+            "region = \"us-east-1\"\nendpoint",
+            "region = \"us-east-1\"\nread_buffer_bytes = 17000000\nendpoint",
+            "upstream.read_buffer_bytes",
+            "want 65536 to 16777216",
+        ),
     ];
     for (from, to, path, message) in cases {
         assert!(BASE.contains(from), "case does not apply: {from}");
