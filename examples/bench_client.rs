@@ -11,10 +11,10 @@
 //! the region is `us-east-1`.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::convert::Infallible;
-use std::pin::Pin;
+#[path = "support/repeat.rs"]
+mod repeat;
+
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
 use aws_credential_types::Credentials;
@@ -22,13 +22,14 @@ use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettin
 use aws_smithy_runtime_api::client::identity::Identity;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri};
-use http_body::{Frame, SizeHint};
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
+
+use repeat::Repeat;
 
 const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
@@ -69,34 +70,6 @@ fn signed_headers(method: &str, uri: &Uri, payload: &str) -> HeaderMap {
         );
     }
     out
-}
-
-/// `left` bytes as slices of one shared buffer.
-struct Repeat {
-    buffer: Bytes,
-    left: u64,
-}
-
-impl http_body::Body for Repeat {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        if self.left == 0 {
-            return Poll::Ready(None);
-        }
-        let len = self.left.min(self.buffer.len() as u64) as usize;
-        self.left -= len as u64;
-        Poll::Ready(Some(Ok(Frame::data(self.buffer.slice(..len)))))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.left == 0
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.left)
-    }
 }
 
 async fn connect(uri: &Uri) -> TcpStream {

@@ -9,20 +9,21 @@
 //! Usage: `bench_upstream 127.0.0.1:PORT` (prints `listening ADDR` once bound).
 #![allow(clippy::unwrap_used, missing_docs)]
 
+#[path = "support/repeat.rs"]
+mod repeat;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
-use http_body::{Frame, SizeHint};
 use http_body_util::{combinators::BoxBody, BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
+
+use repeat::Repeat;
 
 const FRAME: usize = 1 << 20;
 
@@ -32,34 +33,6 @@ fn object_size(path: &str) -> Option<u64> {
 
 fn object_body(buffer: Bytes, size: u64) -> BoxBody<Bytes, Infallible> {
     BoxBody::new(Repeat { buffer, left: size })
-}
-
-/// `left` bytes as slices of one shared buffer: no copy, no allocation per frame.
-struct Repeat {
-    buffer: Bytes,
-    left: u64,
-}
-
-impl http_body::Body for Repeat {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        if self.left == 0 {
-            return Poll::Ready(None);
-        }
-        let len = self.left.min(self.buffer.len() as u64) as usize;
-        self.left -= len as u64;
-        Poll::Ready(Some(Ok(Frame::data(self.buffer.slice(..len)))))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.left == 0
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.left)
-    }
 }
 
 async fn handle(req: Request<Incoming>, buffer: Bytes) -> Result<Response<BoxBody<Bytes, Infallible>>, Infallible> {

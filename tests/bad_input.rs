@@ -6,31 +6,30 @@
 //! the access point host.
 
 #![allow(clippy::unwrap_used)] // Test helpers: a failure here is a test failure.
+#[path = "support/gateway.rs"]
+mod gateway;
+#[path = "support/upstream.rs"]
+mod upstream;
+
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use http::{HeaderMap, HeaderName, HeaderValue, Response};
+use http_body_util::Full;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
-use apgate::app::{serve, Bound};
 use apgate::chunked::ChunkKey;
-use apgate::config::Config;
 use apgate::identity::sigv2;
 use apgate::identity::sigv4::{canonical_request, signing_key, string_to_sign};
 use apgate::s3::addressing::parse_target;
 use apgate::s3::amzdate;
 use apgate::secret::Secret;
 
-const AP_HOST: &str = "bob-ap-123456789012.s3-accesspoint.us-east-1.amazonaws.com";
-const UPSTREAM_AKID: &str = "AKIDUPSTREAM00000001";
-const UPSTREAM_SECRET: &str = "upstream-secret-key-0123456789abcdef";
+use gateway::{config_toml, final_head, listener, s3_code, source_listener, Conf, Gw, AP_HOST};
+use upstream::{Log, Recorded};
+
 const AKID: &str = "APGBOBTESTKEY0000001";
 const SECRET: &str = "bob-secret-key-0123456789abcdefXYZ";
 const HOST: &str = "apgate.test";
@@ -41,71 +40,15 @@ const ZERO_SIG: &str = "00000000000000000000000000000000000000000000000000000000
 // ---------------------------------------------------------------------------------------------
 // Harness: a recording upstream and an in-process gateway.
 
-#[derive(Debug, Clone)]
-struct Seen {
-    path_and_query: String,
-    host: String,
-    /// The request body arrived to its end.
-    complete: bool,
-    /// The framing headers the upstream got.
-    framing: String,
-}
-
-type Log = Arc<Mutex<Vec<Seen>>>;
-
 /// An upstream that records each request head, then reads the body and notes whether it ended.
 async fn scripted_upstream() -> (SocketAddr, Log) {
-    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = socket.local_addr().unwrap();
-    let seen: Log = Arc::default();
-    let log = seen.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = socket.accept().await else { return };
-            let log = log.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req: Request<Incoming>| {
-                    let log = log.clone();
-                    async move {
-                        let index = {
-                            let mut log = log.lock().unwrap();
-                            log.push(Seen {
-                                path_and_query: req
-                                    .uri()
-                                    .path_and_query()
-                                    .map(|p| p.as_str().to_owned())
-                                    .unwrap_or_default(),
-                                host: req
-                                    .headers()
-                                    .get("host")
-                                    .and_then(|h| h.to_str().ok())
-                                    .unwrap_or_default()
-                                    .to_owned(),
-                                complete: false,
-                                framing: format!(
-                                    "cl={:?} te={:?}",
-                                    req.headers().get("content-length"),
-                                    req.headers().get("transfer-encoding")
-                                ),
-                            });
-                            log.len() - 1
-                        };
-                        let complete = req.into_body().collect().await.is_ok();
-                        log.lock().unwrap()[index].complete = complete;
-                        let resp = Response::builder()
-                            .status(200)
-                            .body(Full::new(Bytes::from_static(b"hello from upstream")))
-                            .unwrap();
-                        Ok::<_, std::convert::Infallible>(resp)
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    (addr, seen)
+    upstream::recording(|_| async {
+        Response::builder()
+            .status(200)
+            .body(Full::new(Bytes::from_static(b"hello from upstream")))
+            .unwrap()
+    })
+    .await
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,112 +61,54 @@ enum L {
     Src,
 }
 
-struct Gateway {
-    sig: SocketAddr,
-    v2: SocketAddr,
-    src: SocketAddr,
-    _stop: tokio::sync::oneshot::Sender<()>,
+fn addr(gw: &Gw, l: L) -> SocketAddr {
+    gw.listener(match l {
+        L::Sig => "sig",
+        L::V2 => "v2",
+        L::Src => "src",
+    })
 }
 
-impl Gateway {
-    fn addr(&self, l: L) -> SocketAddr {
-        match l {
-            L::Sig => self.sig,
-            L::V2 => self.v2,
-            L::Src => self.src,
-        }
-    }
-}
-
-async fn gateway(upstream: SocketAddr) -> Gateway {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let toml = format!(
+async fn gateway(upstream: SocketAddr) -> Gw {
+    let listeners = [
+        listener("sig", r#"["sigv4"]"#),
+        listener("v2", r#"["sigv2", "sigv4"]"#),
+        source_listener("src"),
+    ]
+    .concat();
+    let tables = format!(
         r#"
-[admin]
-address = "127.0.0.1:0"
-
-[[listeners]]
-name = "sig"
-address = "127.0.0.1:0"
-identity_methods = ["sigv4"]
-
-[[listeners]]
-name = "v2"
-address = "127.0.0.1:0"
-identity_methods = ["sigv2", "sigv4"]
-
-[[listeners]]
-name = "src"
-address = "127.0.0.1:0"
-identity_methods = ["source"]
-
-[[listeners.sources]]
-cidr = "127.0.0.0/8"
-identity = "bob"
-
 [server]
 max_header_bytes = 65536
 
 [sigv4]
 accepted_regions = ["{REGION}"]
 max_clock_skew_seconds = 900
-
-[upstream]
-region = "{REGION}"
-endpoint = {{ mode = "custom", url = "http://{upstream}" }}
-response_header_timeout_seconds = 2
-
-[credentials]
-type = "static"
-access_key_id = {{ insecure_inline = "{UPSTREAM_AKID}" }}
-secret_access_key = {{ insecure_inline = "{UPSTREAM_SECRET}" }}
-
-[[identities]]
-name = "bob"
-
+"#
+    );
+    let identities = format!(
+        r#"
 [[identities.keys]]
 access_key_id = "{AKID}"
 secret_access_key = {{ insecure_inline = "{SECRET}" }}
 
 [[identities]]
 name = "alice"
-
-[[routes]]
-identity = "bob"
-bucket = "shared"
-prefix = "Bob/"
-access_point = "arn:aws:s3:us-east-1:123456789012:accesspoint/bob-ap"
-
+"#
+    );
+    let conf = Conf {
+        listeners: &listeners,
+        tables: &tables,
+        upstream: "response_header_timeout_seconds = 2",
+        identities: &identities,
+        routes: r#"
 [[routes]]
 identity = "alice"
 bucket = "private"
 access_point = "arn:aws:s3:us-east-1:123456789012:accesspoint/alice-ap"
-"#
-    );
-    let config = Config::from_toml(&toml).unwrap();
-    let bound = Bound::bind(&config).await.unwrap();
-    let addr = |name: &str| {
-        bound
-            .data
-            .iter()
-            .find(|(n, _)| n == name)
-            .unwrap()
-            .1
-            .local_addr()
-            .unwrap()
+"#,
     };
-    let (sig, v2, src) = (addr("sig"), addr("v2"), addr("src"));
-    let state = apgate::app::Gateway::new(config).await.unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(serve(state, bound, async move {
-        let _ = rx.await;
-    }));
-    Gateway {
-        sig,
-        v2,
-        src,
-        _stop: tx,
-    }
+    Gw::start(config_toml(&format!("http://{upstream}"), conf)).await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -606,40 +491,31 @@ async fn exchange(addr: SocketAddr, bytes: &[u8], half_close: bool) -> Got {
 }
 
 /// A complete response (skipping `100 Continue`), or `None` if more bytes are needed.
-fn parse_response(mut buf: &[u8]) -> Option<Got> {
-    loop {
-        let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
-        let head = std::str::from_utf8(&buf[..end]).ok()?;
-        let status: u16 = head.split(' ').nth(1)?.parse().ok()?;
-        if status == 100 {
-            buf = &buf[end + 4..];
-            continue;
-        }
-        let body = &buf[end + 4..];
-        let length = head.lines().find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse::<usize>().ok())?
-        });
-        let chunked = head.lines().any(|l| {
-            l.split_once(':')
-                .is_some_and(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"))
-        });
-        return match (length, chunked) {
-            (Some(n), _) if body.len() >= n => Some(Got::Response {
-                status,
-                body: String::from_utf8_lossy(&body[..n]).into_owned(),
-            }),
-            (None, true) if body.ends_with(b"0\r\n\r\n") => Some(Got::Response {
-                status,
-                body: String::from_utf8_lossy(body).into_owned(),
-            }),
-            (None, false) if status == 204 || status == 304 => Some(Got::Response {
-                status,
-                body: String::new(),
-            }),
-            _ => None,
-        };
+fn parse_response(buf: &[u8]) -> Option<Got> {
+    let (status, head, body) = final_head(buf)?;
+    let length = head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case("content-length")
+            .then(|| v.trim().parse::<usize>().ok())?
+    });
+    let chunked = head.lines().any(|l| {
+        l.split_once(':')
+            .is_some_and(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"))
+    });
+    match (length, chunked) {
+        (Some(n), _) if body.len() >= n => Some(Got::Response {
+            status,
+            body: String::from_utf8_lossy(&body[..n]).into_owned(),
+        }),
+        (None, true) if body.ends_with(b"0\r\n\r\n") => Some(Got::Response {
+            status,
+            body: String::from_utf8_lossy(body).into_owned(),
+        }),
+        (None, false) if status == 204 || status == 304 => Some(Got::Response {
+            status,
+            body: String::new(),
+        }),
+        _ => None,
     }
 }
 
@@ -648,12 +524,6 @@ fn parse_partial(buf: &[u8]) -> Got {
     let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
     Got::Response { status, body }
-}
-
-fn code_of(body: &str) -> Option<&str> {
-    let start = body.find("<Code>")? + "<Code>".len();
-    let end = body[start..].find("</Code>")? + start;
-    Some(&body[start..end])
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1895,7 +1765,7 @@ async fn the_bad_input_catalogue() {
     let mut failures = Vec::new();
     for c in &cases {
         let before = seen.lock().unwrap().len();
-        let got = exchange(gw.addr(c.listener), &c.bytes, c.half_close).await;
+        let got = exchange(addr(&gw, c.listener), &c.bytes, c.half_close).await;
         // Let anything in flight towards the upstream land (the upstream logs a head at once and
         // a body's end as soon as it comes).
         let settle = match c.expect {
@@ -1903,7 +1773,7 @@ async fn the_bad_input_catalogue() {
             _ => 20,
         };
         tokio::time::sleep(Duration::from_millis(settle)).await;
-        let upstream: Vec<Seen> = seen.lock().unwrap()[before..].to_vec();
+        let upstream: Vec<Recorded> = seen.lock().unwrap()[before..].to_vec();
         let problem = check(c.expect, &got, &upstream);
         if let Some(problem) = problem {
             failures.push(format!(
@@ -1921,7 +1791,7 @@ async fn the_bad_input_catalogue() {
     );
 }
 
-fn check(expect: Expect, got: &Got, upstream: &[Seen]) -> Option<String> {
+fn check(expect: Expect, got: &Got, upstream: &[Recorded]) -> Option<String> {
     let (status, body) = match got {
         Got::Response { status, body } => (*status, body.as_str()),
         Got::Closed => {
@@ -1931,7 +1801,7 @@ fn check(expect: Expect, got: &Got, upstream: &[Seen]) -> Option<String> {
     };
     match expect {
         S3(want, code) => {
-            if status != want || code_of(body) != Some(code) {
+            if status != want || s3_code(body) != Some(code) {
                 return Some("status/code".into());
             }
             if !upstream.is_empty() {
@@ -1939,7 +1809,7 @@ fn check(expect: Expect, got: &Got, upstream: &[Seen]) -> Option<String> {
             }
         }
         Bare(want) => {
-            if status != want || code_of(body).is_some() {
+            if status != want || s3_code(body).is_some() {
                 return Some("status/body".into());
             }
             if !upstream.is_empty() {
@@ -1948,7 +1818,7 @@ fn check(expect: Expect, got: &Got, upstream: &[Seen]) -> Option<String> {
         }
         Closed => return Some("expected a closed connection".into()),
         Aborted(want, code) => {
-            if status != want || code_of(body) != Some(code) {
+            if status != want || s3_code(body) != Some(code) {
                 return Some("status/code".into());
             }
             if upstream.iter().any(|s| s.complete) {
@@ -1959,10 +1829,11 @@ fn check(expect: Expect, got: &Got, upstream: &[Seen]) -> Option<String> {
             if status != want {
                 return Some("status".into());
             }
-            if upstream.len() != 1 || upstream[0].host != AP_HOST || !upstream[0].complete {
+            if upstream.len() != 1 || upstream[0].host() != AP_HOST || !upstream[0].complete {
                 return Some("not forwarded once, complete, to the access point host".into());
             }
-            if upstream[0].framing.contains("cl=Some") && upstream[0].framing.contains("te=Some") {
+            let framing = &upstream[0].headers;
+            if framing.contains_key("content-length") && framing.contains_key("transfer-encoding") {
                 return Some("both Content-Length and Transfer-Encoding went upstream".into());
             }
             if !upstream[0].path_and_query.starts_with("/Bob/") {

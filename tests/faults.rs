@@ -615,27 +615,10 @@ access_point = "arn:aws:s3:us-east-1:123456789012:accesspoint/bob-ap"
 "#
         ),
     );
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let config = apgate::config::Config::from_toml(&toml).unwrap();
-    let bound = apgate::app::Bound::bind(&config).await.unwrap();
-    let addr = |name: &str| {
-        bound
-            .data
-            .iter()
-            .find(|(n, _)| n == name)
-            .unwrap()
-            .1
-            .local_addr()
-            .unwrap()
-    };
-    let (bob, carol) = (addr("sidecar"), addr("carol"));
     let started = Instant::now();
-    let running = apgate::app::Gateway::new(config).await.unwrap();
+    let gw = Gw::start(toml).await;
     let start_up = started.elapsed();
-    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(apgate::app::serve(running.clone(), bound, async move {
-        let _ = stopped.await;
-    }));
+    let (bob, carol, running) = (gw.listener("sidecar"), gw.listener("carol"), &gw.running);
     assert!(!running.is_ready(), "ready without carol's credentials");
     let started = Instant::now();
     let reply = request(carol, "GET", "/shared/Carol/k", b"", WITHIN).await;

@@ -3,146 +3,56 @@
 //! bodies, `Location` headers), and how upstream failures surface (502, 504).
 
 #![allow(clippy::unwrap_used)] // Test helpers: a failure here is a test failure.
+#[path = "support/gateway.rs"]
+mod gateway;
+#[path = "support/upstream.rs"]
+mod upstream;
+
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpListener;
 
-use apgate::app::{serve, Bound};
-use apgate::config::Config;
-use apgate::identity::SigV4Verifier;
-use apgate::s3::addressing::parse_target;
-use apgate::secret::Secret;
-
-const AP_HOST: &str = "bob-ap-123456789012.s3-accesspoint.us-east-1.amazonaws.com";
-const UPSTREAM_AKID: &str = "AKIDUPSTREAM00000001";
-const UPSTREAM_SECRET: &str = "upstream-secret-key-0123456789abcdef";
-
-#[derive(Debug, Clone)]
-struct Seen {
-    method: Method,
-    path_and_query: String,
-    headers: HeaderMap,
-}
+use gateway::{config_toml, verify_upstream_signature, Conf, Gw, AP_HOST};
+use upstream::Log;
 
 /// An upstream that records each request and answers by path.
-async fn scripted_upstream() -> (SocketAddr, Arc<Mutex<Vec<Seen>>>) {
-    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = socket.local_addr().unwrap();
-    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
-    let log = seen.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = socket.accept().await else { return };
-            let log = log.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req: Request<Incoming>| {
-                    let log = log.clone();
-                    async move {
-                        let pq = req
-                            .uri()
-                            .path_and_query()
-                            .map(|p| p.as_str().to_owned())
-                            .unwrap_or_default();
-                        log.lock().unwrap().push(Seen {
-                            method: req.method().clone(),
-                            path_and_query: pq.clone(),
-                            headers: req.headers().clone(),
-                        });
-                        let resp = match req.uri().path() {
-                            "/Bob/missing" => Response::builder()
-                                .status(404)
-                                .header("content-type", "application/xml")
-                                .body(Full::new(Bytes::from(format!(
-                                    "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>NoSuchBucket</Code><Message>nope</Message><BucketName>real-shared-bucket</BucketName><Endpoint>{AP_HOST}</Endpoint><RequestId>R</RequestId></Error>"
-                                )))),
-                            "/Bob/moved" => Response::builder()
-                                .status(307)
-                                .header("location", format!("https://{AP_HOST}/Bob/moved"))
-                                .body(Full::new(Bytes::new())),
-                            "/Bob/slow" => {
-                                tokio::time::sleep(Duration::from_secs(5)).await;
-                                Response::builder().status(200).body(Full::new(Bytes::from_static(b"late")))
-                            }
-                            _ => Response::builder().status(200).body(Full::new(Bytes::from_static(b"hello from upstream"))),
-                        };
-                        Ok::<_, std::convert::Infallible>(resp.unwrap())
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    (addr, seen)
+async fn scripted_upstream() -> (SocketAddr, Log) {
+    upstream::recording(|path| async move {
+        let resp = match path.as_str() {
+            "/Bob/missing" => Response::builder()
+                .status(404)
+                .header("content-type", "application/xml")
+                .body(Full::new(Bytes::from(format!(
+                    "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>NoSuchBucket</Code><Message>nope</Message><BucketName>real-shared-bucket</BucketName><Endpoint>{AP_HOST}</Endpoint><RequestId>R</RequestId></Error>"
+                )))),
+            "/Bob/moved" => Response::builder()
+                .status(307)
+                .header("location", format!("https://{AP_HOST}/Bob/moved"))
+                .body(Full::new(Bytes::new())),
+            "/Bob/slow" => {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                Response::builder().status(200).body(Full::new(Bytes::from_static(b"late")))
+            }
+            _ => Response::builder().status(200).body(Full::new(Bytes::from_static(b"hello from upstream"))),
+        };
+        resp.unwrap()
+    })
+    .await
 }
 
-struct Gateway {
-    sidecar: SocketAddr,
-    running: Arc<apgate::app::Gateway>,
-    toml: String,
-    _stop: tokio::sync::oneshot::Sender<()>,
-}
-
-async fn gateway(upstream: SocketAddr) -> Gateway {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let toml = format!(
-        r#"
-[admin]
-address = "127.0.0.1:0"
-
-[[listeners]]
-name = "sidecar"
-address = "127.0.0.1:0"
-identity_methods = ["source"]
-
-[[listeners.sources]]
-cidr = "127.0.0.0/8"
-identity = "bob"
-
-[upstream]
-region = "us-east-1"
-endpoint = {{ mode = "custom", url = "http://{upstream}" }}
-response_header_timeout_seconds = 0.5
-
-[credentials]
-type = "static"
-access_key_id = {{ insecure_inline = "{UPSTREAM_AKID}" }}
-secret_access_key = {{ insecure_inline = "{UPSTREAM_SECRET}" }}
-
-[[identities]]
-name = "bob"
-
-[[routes]]
-identity = "bob"
-bucket = "shared"
-prefix = "Bob/"
-access_point = "arn:aws:s3:us-east-1:123456789012:accesspoint/bob-ap"
-"#
-    );
-    let config = Config::from_toml(&toml).unwrap();
-    let bound = Bound::bind(&config).await.unwrap();
-    let sidecar = bound.data[0].1.local_addr().unwrap();
-    let state = apgate::app::Gateway::new(config).await.unwrap();
-    let running = state.clone();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(serve(state, bound, async move {
-        let _ = rx.await;
-    }));
-    Gateway {
-        sidecar,
-        running,
-        toml,
-        _stop: tx,
-    }
+/// apgate with one `source` listener (every local caller is bob) and a 0.5 s response header
+/// timeout.
+async fn gateway(upstream: SocketAddr) -> Gw {
+    let conf = Conf {
+        upstream: "response_header_timeout_seconds = 0.5",
+        ..Conf::default()
+    };
+    Gw::start(config_toml(&format!("http://{upstream}"), conf)).await
 }
 
 async fn send(addr: SocketAddr, method: Method, path: &str) -> (StatusCode, HeaderMap, Bytes) {
@@ -164,33 +74,14 @@ async fn send(addr: SocketAddr, method: Method, path: &str) -> (StatusCode, Head
 async fn forwards_to_the_access_point_signed_with_apgates_key() {
     let (up, seen) = scripted_upstream().await;
     let gw = gateway(up).await;
-    let (status, _, body) = send(gw.sidecar, Method::GET, "/shared/Bob/a%20b+c%C3%BC?versionId=1").await;
+    let (status, _, body) = send(gw.addr, Method::GET, "/shared/Bob/a%20b+c%C3%BC?versionId=1").await;
     assert_eq!(status, 200);
     assert_eq!(&body[..], b"hello from upstream");
     let seen = seen.lock().unwrap()[0].clone();
     assert_eq!(seen.headers["host"], AP_HOST);
     assert_eq!(seen.path_and_query, "/Bob/a%20b%2Bc%C3%BC?versionId=1");
     // The upstream can verify what apgate signed, with apgate's own key.
-    let verifier = SigV4Verifier::new(
-        [(
-            UPSTREAM_AKID.to_owned(),
-            Arc::from("apgate"),
-            Secret::new(UPSTREAM_SECRET),
-        )],
-        vec!["us-east-1".to_owned()],
-        Duration::from_secs(900),
-    );
-    let (path, query) = seen.path_and_query.split_once('?').unwrap();
-    let target = parse_target(
-        Some(AP_HOST),
-        path,
-        Some(query),
-        &["s3-accesspoint.us-east-1.amazonaws.com".to_owned()],
-    )
-    .unwrap();
-    let ok = verifier
-        .verify(&seen.method, &target, &seen.headers, SystemTime::now())
-        .unwrap();
+    let ok = verify_upstream_signature(&seen.method, &seen.path_and_query, &seen.headers).unwrap();
     assert_eq!(&*ok.identity, "apgate");
 }
 
@@ -198,11 +89,11 @@ async fn forwards_to_the_access_point_signed_with_apgates_key() {
 async fn bucket_revealing_error_bodies_are_rewritten() {
     let (up, _) = scripted_upstream().await;
     let gw = gateway(up).await;
-    let (status, headers, body) = send(gw.sidecar, Method::GET, "/shared/Bob/missing").await;
+    let (status, headers, body) = send(gw.addr, Method::GET, "/shared/Bob/missing").await;
     assert_eq!(status, 404);
     let text = std::str::from_utf8(&body).unwrap();
     assert!(text.contains("<BucketName>shared</BucketName>"), "{text}");
-    assert!(text.contains(&format!("<Endpoint>{}</Endpoint>", gw.sidecar)), "{text}");
+    assert!(text.contains(&format!("<Endpoint>{}</Endpoint>", gw.addr)), "{text}");
     for leak in ["real-shared-bucket", "s3-accesspoint", "123456789012", "bob-ap"] {
         assert!(!text.contains(leak), "{leak} leaked: {text}");
     }
@@ -213,11 +104,11 @@ async fn bucket_revealing_error_bodies_are_rewritten() {
 async fn location_headers_point_at_apgate() {
     let (up, _) = scripted_upstream().await;
     let gw = gateway(up).await;
-    let (status, headers, _) = send(gw.sidecar, Method::GET, "/shared/Bob/moved").await;
+    let (status, headers, _) = send(gw.addr, Method::GET, "/shared/Bob/moved").await;
     assert_eq!(status, 307);
     assert_eq!(
         headers["location"],
-        format!("http://{}/shared/Bob/moved", gw.sidecar).as_str()
+        format!("http://{}/shared/Bob/moved", gw.addr).as_str()
     );
 }
 
@@ -225,7 +116,7 @@ async fn location_headers_point_at_apgate() {
 async fn an_upstream_that_does_not_answer_in_time_is_a_504() {
     let (up, _) = scripted_upstream().await;
     let gw = gateway(up).await;
-    let (status, _, body) = send(gw.sidecar, Method::GET, "/shared/Bob/slow").await;
+    let (status, _, body) = send(gw.addr, Method::GET, "/shared/Bob/slow").await;
     assert_eq!(status, 504);
     assert!(std::str::from_utf8(&body)
         .unwrap()
@@ -237,7 +128,7 @@ async fn an_unreachable_upstream_is_a_502() {
     // A port nothing listens on.
     let closed = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
     let gw = gateway(closed).await;
-    let (status, _, body) = send(gw.sidecar, Method::GET, "/shared/Bob/x").await;
+    let (status, _, body) = send(gw.addr, Method::GET, "/shared/Bob/x").await;
     assert_eq!(status, 502);
     assert!(std::str::from_utf8(&body).unwrap().contains("<Code>BadGateway</Code>"));
 }
@@ -246,7 +137,7 @@ async fn an_unreachable_upstream_is_a_502() {
 async fn a_refused_request_never_reaches_the_upstream() {
     let (up, seen) = scripted_upstream().await;
     let gw = gateway(up).await;
-    let (status, _, body) = send(gw.sidecar, Method::GET, "/shared/app/x").await;
+    let (status, _, body) = send(gw.addr, Method::GET, "/shared/app/x").await;
     assert_eq!(status, 403);
     assert!(std::str::from_utf8(&body)
         .unwrap()
@@ -259,7 +150,7 @@ async fn x_amz_query_parameters_are_refused_not_forwarded() {
     let (up, seen) = scripted_upstream().await;
     let gw = gateway(up).await;
     let (status, _, body) = send(
-        gw.sidecar,
+        gw.addr,
         Method::PUT,
         "/shared/Bob/dst?x-amz-copy-source=other-bucket%2Fsecret",
     )
@@ -275,7 +166,7 @@ async fn x_amz_query_parameters_are_refused_not_forwarded() {
 async fn a_reload_changes_routes_without_a_restart_and_a_bad_one_changes_nothing() {
     let (up, seen) = scripted_upstream().await;
     let gw = gateway(up).await;
-    let (status, _, _) = send(gw.sidecar, Method::GET, "/shared/Team/x").await;
+    let (status, _, _) = send(gw.addr, Method::GET, "/shared/Team/x").await;
     assert_eq!(status, 403, "no route for Team/ yet");
 
     // The listeners are bound to port 0 in the test config; a reload must name the same addresses,
@@ -289,7 +180,7 @@ async fn a_reload_changes_routes_without_a_restart_and_a_bad_one_changes_nothing
     let path = dir.join("apgate.toml");
     std::fs::write(&path, &with_team).unwrap();
     gw.running.reload_from(&path).await.unwrap();
-    let (status, _, _) = send(gw.sidecar, Method::GET, "/shared/Team/x").await;
+    let (status, _, _) = send(gw.addr, Method::GET, "/shared/Team/x").await;
     assert_eq!(status, 200, "the new route applies to the next request");
     assert_eq!(
         seen.lock().unwrap().last().unwrap().headers["host"],
@@ -304,7 +195,7 @@ async fn a_reload_changes_routes_without_a_restart_and_a_bad_one_changes_nothing
     .unwrap();
     let err = gw.running.reload_from(&path).await.unwrap_err();
     assert!(err.to_string().contains("routes[1].operations[0]"), "{err}");
-    let (status, _, _) = send(gw.sidecar, Method::GET, "/shared/Team/x").await;
+    let (status, _, _) = send(gw.addr, Method::GET, "/shared/Team/x").await;
     assert_eq!(status, 200, "the old configuration keeps serving");
     let metrics = gw.running.metrics.render();
     assert!(
@@ -341,15 +232,15 @@ async fn a_caller_over_its_concurrency_limit_gets_slow_down() {
     .unwrap();
     gw.running.reload_from(&path).await.unwrap();
     // The first request holds bob's only slot while the upstream stalls (until the 0.5 s timeout).
-    let sidecar = gw.sidecar;
+    let sidecar = gw.addr;
     let first = tokio::spawn(async move { send(sidecar, Method::GET, "/shared/Bob/slow").await.0 });
     tokio::time::sleep(Duration::from_millis(150)).await;
-    let (status, _, body) = send(gw.sidecar, Method::GET, "/shared/Bob/x").await;
+    let (status, _, body) = send(gw.addr, Method::GET, "/shared/Bob/x").await;
     assert_eq!(status, 503);
     assert!(std::str::from_utf8(&body).unwrap().contains("<Code>SlowDown</Code>"));
     assert_eq!(first.await.unwrap(), 504);
     // The slot is released when the first request ends.
-    let (status, _, _) = send(gw.sidecar, Method::GET, "/shared/Bob/x").await;
+    let (status, _, _) = send(gw.addr, Method::GET, "/shared/Bob/x").await;
     assert_eq!(status, 200);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -8,58 +8,32 @@
 //! connection. The recording upstream must only ever see access point hosts of the configuration.
 
 #![allow(clippy::unwrap_used)] // Test helpers: a failure here is a test failure.
+#[path = "support/gateway.rs"]
+mod gateway;
+#[path = "support/upstream.rs"]
+mod upstream;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use http::Response;
+use http_body_util::Full;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use apgate::app::{serve, Bound};
-use apgate::config::Config;
+use gateway::{config_toml, source_listener, Conf, Gw, AP_HOST as BOB_AP_HOST};
+use upstream::Log;
 
-const BOB_AP_HOST: &str = "bob-ap-123456789012.s3-accesspoint.us-east-1.amazonaws.com";
 const ALICE_AP_HOST: &str = "alice-ap-123456789012.s3-accesspoint.eu-west-1.amazonaws.com";
 
-/// Records the Host of every request it gets and answers 200.
-async fn recording_upstream() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
-    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = socket.local_addr().unwrap();
-    let hosts: Arc<Mutex<Vec<String>>> = Arc::default();
-    let log = hosts.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = socket.accept().await else { return };
-            let log = log.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req: Request<Incoming>| {
-                    let log = log.clone();
-                    async move {
-                        let host = req
-                            .headers()
-                            .get("host")
-                            .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned());
-                        log.lock().unwrap().push(host.unwrap_or_default());
-                        let _ = req.into_body().collect().await;
-                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    (addr, hosts)
+/// Records every request (the Host of each is what counts here) and answers 200.
+async fn recording_upstream() -> (SocketAddr, Log) {
+    upstream::recording(|_| async { Response::new(Full::new(Bytes::from_static(b"ok"))) }).await
 }
 
 /// "Anywhere else": counts connections and never answers.
@@ -77,59 +51,26 @@ async fn decoy() -> (SocketAddr, Arc<AtomicUsize>) {
     (addr, count)
 }
 
-async fn gateway(upstream: SocketAddr) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let toml = format!(
-        r#"
-[admin]
-address = "127.0.0.1:0"
-
-[[listeners]]
-name = "src"
-address = "127.0.0.1:0"
-identity_methods = ["source"]
-
-[[listeners.sources]]
-cidr = "127.0.0.0/8"
-identity = "bob"
-
+/// apgate with one `source` listener (every local caller is bob), virtual-hosted names under
+/// `s3.localhost`, and a second route for bob: `reports` through alice-ap (eu-west-1).
+async fn gateway(upstream: SocketAddr) -> Gw {
+    let listeners = source_listener("src");
+    let conf = Conf {
+        listeners: &listeners,
+        tables: r#"
 [addressing]
 virtual_host_domains = ["s3.localhost"]
-
-[upstream]
-region = "us-east-1"
-endpoint = {{ mode = "custom", url = "http://{upstream}" }}
-response_header_timeout_seconds = 5
-
-[credentials]
-type = "static"
-access_key_id = {{ insecure_inline = "AKIDUPSTREAM00000001" }}
-secret_access_key = {{ insecure_inline = "upstream-secret-key-0123456789abcdef" }}
-
-[[identities]]
-name = "bob"
-
-[[routes]]
-identity = "bob"
-bucket = "shared"
-prefix = "Bob/"
-access_point = "arn:aws:s3:us-east-1:123456789012:accesspoint/bob-ap"
-
+"#,
+        upstream: "response_header_timeout_seconds = 5",
+        routes: r#"
 [[routes]]
 identity = "bob"
 bucket = "reports"
 access_point = "arn:aws:s3:eu-west-1:123456789012:accesspoint/alice-ap"
-"#
-    );
-    let config = Config::from_toml(&toml).unwrap();
-    let bound = Bound::bind(&config).await.unwrap();
-    let addr = bound.data[0].1.local_addr().unwrap();
-    let state = apgate::app::Gateway::new(config).await.unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(serve(state, bound, async move {
-        let _ = rx.await;
-    }));
-    (addr, tx)
+"#,
+        ..Conf::default()
+    };
+    Gw::start(config_toml(&format!("http://{upstream}"), conf)).await
 }
 
 /// One generated request: method, request target, Host, optional copy source.
@@ -219,7 +160,8 @@ async fn send(addr: SocketAddr, method: &str, target: &str, host: &str, copy: Op
 async fn hostile_inputs_never_make_apgate_connect_anywhere_but_the_configured_upstream() {
     let (upstream, hosts) = recording_upstream().await;
     let (decoy, decoy_connections) = decoy().await;
-    let (addr, _stop) = gateway(upstream).await;
+    let gw = gateway(upstream).await;
+    let addr = gw.addr;
     let mut rng = StdRng::seed_from_u64(0x055f_000d);
     let cases = 600;
     for _ in 0..cases {
@@ -231,7 +173,18 @@ async fn hostile_inputs_never_make_apgate_connect_anywhere_but_the_configured_up
             "apgate connected to the decoy after {method} {target} (Host {host}, copy source {copy:?})"
         );
     }
-    let hosts = hosts.lock().unwrap().clone();
+    // The Host of every request the upstream got.
+    let hosts: Vec<String> = hosts
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            r.headers
+                .get("host")
+                .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
+                .unwrap_or_default()
+        })
+        .collect();
     let allowed = [BOB_AP_HOST, ALICE_AP_HOST];
     let foreign: Vec<&String> = hosts.iter().filter(|h| !allowed.contains(&h.as_str())).collect();
     assert!(

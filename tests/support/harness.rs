@@ -7,25 +7,22 @@
 #![allow(missing_debug_implementations)]
 #![allow(clippy::unwrap_used)] // Test helpers: a failure here is a test failure.
 
+#[path = "gateway.rs"]
+mod gateway;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
-use apgate::app::{serve, Bound};
-use apgate::config::Config;
-use apgate::identity::SigV4Verifier;
-use apgate::s3::addressing::parse_target;
-use apgate::secret::Secret;
-
-pub const AP_HOST: &str = "bob-ap-123456789012.s3-accesspoint.us-east-1.amazonaws.com";
-pub const UPSTREAM_AKID: &str = "AKIDUPSTREAM00000001";
-pub const UPSTREAM_SECRET: &str = "upstream-secret-key-0123456789abcdef";
+use gateway::{config_toml, final_head, s3_code, verify_upstream_signature, Conf};
+#[allow(unused_imports)] // Each test crate uses its own part of the harness.
+pub use gateway::{Gw, AP_HOST, UPSTREAM_AKID, UPSTREAM_SECRET};
 
 // ---------------------------------------------------------------------------------------------
 // The fake upstream.
@@ -358,30 +355,7 @@ async fn read_body(
 /// Whether a request the upstream saw carries a SigV4 signature by apgate's upstream key that
 /// verifies now.
 pub fn signed_by_apgate(seen: &Seen) -> bool {
-    let verifier = SigV4Verifier::new(
-        [(
-            UPSTREAM_AKID.to_owned(),
-            Arc::from("apgate"),
-            Secret::new(UPSTREAM_SECRET),
-        )],
-        vec!["us-east-1".to_owned()],
-        Duration::from_secs(900),
-    );
-    let (path, query) = match seen.target.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (seen.target.as_str(), None),
-    };
-    let Ok(target) = parse_target(
-        Some(AP_HOST),
-        path,
-        query,
-        &["s3-accesspoint.us-east-1.amazonaws.com".to_owned()],
-    ) else {
-        return false;
-    };
-    verifier
-        .verify(&seen.method, &target, &seen.headers, SystemTime::now())
-        .is_ok()
+    verify_upstream_signature(&seen.method, &seen.target, &seen.headers).is_ok()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -395,29 +369,8 @@ pub struct Tune<'a> {
     pub retry: &'a str,
 }
 
-/// An in-process apgate: one `source` listener that makes every local caller `bob`, who may use
-/// `shared/Bob/*` through `bob-ap`.
-pub struct Gw {
-    pub addr: SocketAddr,
-    pub admin: SocketAddr,
-    pub running: Arc<apgate::app::Gateway>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    pub served: tokio::task::JoinHandle<()>,
-}
-
-impl Gw {
-    pub fn metrics(&self) -> String {
-        self.running.metrics.render()
-    }
-
-    /// Starts draining (as SIGTERM does).
-    pub fn shut_down(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
-}
-
+/// The configuration of `gateway`: one `source` listener ("sidecar") that makes every local
+/// caller `bob`, who may use `shared/Bob/*` through `bob-ap`; `tune` added.
 pub fn config_text(endpoint: &str, tune: Tune<'_>) -> String {
     // Short timeouts unless the test sets its own.
     let mut upstream = tune.upstream.to_owned();
@@ -428,69 +381,21 @@ pub fn config_text(endpoint: &str, tune: Tune<'_>) -> String {
             upstream.push_str(default);
         }
     }
-    format!(
-        r#"
-[admin]
-address = "127.0.0.1:0"
-
-[server]
-{server}
-
-[[listeners]]
-name = "sidecar"
-address = "127.0.0.1:0"
-identity_methods = ["source"]
-
-[[listeners.sources]]
-cidr = "127.0.0.0/8"
-identity = "bob"
-
-[upstream]
-region = "us-east-1"
-endpoint = {{ mode = "custom", url = "{endpoint}" }}
-{upstream}
-
-[upstream.retry]
-{retry}
-
-[credentials]
-type = "static"
-access_key_id = {{ insecure_inline = "{UPSTREAM_AKID}" }}
-secret_access_key = {{ insecure_inline = "{UPSTREAM_SECRET}" }}
-
-[[identities]]
-name = "bob"
-
-[[routes]]
-identity = "bob"
-bucket = "shared"
-prefix = "Bob/"
-access_point = "arn:aws:s3:us-east-1:123456789012:accesspoint/bob-ap"
-"#,
-        server = tune.server,
-        upstream = upstream,
-        retry = tune.retry,
+    let server = format!("\n[server]\n{}\n", tune.server);
+    let upstream = format!("{upstream}\n\n[upstream.retry]\n{}\n", tune.retry);
+    config_toml(
+        endpoint,
+        Conf {
+            tables: &server,
+            upstream: &upstream,
+            ..Conf::default()
+        },
     )
 }
 
+/// An in-process apgate (see `config_text`).
 pub async fn gateway(endpoint: &str, tune: Tune<'_>) -> Gw {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let config = Config::from_toml(&config_text(endpoint, tune)).unwrap();
-    let bound = Bound::bind(&config).await.unwrap();
-    let addr = bound.data[0].1.local_addr().unwrap();
-    let admin = bound.admin.local_addr().unwrap();
-    let running = apgate::app::Gateway::new(config).await.unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let served = tokio::spawn(serve(running.clone(), bound, async move {
-        let _ = rx.await;
-    }));
-    Gw {
-        addr,
-        admin,
-        running,
-        stop: Some(tx),
-        served,
-    }
+    Gw::start(config_text(endpoint, tune)).await
 }
 
 /// The value of one sample of the Prometheus text `text`: `name{labels}` with at least the given
@@ -579,10 +484,7 @@ impl Reply {
 }
 
 pub fn code_of(body: &[u8]) -> Option<String> {
-    let text = String::from_utf8_lossy(body);
-    let start = text.find("<Code>")? + "<Code>".len();
-    let end = text[start..].find("</Code>")? + start;
-    Some(text[start..end].to_owned())
+    s3_code(&String::from_utf8_lossy(body)).map(str::to_owned)
 }
 
 /// A request head for the sidecar listener (`extra` headers added; `Content-Length` when a body
@@ -643,50 +545,41 @@ pub async fn read_reply(stream: &mut TcpStream, within: Duration) -> Reply {
 }
 
 /// Parses a response from `buf`; `ended`: the connection is over, so a partial body is final.
-fn parse(mut buf: &[u8], ended: bool) -> Option<Reply> {
-    loop {
-        let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
-        let head = std::str::from_utf8(&buf[..end]).ok()?;
-        let status: u16 = head.split(' ').nth(1)?.parse().ok()?;
-        if status == 100 {
-            buf = &buf[end + 4..];
-            continue;
-        }
-        let headers: Vec<(String, String)> = head
-            .lines()
-            .skip(1)
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-            .collect();
-        let get = |name: &str| {
-            headers
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.clone())
-        };
-        let raw = &buf[end + 4..];
-        let length = get("content-length").and_then(|v| v.parse::<usize>().ok());
-        let chunked = get("transfer-encoding").is_some_and(|v| v.contains("chunked"));
-        let (body, whole) = if chunked {
-            let (body, whole) = dechunk(raw);
-            (body, whole)
-        } else if let Some(n) = length {
-            (raw[..raw.len().min(n)].to_vec(), raw.len() >= n)
-        } else {
-            (raw.to_vec(), ended)
-        };
-        if !whole && !ended {
-            return None;
-        }
-        let code = if status >= 300 { code_of(&body) } else { None };
-        return Some(Reply::Response {
-            status,
-            code,
-            body,
-            whole,
-            headers,
-        });
+fn parse(buf: &[u8], ended: bool) -> Option<Reply> {
+    let (status, head, raw) = final_head(buf)?;
+    let headers: Vec<(String, String)> = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    let get = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    };
+    let length = get("content-length").and_then(|v| v.parse::<usize>().ok());
+    let chunked = get("transfer-encoding").is_some_and(|v| v.contains("chunked"));
+    let (body, whole) = if chunked {
+        let (body, whole) = dechunk(raw);
+        (body, whole)
+    } else if let Some(n) = length {
+        (raw[..raw.len().min(n)].to_vec(), raw.len() >= n)
+    } else {
+        (raw.to_vec(), ended)
+    };
+    if !whole && !ended {
+        return None;
     }
+    let code = if status >= 300 { code_of(&body) } else { None };
+    Some(Reply::Response {
+        status,
+        code,
+        body,
+        whole,
+        headers,
+    })
 }
 
 fn dechunk(mut raw: &[u8]) -> (Vec<u8>, bool) {
