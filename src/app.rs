@@ -303,16 +303,59 @@ impl Bound {
 /// Serves the data plane and the admin port until `shutdown` completes, then drains: `/readyz`
 /// turns false at once, the listeners stop accepting, and in-flight requests (long streams
 /// included) get up to the configured grace period to finish.
+///
+/// The data plane runs on `server.threads` threads, each with a single-threaded event loop that
+/// accepts on every listener (clones of the same sockets: the kernel hands each new connection to
+/// one of them) and serves its connections start to end with an upstream pool of its own. A
+/// request never moves between threads: no work stealing, no cross-thread wake-ups
+/// (docs/PERFORMANCE.md). The admin port, reloads and credential refreshes stay on the caller's
+/// runtime.
 pub async fn serve(gateway: Arc<Gateway>, bound: Bound, shutdown: impl Future<Output = ()>) {
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut listeners = Vec::new();
+    // Shard threads keep their event loops (and the upstream connections on them) until every
+    // shard has drained, so no in-flight request loses a connection another shard still serves.
+    let (release_tx, release_rx) = watch::channel(false);
+    let threads = gateway.state().config.server.threads.max(1);
+    let mut sockets = Vec::new();
     for (name, socket) in bound.data {
-        listeners.push(tokio::spawn(accept_loop(
-            gateway.clone(),
-            Arc::from(name.as_str()),
-            socket,
-            stop_rx.clone(),
-        )));
+        // Out of this runtime's reactor; each shard registers its own copy with its own.
+        match socket.into_std() {
+            Ok(socket) => sockets.push((Arc::<str>::from(name.as_str()), socket)),
+            Err(error) => tracing::error!(%error, listener = %name, "Cannot hand a listener to the data plane."),
+        }
+    }
+    let mut shards = Vec::new();
+    match shard_sockets(&sockets, threads) {
+        Ok(per_shard) => {
+            drop(sockets);
+            for (i, mine) in per_shard.into_iter().enumerate() {
+                shards.push(start_shard(
+                    i,
+                    mine,
+                    gateway.clone(),
+                    stop_rx.clone(),
+                    release_rx.clone(),
+                ));
+            }
+        }
+        Err(error) => {
+            // Could not duplicate the sockets (out of descriptors): serve them on this runtime.
+            tracing::warn!(%error, "Serving every listener on the shared runtime.");
+            for (name, socket) in sockets {
+                match TcpListener::from_std(socket) {
+                    Ok(socket) => {
+                        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+                        let accept = accept_loop(gateway.clone(), name, socket, stop_rx.clone());
+                        tokio::spawn(async move {
+                            accept.await;
+                            let _ = done_tx.send(());
+                        });
+                        shards.push(done_rx);
+                    }
+                    Err(error) => tracing::error!(%error, listener = %name, "Cannot accept on a listener."),
+                }
+            }
+        }
     }
     let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
     let admin = tokio::spawn(crate::admin::serve(gateway.clone(), bound.admin, admin_stop_rx));
@@ -320,12 +363,81 @@ pub async fn serve(gateway: Arc<Gateway>, bound: Bound, shutdown: impl Future<Ou
     gateway.start_draining();
     tracing::info!("Shutting down: draining in-flight requests.");
     let _ = stop_tx.send(true);
-    for t in listeners {
-        let _ = t.await;
+    for done in shards {
+        let _ = done.await;
     }
+    let _ = release_tx.send(true);
     let _ = admin_stop_tx.send(true);
     let _ = admin.await;
     tracing::info!("Stopped.");
+}
+
+/// A duplicate of every listening socket for each of `threads` shards (the originals are then
+/// dropped, so the ports close when the last shard stops accepting).
+fn shard_sockets(
+    sockets: &[(Arc<str>, std::net::TcpListener)],
+    threads: usize,
+) -> std::io::Result<Vec<Vec<(Arc<str>, std::net::TcpListener)>>> {
+    (0..threads)
+        .map(|_| {
+            sockets
+                .iter()
+                .map(|(name, socket)| Ok((name.clone(), socket.try_clone()?)))
+                .collect()
+        })
+        .collect()
+}
+
+/// Starts one data-plane thread; the receiver completes when its listeners have drained.
+fn start_shard(
+    index: usize,
+    sockets: Vec<(Arc<str>, std::net::TcpListener)>,
+    gateway: Arc<Gateway>,
+    stop: watch::Receiver<bool>,
+    mut release: watch::Receiver<bool>,
+) -> tokio::sync::oneshot::Receiver<()> {
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    // The caller's log subscriber, scoped ones included (tests capture logs that way).
+    let dispatch = tracing::dispatcher::get_default(Clone::clone);
+    let spawned = std::thread::Builder::new()
+        .name(format!("apgate-data-{index}"))
+        .spawn(move || {
+            let _log = tracing::dispatcher::set_default(&dispatch);
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(error) => {
+                    tracing::error!(%error, shard = index, "Cannot start a data-plane event loop.");
+                    return;
+                }
+            };
+            crate::upstream::use_thread_client();
+            runtime.block_on(async move {
+                let mut loops = Vec::new();
+                for (name, socket) in sockets {
+                    match TcpListener::from_std(socket) {
+                        Ok(socket) => {
+                            loops.push(tokio::spawn(accept_loop(gateway.clone(), name, socket, stop.clone())))
+                        }
+                        Err(error) => {
+                            tracing::error!(%error, listener = %name, shard = index, "Cannot accept on a listener.")
+                        }
+                    }
+                }
+                for l in loops {
+                    let _ = l.await;
+                }
+                let _ = done_tx.send(());
+                while !*release.borrow_and_update() {
+                    if release.changed().await.is_err() {
+                        break;
+                    }
+                }
+            });
+        });
+    if let Err(error) = spawned {
+        tracing::error!(%error, shard = index, "Cannot start a data-plane thread.");
+    }
+    done_rx
 }
 
 async fn accept_loop(gateway: Arc<Gateway>, name: Arc<str>, socket: TcpListener, mut stop: watch::Receiver<bool>) {

@@ -53,6 +53,9 @@ pub struct ServerConfig {
     /// The most a client connection's read buffer grows to (it starts at 8 KiB and grows only
     /// while reads fill it): the size of the body frames an upload streams in.
     pub read_buffer_bytes: usize,
+    /// Data-plane threads, each with its own event loop, share of the connections and upstream
+    /// pool (read at start-up).
+    pub threads: usize,
 }
 
 /// The access log (one JSON line per request).

@@ -53,34 +53,79 @@ impl UpstreamError {
     }
 }
 
+type HttpClient = Client<HttpsConnector<HttpConnector>, ResponseBody>;
+
 /// The pooled client.
+///
+/// On a data-plane thread (see `app::serve`: one event loop per thread) each thread uses a client
+/// of its own, built from the same settings on first use: a request and its upstream connection
+/// then never cross threads, and a thread's connections end with it. Elsewhere (tests, embedders,
+/// the admin side) the shared client is used.
 #[derive(Debug, Clone)]
 pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector>, ResponseBody>,
+    client: HttpClient,
+    config: UpstreamConfig,
+    /// Which `Upstream` a thread's own client was built for (a reload builds a new one).
+    generation: u64,
     response_header_timeout: Duration,
+}
+
+static GENERATION: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    static DATA_PLANE_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static THREAD_CLIENT: std::cell::RefCell<Option<(u64, HttpClient)>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Marks the calling thread as a data-plane thread: its requests use a client of their own.
+pub fn use_thread_client() {
+    DATA_PLANE_THREAD.with(|t| t.set(true));
+}
+
+fn build_client(config: &UpstreamConfig) -> HttpClient {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(config.connect_timeout));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_webpki_roots()
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(config.pool_idle_timeout)
+        .pool_max_idle_per_host(config.pool_max_idle_per_host)
+        .http1_max_buf_size(config.read_buffer_bytes)
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .build(https)
 }
 
 impl Upstream {
     pub fn new(config: &UpstreamConfig) -> Result<Self, std::io::Error> {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(config.connect_timeout));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(config.pool_idle_timeout)
-            .pool_max_idle_per_host(config.pool_max_idle_per_host)
-            .http1_max_buf_size(config.read_buffer_bytes)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(https);
         Ok(Self {
-            client,
+            client: build_client(config),
+            config: config.clone(),
+            generation: GENERATION.fetch_add(1, Ordering::Relaxed),
             response_header_timeout: config.response_header_timeout,
+        })
+    }
+
+    /// This thread's client for this `Upstream`: its own on a data-plane thread, else the shared one.
+    fn client(&self) -> HttpClient {
+        if !DATA_PLANE_THREAD.with(std::cell::Cell::get) {
+            return self.client.clone();
+        }
+        THREAD_CLIENT.with(|slot| {
+            let mut slot = slot.borrow_mut();
+            match &*slot {
+                Some((generation, client)) if *generation == self.generation => client.clone(),
+                _ => {
+                    let client = build_client(&self.config);
+                    *slot = Some((self.generation, client.clone()));
+                    client
+                }
+            }
         })
     }
 
@@ -89,7 +134,7 @@ impl Upstream {
         let limit = self.response_header_timeout;
         let (parts, body) = req.into_parts();
         if body.is_end_stream() {
-            let exchange = self.client.request(Request::from_parts(parts, body));
+            let exchange = self.client().request(Request::from_parts(parts, body));
             return match tokio::time::timeout(limit, exchange).await {
                 Err(_) => Err(UpstreamError::Timeout(limit)),
                 Ok(result) => result.map_err(classify),
@@ -104,7 +149,7 @@ impl Upstream {
             progress: progress.clone(),
         }
         .boxed_unsync();
-        let exchange = self.client.request(Request::from_parts(parts, body));
+        let exchange = self.client().request(Request::from_parts(parts, body));
         tokio::pin!(exchange);
         let result = async {
             // While the body goes out, only time in which the upstream takes none of it counts.

@@ -41,6 +41,7 @@ pub(crate) struct RawServer {
     pub(crate) max_concurrent_requests_per_identity: Option<usize>,
     pub(crate) client_body_idle_timeout_seconds: Option<f64>,
     pub(crate) read_buffer_bytes: Option<usize>,
+    pub(crate) threads: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

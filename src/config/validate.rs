@@ -210,7 +210,14 @@ fn validate(raw: RawConfig, env: &dyn Env) -> Result<Config, ConfigError> {
             30.0,
         ),
         read_buffer_bytes: c.buffer_size("server.read_buffer_bytes", raw.server.read_buffer_bytes),
+        threads: raw
+            .server
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)),
     };
+    if !(1..=1024).contains(&server.threads) {
+        c.problem("server.threads", format!("{}: want 1 to 1024", server.threads));
+    }
     if server.max_concurrent_requests == 0 {
         c.problem("server.max_concurrent_requests", "must be at least 1");
     }

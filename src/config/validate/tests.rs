@@ -288,6 +288,12 @@ fn reports_each_problem_with_its_key_path() {
         ),
         (
             "[upstream]\n",
+            "[server]\nthreads = 0\n\n[upstream]\n",
+            "server.threads",
+            "want 1 to 1024",
+        ),
+        (
+            "[upstream]\n",
             "[server]\nread_buffer_bytes = 4096\n\n[upstream]\n",
             "server.read_buffer_bytes",
             "want 65536 to 16777216",
