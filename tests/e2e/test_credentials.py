@@ -191,7 +191,7 @@ def ecs_server(moto, tmp: Path, lifetime: float):
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, str(HERE / "ecs_credentials_server.py"), "--port", str(port),
-             "--token", token, "--sts-endpoint", moto.endpoint, "--region", REGION,
+             f"--token={token}", "--sts-endpoint", moto.endpoint, "--region", REGION,
              "--role-arn", setup_moto.role_arn(setup_moto.TASK_ROLE), "--lifetime", str(lifetime)],
             stdout=out, stderr=subprocess.STDOUT, env=env,
         )
