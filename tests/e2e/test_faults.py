@@ -311,7 +311,9 @@ def test_sigterm_under_concurrent_load_fails_nothing_in_flight(moto, tmp_path):
         stop_at = threading.Event()
         calls: list[Call] = []
         lock = threading.Lock()
-        payload = os.urandom(256 * 1024)
+        # Large enough that calls last well over the 50 ms margin below, so some are surely in
+        # flight at SIGTERM (with 256 KiB, a fast gateway sometimes had none).
+        payload = os.urandom(4 * 1024 * 1024)
 
         def worker(n: int) -> None:
             bob = gw.bob()
