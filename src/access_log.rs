@@ -191,7 +191,23 @@ impl Record<'_> {
             }
             push_str_field(out, name, value);
         }
-        let _ = write!(out, ",\"remote\":\"{}\"", self.remote);
+        out.push_str(",\"remote\":\"");
+        match self.remote {
+            SocketAddr::V4(v4) => {
+                for (i, octet) in v4.ip().octets().into_iter().enumerate() {
+                    if i > 0 {
+                        out.push('.');
+                    }
+                    push_u64(out, u64::from(octet));
+                }
+                out.push(':');
+                push_u64(out, u64::from(v4.port()));
+            }
+            SocketAddr::V6(v6) => {
+                let _ = write!(out, "{v6}");
+            }
+        }
+        out.push('"');
         for (name, value) in [
             ("identity", self.identity),
             ("method", self.method),
@@ -339,6 +355,22 @@ mod tests {
             "target": "apgate::access",
         });
         assert_eq!(doc, want);
+    }
+
+    #[test]
+    fn remote_addresses_read_as_std_writes_them() {
+        for addr in [
+            "0.0.0.0:0",
+            "255.255.255.255:65535",
+            "10.0.12.7:443",
+            "[::1]:8080",
+            "[fe80::1%2]:1",
+        ] {
+            let mut r = record("k", "bob");
+            r.remote = addr.parse().unwrap();
+            let doc: serde_json::Value = serde_json::from_str(&r.json_line(UNIX_EPOCH)).unwrap();
+            assert_eq!(doc["remote"], r.remote.to_string(), "{addr}");
+        }
     }
 
     #[test]

@@ -151,7 +151,7 @@ pub fn authenticate(
 /// What a caller trusted without a signature declared about its payload (`UNSIGNED-PAYLOAD` when
 /// nothing).
 fn declared_payload(headers: &HeaderMap) -> Result<PayloadHash, GatewayError> {
-    match headers.get("x-amz-content-sha256") {
+    match headers.get(&crate::s3::headers::X_AMZ_CONTENT_SHA256) {
         None => Ok(PayloadHash::Unsigned),
         Some(v) => v.to_str().ok().and_then(PayloadHash::parse).ok_or_else(|| {
             GatewayError::client(

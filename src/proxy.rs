@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http::{header, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -31,6 +31,10 @@ use crate::s3::addressing::{parse_target, AddressingError};
 use crate::s3::amzdate;
 use crate::s3::copy_source::CopySource;
 use crate::s3::encoding::{uri_encode_into, Slash};
+use crate::s3::headers::{
+    KEEP_ALIVE, PROXY_CONNECTION, X_AMZN_REQUESTID, X_AMZ_COPY_SOURCE, X_AMZ_DECODED_CONTENT_LENGTH, X_AMZ_ID_2,
+    X_AMZ_REQUEST_ID,
+};
 use crate::s3::{AccessPoint, BucketName, Operation, OperationClass, PayloadHash, S3Target, Support};
 use crate::signing::sign_request;
 use crate::upstream::UpstreamError;
@@ -62,13 +66,40 @@ struct Ctx {
     /// Upstream attempts made (0: nothing was sent upstream).
     attempts: u32,
     upstream_ms: Option<f64>,
-    upstream_request_id: Option<String>,
-    upstream_id2: Option<String>,
+    upstream_request_id: Option<HeaderValue>,
+    upstream_id2: Option<HeaderValue>,
     /// Whether this request holds one of its identity's concurrency slots.
     identity_slot: bool,
 }
 
 impl Ctx {
+    /// A stand-in left where a context was moved out: no allocation.
+    fn hollow(&self) -> Self {
+        Self {
+            request_id: String::new(),
+            started: self.started,
+            listener: self.listener.clone(),
+            remote: self.remote,
+            client_certificate: None,
+            scheme: self.scheme,
+            method: Method::GET,
+            head: self.head,
+            operation: self.operation,
+            identity: None,
+            bucket: None,
+            access_point: None,
+            key: None,
+            key_logging: self.key_logging,
+            error_code: None,
+            bytes_in: self.bytes_in.clone(),
+            attempts: self.attempts,
+            upstream_ms: None,
+            upstream_request_id: None,
+            upstream_id2: None,
+            identity_slot: false,
+        }
+    }
+
     fn identity_label(&self) -> &str {
         self.identity.as_deref().unwrap_or(NONE)
     }
@@ -134,7 +165,7 @@ pub async fn handle(
     let client_body_failed = Arc::new(AtomicBool::new(false));
     let limit = i64::try_from(state.config.server.max_concurrent_requests).unwrap_or(i64::MAX);
     let head_bytes = parts.method.as_str().len()
-        + parts.uri.to_string().len()
+        + parts.uri.path_and_query().map_or(1, |pq| pq.as_str().len())
         + parts
             .headers
             .iter()
@@ -379,7 +410,7 @@ async fn proxy(
     head.uri = outbound.connect_uri;
     head.headers = outbound.headers;
     if let Some(value) = copy_source {
-        head.headers.insert("x-amz-copy-source", value);
+        head.headers.insert(X_AMZ_COPY_SOURCE.clone(), value);
     }
     let outgoing = Outgoing {
         head,
@@ -415,7 +446,7 @@ async fn proxy(
         send_with_retries(state, ctx, &outgoing, bytes).await?
     } else {
         let signed_at = SystemTime::now();
-        let (up_parts, seed) = outgoing.sign(signed_at)?;
+        let (up_parts, seed) = outgoing.into_signed(signed_at)?;
         let chunk_failure: FailureSlot = Arc::default();
         let idle = state.config.server.client_body_idle_timeout;
         let upstream_body = match &caller.payload {
@@ -496,15 +527,10 @@ async fn proxy(
         }
     }
     let status = resp_parts.status;
-    let header_text = |name: &str| {
-        resp_parts
-            .headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
-    ctx.upstream_request_id = header_text("x-amz-request-id").or_else(|| header_text("x-amzn-requestid"));
-    ctx.upstream_id2 = header_text("x-amz-id-2");
+    // Kept as header values (a reference count, not a copy) until the log line is written.
+    let header = |name: &HeaderName| resp_parts.headers.get(name).filter(|v| v.to_str().is_ok()).cloned();
+    ctx.upstream_request_id = header(&X_AMZ_REQUEST_ID).or_else(|| header(&X_AMZN_REQUESTID));
+    ctx.upstream_id2 = header(&X_AMZ_ID_2);
     let mut error_code = None;
     let resp_body: ResponseBody = if ctx.head || !reveals_bucket(ctx.operation, &resp_parts) {
         crate::body::IdleTimeout::new(resp_body, state.config.upstream.body_idle_timeout).boxed_unsync()
@@ -543,7 +569,9 @@ async fn proxy(
         ctx.error_code = error_code.clone();
     }
     let state2 = state.clone();
-    let done = clone_ctx(ctx);
+    // The context moves into the body's end callback; what stays behind is never read again
+    // (the request is answered once this returns).
+    let done = std::mem::replace(ctx, ctx.hollow());
     let metered = Metered::new(resp_body, move |n, end| finish(&state2, &done, status, n, end));
     Ok(Response::from_parts(resp_parts, metered.boxed_unsync()))
 }
@@ -562,8 +590,20 @@ impl Outgoing<'_> {
     /// A signed copy of the head (a fresh `x-amz-date` for each attempt) and its signature.
     fn sign(&self, now: SystemTime) -> Result<(http::request::Parts, String), GatewayError> {
         let mut head = self.head.clone();
-        let seed = sign_request(
-            &mut head,
+        let seed = self.sign_head(&mut head, now)?;
+        Ok((head, seed))
+    }
+
+    /// The head itself, signed, for a request sent once.
+    fn into_signed(mut self, now: SystemTime) -> Result<(http::request::Parts, String), GatewayError> {
+        let mut head = std::mem::replace(&mut self.head, Request::new(()).into_parts().0);
+        let seed = self.sign_head(&mut head, now)?;
+        Ok((head, seed))
+    }
+
+    fn sign_head(&self, head: &mut http::request::Parts, now: SystemTime) -> Result<String, GatewayError> {
+        sign_request(
+            head,
             self.signing_uri,
             self.payload,
             self.credentials,
@@ -571,8 +611,7 @@ impl Outgoing<'_> {
             now,
             self.keys,
         )
-        .map_err(|e| GatewayError::client(S3ErrorCode::InvalidArgument, e.to_string()))?;
-        Ok((head, seed))
+        .map_err(|e| GatewayError::client(S3ErrorCode::InvalidArgument, e.to_string()))
     }
 }
 
@@ -858,7 +897,7 @@ fn copy_source_header(
 ) -> Result<HeaderValue, GatewayError> {
     let raw = parts
         .headers
-        .get("x-amz-copy-source")
+        .get(&X_AMZ_COPY_SOURCE)
         .and_then(|v| v.to_str().ok())
         .ok_or_else(|| GatewayError::client(S3ErrorCode::InvalidArgument, "x-amz-copy-source is not valid ASCII."))?;
     let source = CopySource::parse(raw).map_err(|e| {
@@ -994,32 +1033,6 @@ async fn discard(body: Incoming) {
     .await;
 }
 
-fn clone_ctx(c: &Ctx) -> Ctx {
-    Ctx {
-        request_id: c.request_id.clone(),
-        started: c.started,
-        listener: c.listener.clone(),
-        remote: c.remote,
-        client_certificate: c.client_certificate.clone(),
-        scheme: c.scheme,
-        method: c.method.clone(),
-        head: c.head,
-        operation: c.operation,
-        identity: c.identity.clone(),
-        bucket: c.bucket.clone(),
-        access_point: c.access_point.clone(),
-        key: c.key.clone(),
-        key_logging: c.key_logging,
-        error_code: c.error_code.clone(),
-        bytes_in: c.bytes_in.clone(),
-        attempts: c.attempts,
-        upstream_ms: c.upstream_ms,
-        upstream_request_id: c.upstream_request_id.clone(),
-        upstream_id2: c.upstream_id2.clone(),
-        identity_slot: c.identity_slot,
-    }
-}
-
 /// Refuses payload modes apgate cannot forward safely.
 fn check_payload(parts: &http::request::Parts, payload: &PayloadHash) -> Result<(), GatewayError> {
     if *payload == PayloadHash::StreamingSigV4a {
@@ -1053,7 +1066,7 @@ fn check_payload(parts: &http::request::Parts, payload: &PayloadHash) -> Result<
 fn decoded_length(parts: &http::request::Parts) -> Result<u64, GatewayError> {
     parts
         .headers
-        .get("x-amz-decoded-content-length")
+        .get(&X_AMZ_DECODED_CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
         .ok_or_else(|| {
@@ -1078,12 +1091,12 @@ fn addressing_error(e: AddressingError) -> GatewayError {
 /// Hop-by-hop response headers are the connection's, not the response's.
 fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
     for h in [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "upgrade",
+        &header::CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::TE,
+        &header::TRAILER,
+        &header::UPGRADE,
     ] {
         headers.remove(h);
     }
@@ -1162,12 +1175,23 @@ fn finish(state: &State, ctx: &Ctx, status: StatusCode, bytes_out: u64, end: Bod
         duration_ms: ctx.started.elapsed().as_secs_f64() * 1000.0,
         attempts: ctx.attempts,
         upstream_ms: ctx.upstream_ms.unwrap_or(0.0),
-        upstream_request_id: ctx.upstream_request_id.as_deref().unwrap_or(NONE),
-        upstream_id2: ctx.upstream_id2.as_deref().unwrap_or(NONE),
+        upstream_request_id: header_str(ctx.upstream_request_id.as_ref()),
+        upstream_id2: header_str(ctx.upstream_id2.as_ref()),
     }
     .emit();
 }
 
+fn header_str(value: Option<&HeaderValue>) -> &str {
+    value.and_then(|v| v.to_str().ok()).unwrap_or(NONE)
+}
+
+/// 16 uppercase hex digits, like S3's own request ids.
 fn new_request_id() -> String {
-    crate::s3::encoding::hex_lower(&rand::random::<u64>().to_be_bytes()).to_ascii_uppercase()
+    let mut id = String::with_capacity(16);
+    crate::s3::encoding::push_hex(
+        &mut id,
+        &rand::random::<u64>().to_be_bytes(),
+        crate::s3::encoding::HEX_UPPER,
+    );
+    id
 }

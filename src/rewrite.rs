@@ -14,24 +14,27 @@ use crate::s3::encoding::{uri_encode_into, Slash};
 use crate::s3::{AccessPoint, S3Target};
 
 /// Headers never forwarded: hop-by-hop (RFC 9110 §7.6.1), inbound authentication, and those the
-/// signer sets afresh.
-const DROPPED: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "expect",
-    "host",
-    "authorization",
-    "x-amz-date",
-    "x-amz-security-token",
-    "x-amz-content-sha256",
-];
+/// signer sets afresh. (A `match`: the compiler turns it into a length switch, not a scan.)
+fn dropped(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "expect"
+            | "host"
+            | "authorization"
+            | "x-amz-date"
+            | "x-amz-security-token"
+            | "x-amz-content-sha256"
+    )
+}
 
 /// The outbound request head, before signing.
 #[derive(Debug)]
@@ -72,17 +75,18 @@ pub fn rewrite(
         }
     }
 
-    let signing_uri = format!("https://{}{pq}", ap.host());
+    let signing_uri = concat(&["https://", ap.host(), &pq]);
     let connect = match endpoint {
         Endpoint::Aws => signing_uri.clone(),
         Endpoint::Custom(base) => {
             let scheme = base.scheme_str().unwrap_or("https");
             let authority = base.authority().map_or("", |a| a.as_str());
-            format!("{scheme}://{authority}{pq}")
+            concat(&[scheme, "://", authority, &pq])
         }
     };
-    // Every piece was percent-encoded above, so the URI always parses.
-    let connect_uri: Uri = connect.parse().unwrap_or_else(|_| Uri::from_static("/"));
+    // Every piece was percent-encoded above, so the URI always parses; it takes the string's
+    // buffer as it is.
+    let connect_uri = Uri::from_maybe_shared(bytes::Bytes::from(connect)).unwrap_or_else(|_| Uri::from_static("/"));
 
     let connection_listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -93,7 +97,7 @@ pub fn rewrite(
         .collect();
     let mut out = HeaderMap::with_capacity(headers.len() + 4);
     for (name, value) in headers {
-        if DROPPED.contains(&name.as_str()) || connection_listed.contains(name) {
+        if dropped(name.as_str()) || connection_listed.contains(name) {
             continue;
         }
         out.append(name.clone(), value.clone());
@@ -106,6 +110,14 @@ pub fn rewrite(
         signing_uri,
         headers: out,
     }
+}
+
+fn concat(parts: &[&str]) -> String {
+    let mut out = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for p in parts {
+        out.push_str(p);
+    }
+    out
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ pub mod addressing;
 pub mod amzdate;
 pub mod copy_source;
 pub mod encoding;
+pub mod headers;
 pub mod operation;
 pub mod payload;
 pub mod xml;

@@ -13,11 +13,11 @@ pub mod credentials;
 use std::time::SystemTime;
 
 use aws_credential_types::Credentials;
-use http::header::{HeaderName, HeaderValue, AUTHORIZATION};
+use http::header::{HeaderValue, AUTHORIZATION};
 use http::request::Parts;
 
 use crate::identity::sigv4::{
-    canonical_query, canonical_request_with_query, string_to_sign, SigningKeyCache, Trim, ALGORITHM,
+    canonical_query, canonical_request_sorted, credential_scope, string_to_sign, SigningKeyCache, Trim, ALGORITHM,
 };
 use crate::s3::{amzdate, PayloadHash};
 
@@ -29,9 +29,7 @@ pub struct SignError(String);
 /// Headers never signed, as aws-sigv4's defaults: recomputed by the signer or changed by proxies.
 const UNSIGNED_HEADERS: &[&str] = &["authorization", "user-agent", "x-amzn-trace-id", "transfer-encoding"];
 
-static X_AMZ_DATE: HeaderName = HeaderName::from_static("x-amz-date");
-static X_AMZ_CONTENT_SHA256: HeaderName = HeaderName::from_static("x-amz-content-sha256");
-static X_AMZ_SECURITY_TOKEN: HeaderName = HeaderName::from_static("x-amz-security-token");
+use crate::s3::headers::{X_AMZ_CONTENT_SHA256, X_AMZ_DATE, X_AMZ_SECURITY_TOKEN};
 
 /// Signs `parts` in place and returns the signature (the seed of a signed aws-chunked body).
 /// `signing_uri` is `https://{access point host}{path}?{query}`, already encoded; every header
@@ -52,12 +50,13 @@ pub fn sign_request(
         .ok_or_else(|| SignError(format!("not an https URI with a path: {signing_uri}")))?;
     let (path, query) = path_and_query.split_once('?').unwrap_or((path_and_query, ""));
 
-    let amz_date = amzdate::format(now);
+    let mut amz_date = String::with_capacity(16);
+    amzdate::push(&mut amz_date, now);
     let date = &amz_date[..8];
     let headers = &mut parts.headers;
     headers.remove(AUTHORIZATION);
     headers.insert(X_AMZ_DATE.clone(), value(&amz_date)?);
-    headers.insert(X_AMZ_CONTENT_SHA256.clone(), value(payload.as_str())?);
+    headers.insert(X_AMZ_CONTENT_SHA256.clone(), payload_value(payload)?);
     match credentials.session_token() {
         Some(token) => {
             let mut token = value(token)?;
@@ -68,30 +67,28 @@ pub fn sign_request(
             headers.remove(&X_AMZ_SECURITY_TOKEN);
         }
     }
-    let mut signed: Vec<&str> = Vec::with_capacity(headers.keys_len());
-    for name in headers.keys() {
+    // Every header but the unsigned ones, sorted by name; a stable sort keeps the values of a
+    // repeated header in order.
+    let mut pairs: Vec<(&str, &[u8])> = Vec::with_capacity(headers.len());
+    for (name, v) in headers.iter() {
         if !UNSIGNED_HEADERS.contains(&name.as_str()) {
-            signed.push(name.as_str());
-        }
-    }
-    signed.sort_unstable();
-    for name in &signed {
-        for v in headers.get_all(*name) {
             v.to_str()
                 .map_err(|_| SignError(format!("header {name} is not visible ASCII")))?;
+            pairs.push((name.as_str(), v.as_bytes()));
         }
     }
+    pairs.sort_by(|a, b| a.0.cmp(b.0));
 
-    let canonical = canonical_request_with_query(
+    let (canonical, signed) = canonical_request_sorted(
         parts.method.as_str(),
         path,
         &canonical_query(query, &[]),
-        headers,
-        &signed,
+        &pairs,
         payload.as_str().as_bytes(),
         Trim::Spaces,
     );
-    let scope = format!("{date}/{region}/s3/aws4_request");
+    drop(pairs);
+    let scope = credential_scope(date, region, "s3");
     let sts = string_to_sign(&amz_date, &scope, &canonical);
     let key = keys.get(
         credentials.access_key_id(),
@@ -101,25 +98,37 @@ pub fn sign_request(
     );
     let signature = aws_sigv4::sign::v4::calculate_signature(key, sts.as_bytes());
 
-    let mut authorization = String::with_capacity(160 + 24 * signed.len());
+    let mut authorization = String::with_capacity(160 + signed.len());
     authorization.push_str(ALGORITHM);
     authorization.push_str(" Credential=");
     authorization.push_str(credentials.access_key_id());
     authorization.push('/');
     authorization.push_str(&scope);
     authorization.push_str(", SignedHeaders=");
-    for (i, name) in signed.iter().enumerate() {
-        if i > 0 {
-            authorization.push(';');
-        }
-        authorization.push_str(name);
-    }
+    authorization.push_str(&signed);
     authorization.push_str(", Signature=");
     authorization.push_str(&signature);
-    let mut authorization = value(&authorization)?;
+    // The value takes the string's buffer as it is (no copy).
+    let mut authorization =
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(authorization)).map_err(|e| SignError(e.to_string()))?;
     authorization.set_sensitive(true);
     parts.headers.insert(AUTHORIZATION, authorization);
     Ok(signature)
+}
+
+/// The `x-amz-content-sha256` value: a static one for the fixed forms.
+fn payload_value(payload: &PayloadHash) -> Result<HeaderValue, SignError> {
+    Ok(match payload {
+        PayloadHash::Unsigned => HeaderValue::from_static("UNSIGNED-PAYLOAD"),
+        PayloadHash::StreamingSigned { trailer: false } => {
+            HeaderValue::from_static("STREAMING-AWS4-HMAC-SHA256-PAYLOAD")
+        }
+        PayloadHash::StreamingSigned { trailer: true } => {
+            HeaderValue::from_static("STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER")
+        }
+        PayloadHash::StreamingUnsignedTrailer => HeaderValue::from_static("STREAMING-UNSIGNED-PAYLOAD-TRAILER"),
+        other => value(other.as_str())?,
+    })
 }
 
 fn value(v: &str) -> Result<HeaderValue, SignError> {

@@ -112,19 +112,19 @@ impl Upstream {
     }
 
     /// This thread's client for this `Upstream`: its own on a data-plane thread, else the shared one.
-    fn client(&self) -> HttpClient {
+    /// Starts an exchange on this thread's client (no clone of it per request).
+    fn request(&self, req: Request<ResponseBody>) -> hyper_util::client::legacy::ResponseFuture {
         if !DATA_PLANE_THREAD.with(std::cell::Cell::get) {
-            return self.client.clone();
+            return self.client.request(req);
         }
         THREAD_CLIENT.with(|slot| {
             let mut slot = slot.borrow_mut();
+            if !matches!(&*slot, Some((generation, _)) if *generation == self.generation) {
+                *slot = Some((self.generation, build_client(&self.config)));
+            }
             match &*slot {
-                Some((generation, client)) if *generation == self.generation => client.clone(),
-                _ => {
-                    let client = build_client(&self.config);
-                    *slot = Some((self.generation, client.clone()));
-                    client
-                }
+                Some((_, client)) => client.request(req),
+                None => self.client.request(req),
             }
         })
     }
@@ -134,7 +134,7 @@ impl Upstream {
         let limit = self.response_header_timeout;
         let (parts, body) = req.into_parts();
         if body.is_end_stream() {
-            let exchange = self.client().request(Request::from_parts(parts, body));
+            let exchange = self.request(Request::from_parts(parts, body));
             return match tokio::time::timeout(limit, exchange).await {
                 Err(_) => Err(UpstreamError::Timeout(limit)),
                 Ok(result) => result.map_err(classify),
@@ -149,7 +149,7 @@ impl Upstream {
             progress: progress.clone(),
         }
         .boxed_unsync();
-        let exchange = self.client().request(Request::from_parts(parts, body));
+        let exchange = self.request(Request::from_parts(parts, body));
         tokio::pin!(exchange);
         let result = async {
             // While the body goes out, only time in which the upstream takes none of it counts.

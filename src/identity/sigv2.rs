@@ -189,7 +189,7 @@ pub fn verify(
         .with_detail("AWSAccessKeyId", akid));
     }
     let payload = match headers
-        .get("x-amz-content-sha256")
+        .get(&crate::s3::headers::X_AMZ_CONTENT_SHA256)
         .and_then(|v| v.to_str().ok())
         .and_then(PayloadHash::parse)
     {

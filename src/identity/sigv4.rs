@@ -222,12 +222,15 @@ impl SigV4Verifier {
             ))
             .with_detail("Region", self.accepted_regions.first().cloned().unwrap_or_default()));
         }
-        let amz_date = headers.get("x-amz-date").and_then(|v| v.to_str().ok()).ok_or_else(|| {
-            GatewayError::client(
-                S3ErrorCode::AccessDenied,
-                "AWS authentication requires a valid x-amz-date header.",
-            )
-        })?;
+        let amz_date = headers
+            .get(&crate::s3::headers::X_AMZ_DATE)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| {
+                GatewayError::client(
+                    S3ErrorCode::AccessDenied,
+                    "AWS authentication requires a valid x-amz-date header.",
+                )
+            })?;
         let request_time = amzdate::parse(amz_date).ok_or_else(|| {
             GatewayError::client(
                 S3ErrorCode::AccessDenied,
@@ -271,7 +274,7 @@ impl SigV4Verifier {
 
         require_signed_amz_headers(headers, &auth.signed_headers)?;
 
-        let payload_value = headers.get("x-amz-content-sha256").ok_or_else(|| {
+        let payload_value = headers.get(&crate::s3::headers::X_AMZ_CONTENT_SHA256).ok_or_else(|| {
             GatewayError::client(
                 S3ErrorCode::MissingSecurityHeader,
                 "Your request is missing the required header x-amz-content-sha256.",
@@ -292,11 +295,11 @@ impl SigV4Verifier {
             &auth.signed_headers,
             payload_value.as_bytes(),
         );
-        let scope = format!("{}/{}/{}/aws4_request", auth.date, auth.region, auth.service);
+        let scope = credential_scope(auth.date, auth.region, auth.service);
         let sts = string_to_sign(amz_date, &scope, &creq);
         let signing_key = self.derived_key(auth.access_key_id, &key.secret, auth.date, auth.region);
-        let expected = crate::s3::encoding::hex_lower(&hmac(&signing_key, sts.as_bytes()));
-        if !ct_eq(expected.as_bytes(), auth.signature.as_bytes()) {
+        let expected = crate::s3::encoding::hex32(&hmac(&signing_key, sts.as_bytes()));
+        if !ct_eq(&expected, auth.signature.as_bytes()) {
             return Err(GatewayError::client(
                 S3ErrorCode::SignatureDoesNotMatch,
                 "The request signature we calculated does not match the signature you provided. Check your key and signing method.",
@@ -550,8 +553,14 @@ pub fn parse_authorization(value: &str) -> Result<AuthorizationHeader<'_>, Gatew
     let signature =
         signature.ok_or_else(|| malformed("The authorization header is malformed; Signature is missing."))?;
 
-    let scope: Vec<&str> = credential.split('/').collect();
-    if scope.len() != 5 || scope[4] != "aws4_request" || scope[0].is_empty() {
+    let mut parts = credential.split('/');
+    let mut scope = [""; 5];
+    let mut n = 0;
+    for part in parts.by_ref().take(5) {
+        scope[n] = part;
+        n += 1;
+    }
+    if n != 5 || parts.next().is_some() || scope[4] != "aws4_request" || scope[0].is_empty() {
         return Err(malformed(
             "The authorization header is malformed; the Credential must be ACCESS_KEY/YYYYMMDD/REGION/s3/aws4_request.",
         ));
@@ -653,6 +662,52 @@ pub(crate) fn canonical_request_with_query(
     out
 }
 
+/// A canonical request from header (name, value) pairs already sorted by name (a stable sort, so
+/// the values of a name keep their order), each name lowercase: what outbound signing builds
+/// from the whole outbound head, without looking any header up by name. Returns the request and
+/// the `SignedHeaders` list.
+pub(crate) fn canonical_request_sorted(
+    method: &str,
+    raw_path: &str,
+    canonical_query: &str,
+    pairs: &[(&str, &[u8])],
+    payload_hash: &[u8],
+    trim: Trim,
+) -> (Vec<u8>, String) {
+    let mut out = Vec::with_capacity(512);
+    let mut signed = String::with_capacity(16 * pairs.len());
+    out.extend_from_slice(method.as_bytes());
+    out.push(b'\n');
+    out.extend_from_slice(raw_path.as_bytes());
+    out.push(b'\n');
+    out.extend_from_slice(canonical_query.as_bytes());
+    out.push(b'\n');
+    let mut previous: Option<&str> = None;
+    for &(name, value) in pairs {
+        if previous == Some(name) {
+            out.push(b',');
+        } else {
+            if previous.is_some() {
+                out.push(b'\n');
+                signed.push(';');
+            }
+            out.extend_from_slice(name.as_bytes());
+            out.push(b':');
+            signed.push_str(name);
+            previous = Some(name);
+        }
+        push_trimmed(&mut out, value, trim);
+    }
+    if previous.is_some() {
+        out.push(b'\n');
+    }
+    out.push(b'\n');
+    out.extend_from_slice(signed.as_bytes());
+    out.push(b'\n');
+    out.extend_from_slice(payload_hash);
+    (out, signed)
+}
+
 /// Trims a header value and collapses runs of spaces (and, for [`Trim::Whitespace`], tabs) to one.
 fn push_trimmed(out: &mut Vec<u8>, value: &[u8], trim: Trim) {
     let mut in_space = false;
@@ -674,6 +729,9 @@ fn push_trimmed(out: &mut Vec<u8>, value: &[u8], trim: Trim) {
 /// named in `exclude` (the presigned `X-Amz-Signature`) are left out. Invalid escapes were already
 /// refused by addressing, so they cannot reach here; if they do, they are kept verbatim.
 pub fn canonical_query(raw_query: &str, exclude: &[&str]) -> String {
+    if raw_query.is_empty() {
+        return String::new();
+    }
     let mut pairs: Vec<(String, String)> = raw_query
         .split('&')
         .filter(|p| !p.is_empty())
@@ -707,6 +765,15 @@ fn reencode(raw: &str) -> String {
     }
 }
 
+/// `{date}/{region}/{service}/aws4_request`.
+pub(crate) fn credential_scope(date: &str, region: &str, service: &str) -> String {
+    let mut scope = String::with_capacity(date.len() + region.len() + service.len() + 16);
+    for part in [date, "/", region, "/", service, "/aws4_request"] {
+        scope.push_str(part);
+    }
+    scope
+}
+
 /// `AWS4-HMAC-SHA256\n<timestamp>\n<scope>\n<hex sha256(canonical request)>`.
 pub fn string_to_sign(amz_date: &str, scope: &str, canonical_request: &[u8]) -> String {
     let mut out = String::with_capacity(ALGORITHM.len() + amz_date.len() + scope.len() + 67);
@@ -716,7 +783,11 @@ pub fn string_to_sign(amz_date: &str, scope: &str, canonical_request: &[u8]) -> 
     out.push('\n');
     out.push_str(scope);
     out.push('\n');
-    out.push_str(&crate::s3::encoding::hex_lower(&Sha256::digest(canonical_request)));
+    crate::s3::encoding::push_hex(
+        &mut out,
+        &Sha256::digest(canonical_request),
+        crate::s3::encoding::HEX_LOWER,
+    );
     out
 }
 

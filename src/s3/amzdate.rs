@@ -24,33 +24,62 @@ pub fn parse(s: &str) -> Option<SystemTime> {
 
 /// Formats a time as `YYYYMMDDTHHMMSSZ`.
 pub fn format(t: SystemTime) -> String {
+    let mut out = String::with_capacity(16);
+    push(&mut out, t);
+    out
+}
+
+/// Appends a time as `YYYYMMDDTHHMMSSZ` (on the request path: no `fmt`, no allocation of its own).
+pub fn push(out: &mut String, t: SystemTime) {
     let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let (y, m, d) = civil_from_days(i64::try_from(secs / 86_400).unwrap_or(0));
     let rem = secs % 86_400;
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    push_digits(out, y, 4);
+    push_digits(out, m, 2);
+    push_digits(out, d, 2);
+    out.push('T');
+    push_digits(out, (rem / 3600) as i64, 2);
+    push_digits(out, (rem % 3600 / 60) as i64, 2);
+    push_digits(out, (rem % 60) as i64, 2);
+    out.push('Z');
 }
 
 /// Appends a time as RFC 3339 UTC with microseconds, `2026-11-28T02:38:57.727172Z` (log timestamps).
 pub fn push_rfc3339_micros(out: &mut String, t: SystemTime) {
-    use std::fmt::Write;
     let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
     let (y, m, d) = civil_from_days(i64::try_from(secs / 86_400).unwrap_or(0));
     let rem = secs % 86_400;
-    let _ = write!(
-        out,
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        since.subsec_micros()
-    );
+    push_digits(out, y, 4);
+    out.push('-');
+    push_digits(out, m, 2);
+    out.push('-');
+    push_digits(out, d, 2);
+    out.push('T');
+    push_digits(out, (rem / 3600) as i64, 2);
+    out.push(':');
+    push_digits(out, (rem % 3600 / 60) as i64, 2);
+    out.push(':');
+    push_digits(out, (rem % 60) as i64, 2);
+    out.push('.');
+    push_digits(out, i64::from(since.subsec_micros()), 6);
+    out.push('Z');
+}
+
+/// `n` in decimal, zero-padded to `width` digits (more when it needs them; negative years as 0).
+fn push_digits(out: &mut String, n: i64, width: usize) {
+    let mut n = u64::try_from(n).unwrap_or(0);
+    let mut digits = [b'0'; 20];
+    let mut i = digits.len();
+    while n > 0 {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    let start = i.min(digits.len() - width.min(digits.len()));
+    for &c in &digits[start..] {
+        out.push(char::from(c));
+    }
 }
 
 fn is_leap(y: i64) -> bool {
@@ -118,6 +147,9 @@ mod tests {
             let t = parse(s).unwrap();
             assert_eq!(t, UNIX_EPOCH + Duration::from_secs(secs), "{s}");
             assert_eq!(format(t), s);
+            let mut pushed = String::from("<");
+            push(&mut pushed, t);
+            assert_eq!(pushed, format!("<{s}"));
         }
     }
 

@@ -44,15 +44,33 @@ pub fn uri_encode_into(out: &mut String, input: &[u8], slash: Slash) {
     }
 }
 
-/// S3 `UriEncode` of raw bytes.
 /// Lowercase hex, as SigV4 writes hashes and signatures (`hex::encode` goes char by char through an
 /// iterator; this is the hot path of every request).
 pub fn hex_lower(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);
+    push_hex(&mut out, bytes, HEX_LOWER);
+    out
+}
+
+/// Lowercase hex digits.
+pub const HEX_LOWER: &[u8; 16] = b"0123456789abcdef";
+/// Uppercase hex digits.
+pub const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
+
+/// Appends `bytes` in hex with the given digits.
+pub fn push_hex(out: &mut String, bytes: &[u8], digits: &[u8; 16]) {
     for &b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+        out.push(char::from(digits[usize::from(b >> 4)]));
+        out.push(char::from(digits[usize::from(b & 0x0f)]));
+    }
+}
+
+/// A 32-byte digest (SHA-256, HMAC-SHA256) in lowercase hex, on the stack.
+pub fn hex32(bytes: &[u8; 32]) -> [u8; 64] {
+    let mut out = [0u8; 64];
+    for (i, &b) in bytes.iter().enumerate() {
+        out[2 * i] = HEX_LOWER[usize::from(b >> 4)];
+        out[2 * i + 1] = HEX_LOWER[usize::from(b & 0x0f)];
     }
     out
 }
@@ -140,6 +158,11 @@ mod tests {
             assert_eq!(hex_lower(bytes), hex::encode(bytes));
         }
         assert_eq!(hex_lower(&[0xde, 0xad, 0xbe, 0xef]), "deadbeef");
+        let digest: [u8; 32] = std::array::from_fn(|i| (i * 37 + 5) as u8);
+        assert_eq!(&hex32(&digest)[..], hex::encode(digest).as_bytes());
+        let mut upper = String::from("x");
+        push_hex(&mut upper, &[0x0a, 0xbc], HEX_UPPER);
+        assert_eq!(upper, "x0ABC");
     }
 
     #[test]

@@ -119,7 +119,7 @@ impl Operation {
                 _ => Self::Unknown,
             };
         }
-        let copy = headers.contains_key("x-amz-copy-source");
+        let copy = headers.contains_key(&crate::s3::headers::X_AMZ_COPY_SOURCE);
         match *method {
             Method::GET if has("uploadId") => Self::ListParts,
             Method::GET if has("tagging") => Self::GetObjectTagging,

@@ -4,7 +4,7 @@
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PayloadHash {
     /// The lowercase hex SHA-256 of the body; forwarded as is, S3 checks it.
-    Sha256(String),
+    Sha256(HexSha256),
     /// `UNSIGNED-PAYLOAD`.
     Unsigned,
     /// `STREAMING-UNSIGNED-PAYLOAD-TRAILER`: aws-chunked with a checksum trailer, no signatures.
@@ -13,6 +13,23 @@ pub enum PayloadHash {
     StreamingSigned { trailer: bool },
     /// `STREAMING-AWS4-ECDSA-P256-SHA256-PAYLOAD[-TRAILER]` (SigV4a).
     StreamingSigV4a,
+}
+
+/// 64 lowercase hex digits, held inline (no allocation per request).
+#[derive(Clone, PartialEq, Eq)]
+pub struct HexSha256([u8; 64]);
+
+impl HexSha256 {
+    pub fn as_str(&self) -> &str {
+        // Only ever built from 64 ASCII hex digits.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Debug for HexSha256 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl PayloadHash {
@@ -27,7 +44,9 @@ impl PayloadHash {
                 Self::StreamingSigV4a
             }
             hex if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) => {
-                Self::Sha256(hex.to_owned())
+                let mut digits = [0u8; 64];
+                digits.copy_from_slice(hex.as_bytes());
+                Self::Sha256(HexSha256(digits))
             }
             _ => return None,
         })
@@ -36,7 +55,7 @@ impl PayloadHash {
     /// The header value.
     pub fn as_str(&self) -> &str {
         match self {
-            Self::Sha256(h) => h,
+            Self::Sha256(h) => h.as_str(),
             Self::Unsigned => "UNSIGNED-PAYLOAD",
             Self::StreamingUnsignedTrailer => "STREAMING-UNSIGNED-PAYLOAD-TRAILER",
             Self::StreamingSigned { trailer: false } => "STREAMING-AWS4-HMAC-SHA256-PAYLOAD",
@@ -54,7 +73,10 @@ mod tests {
     fn parses_the_accepted_values() {
         let empty = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
         let cases: &[(&str, Option<PayloadHash>)] = &[
-            (empty, Some(PayloadHash::Sha256(empty.into()))),
+            (
+                empty,
+                Some(PayloadHash::Sha256(HexSha256(empty.as_bytes().try_into().unwrap()))),
+            ),
             ("UNSIGNED-PAYLOAD", Some(PayloadHash::Unsigned)),
             (
                 "STREAMING-UNSIGNED-PAYLOAD-TRAILER",
@@ -73,7 +95,11 @@ mod tests {
             ("unsigned-payload", None),
         ];
         for (v, want) in cases {
-            assert_eq!(PayloadHash::parse(v), *want, "{v}");
+            let parsed = PayloadHash::parse(v);
+            assert_eq!(parsed, *want, "{v}");
+            if let Some(p) = parsed {
+                assert_eq!(p.as_str(), *v);
+            }
         }
     }
 }
