@@ -410,7 +410,6 @@ fn start_shard(
                     return;
                 }
             };
-            crate::upstream::use_thread_client();
             runtime.block_on(async move {
                 let mut loops = Vec::new();
                 for (name, socket) in sockets {

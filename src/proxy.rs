@@ -37,7 +37,7 @@ use crate::s3::headers::{
 };
 use crate::s3::{AccessPoint, BucketName, Operation, OperationClass, PayloadHash, S3Target, Support};
 use crate::signing::sign_request;
-use crate::upstream::UpstreamError;
+use crate::upstream::{UpstreamBody, UpstreamError};
 
 /// What is known about a request so far, for its metrics and its log line.
 #[derive(Debug)]
@@ -694,7 +694,7 @@ async fn send_with_retries(
     ctx: &mut Ctx,
     outgoing: &Outgoing<'_>,
     body: Bytes,
-) -> Result<Response<Incoming>, GatewayError> {
+) -> Result<Response<UpstreamBody>, GatewayError> {
     let policy = state.config.upstream.retry;
     let first_sent = Instant::now();
     loop {
@@ -767,7 +767,7 @@ async fn send_with_retries(
 const MAX_DRAINED_ERROR: usize = 64 << 10;
 
 /// Reads a bounded amount of an upstream error body and returns its S3 code.
-async fn drain_error(body: Incoming) -> Option<String> {
+async fn drain_error(body: UpstreamBody) -> Option<String> {
     let limited = http_body_util::Limited::new(body, MAX_DRAINED_ERROR);
     match tokio::time::timeout(std::time::Duration::from_secs(1), limited.collect()).await {
         Ok(Ok(collected)) => s3_error_code(&collected.to_bytes()),
@@ -864,7 +864,7 @@ fn client_location(
 
 async fn rewrite_response_body(
     ctx: &Ctx,
-    body: Incoming,
+    body: UpstreamBody,
     view: &crate::s3::xml::ClientView<'_>,
 ) -> Result<Bytes, GatewayError> {
     let limited = http_body_util::Limited::new(body, MAX_REWRITTEN_RESPONSE);

@@ -1,11 +1,12 @@
-//! The one pooled upstream client: hyper-util over hyper-rustls, with connect and response-head
-//! timeouts. Bodies stream in both directions.
+//! The upstream client: hyper's HTTP/1 connections over hyper-rustls, pooled per thread, with
+//! connect and response-head timeouts. Bodies stream in both directions.
 //!
 //! **The response-head timeout never cuts a progressing upload.** While a request body is going
 //! out, the clock only runs while the upstream takes none of it; once the body is sent, the
 //! upstream has `response_header_timeout` to answer. A 5 GiB PUT over a slow link is not a
 //! timeout; an upstream that stops reading, or never answers, is.
 
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -13,14 +14,12 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{Request, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::body::{BoxError, ResponseBody};
 use crate::config::UpstreamConfig;
@@ -53,19 +52,24 @@ impl UpstreamError {
     }
 }
 
-type HttpClient = Client<HttpsConnector<HttpConnector>, ResponseBody>;
+type Connector = HttpsConnector<HttpConnector>;
+type Sender = hyper::client::conn::http1::SendRequest<ResponseBody>;
 
-/// The pooled client.
+/// The upstream client: hyper's HTTP/1 connections over hyper-rustls, pooled per thread.
 ///
-/// On a data-plane thread (see `app::serve`: one event loop per thread) each thread uses a client
-/// of its own, built from the same settings on first use: a request and its upstream connection
-/// then never cross threads, and a thread's connections end with it. Elsewhere (tests, embedders,
-/// the admin side) the shared client is used.
+/// Each thread keeps its own idle connections (a data-plane thread runs one event loop, so a
+/// request and its upstream connection never cross threads, and taking a connection is a `Vec`
+/// pop: no lock, no shared map). A connection goes back to its thread's pool when the response
+/// body has been read to its end; one whose body was dropped early, or that the upstream closes,
+/// is not reused. Idle connections are dropped after `pool_idle_timeout`, and no more than
+/// `pool_max_idle_per_host` are kept per host and thread. A pooled connection that turns out to
+/// be closed before the request went out is replaced by another, transparently (nothing was
+/// sent), as hyper-util's pooled client does.
 #[derive(Debug, Clone)]
 pub struct Upstream {
-    client: HttpClient,
+    connector: Connector,
     config: UpstreamConfig,
-    /// Which `Upstream` a thread's own client was built for (a reload builds a new one).
+    /// Which `Upstream` a thread's pool belongs to (a reload builds a new one).
     generation: u64,
     response_header_timeout: Duration,
 }
@@ -73,71 +77,283 @@ pub struct Upstream {
 static GENERATION: AtomicU64 = AtomicU64::new(1);
 
 thread_local! {
-    static DATA_PLANE_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-    static THREAD_CLIENT: std::cell::RefCell<Option<(u64, HttpClient)>> = const { std::cell::RefCell::new(None) };
+    static POOL: std::cell::RefCell<Pool> = std::cell::RefCell::new(Pool::default());
 }
 
-/// Marks the calling thread as a data-plane thread: its requests use a client of their own.
-pub fn use_thread_client() {
-    DATA_PLANE_THREAD.with(|t| t.set(true));
+/// One thread's idle upstream connections: by scheme (`https` or not), then host.
+#[derive(Default)]
+struct Pool {
+    generation: u64,
+    idle: [HashMap<Arc<str>, Vec<Idle>>; 2],
+    sweeping: bool,
 }
 
-fn build_client(config: &UpstreamConfig) -> HttpClient {
+struct Idle {
+    sender: Sender,
+    host: Arc<str>,
+    since: Instant,
+}
+
+impl Pool {
+    /// Drops connections idle for longer than `timeout` (the oldest are at the front) and closed ones.
+    fn sweep(&mut self, timeout: Duration) {
+        let now = Instant::now();
+        for by_host in &mut self.idle {
+            by_host.retain(|_, list| {
+                list.retain(|i| !i.sender.is_closed() && now.duration_since(i.since) < timeout);
+                !list.is_empty()
+            });
+        }
+    }
+}
+
+/// Where a connection goes back when its response body is done.
+struct PoolReturn {
+    sender: Sender,
+    https: bool,
+    host: Arc<str>,
+    generation: u64,
+    max_idle: usize,
+    idle_timeout: Duration,
+}
+
+impl PoolReturn {
+    fn put_back(self) {
+        if self.sender.is_closed() || self.max_idle == 0 {
+            return;
+        }
+        let _ = POOL.try_with(|pool| {
+            let Ok(mut pool) = pool.try_borrow_mut() else {
+                return;
+            };
+            if pool.generation != self.generation {
+                return;
+            }
+            let list = pool.idle[usize::from(self.https)].entry(self.host.clone()).or_default();
+            // Entries are pushed in time order: the expired ones are a prefix.
+            let now = Instant::now();
+            let expired = list
+                .iter()
+                .take_while(|i| now.duration_since(i.since) >= self.idle_timeout)
+                .count();
+            list.drain(..expired);
+            if list.len() < self.max_idle {
+                list.push(Idle {
+                    sender: self.sender,
+                    host: self.host,
+                    since: now,
+                });
+            }
+        });
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An upstream response body. Read to its end, it gives its connection back to the pool.
+    pub struct UpstreamBody {
+        #[pin]
+        inner: Incoming,
+        pool: Option<PoolReturn>,
+    }
+
+    impl PinnedDrop for UpstreamBody {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(ret) = this.pool.take() {
+                // A body dropped before its end leaves its connection unusable; hyper closes it.
+                if this.inner.is_end_stream() {
+                    ret.put_back();
+                }
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for UpstreamBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamBody").finish_non_exhaustive()
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let mut this = self.project();
+        let polled = this.inner.as_mut().poll_frame(cx);
+        let ended = match &polled {
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
+            Poll::Ready(Some(Err(_))) => {
+                this.pool.take();
+                false
+            }
+            Poll::Pending => false,
+        };
+        if ended {
+            if let Some(ret) = this.pool.take() {
+                ret.put_back();
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn build_connector(config: &UpstreamConfig) -> Connector {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(config.connect_timeout));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
+    hyper_rustls::HttpsConnectorBuilder::new()
         .with_webpki_roots()
         .https_or_http()
         .enable_http1()
-        .wrap_connector(http);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(config.pool_idle_timeout)
-        .pool_max_idle_per_host(config.pool_max_idle_per_host)
-        .http1_max_buf_size(config.read_buffer_bytes)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .build(https)
+        .wrap_connector(http)
 }
 
 impl Upstream {
     pub fn new(config: &UpstreamConfig) -> Result<Self, std::io::Error> {
         Ok(Self {
-            client: build_client(config),
+            connector: build_connector(config),
             config: config.clone(),
             generation: GENERATION.fetch_add(1, Ordering::Relaxed),
             response_header_timeout: config.response_header_timeout,
         })
     }
 
-    /// This thread's client for this `Upstream`: its own on a data-plane thread, else the shared one.
-    /// Starts an exchange on this thread's client (no clone of it per request).
-    fn request(&self, req: Request<ResponseBody>) -> hyper_util::client::legacy::ResponseFuture {
-        if !DATA_PLANE_THREAD.with(std::cell::Cell::get) {
-            return self.client.request(req);
-        }
-        THREAD_CLIENT.with(|slot| {
-            let mut slot = slot.borrow_mut();
-            if !matches!(&*slot, Some((generation, _)) if *generation == self.generation) {
-                *slot = Some((self.generation, build_client(&self.config)));
+    /// An idle connection to `host` from this thread's pool.
+    fn checkout(&self, https: bool, host: &str) -> Option<(Sender, Arc<str>)> {
+        POOL.with(|pool| {
+            let mut pool = pool.borrow_mut();
+            if pool.generation != self.generation {
+                *pool = Pool {
+                    generation: self.generation,
+                    ..Pool::default()
+                };
             }
-            match &*slot {
-                Some((_, client)) => client.request(req),
-                None => self.client.request(req),
+            if !pool.sweeping {
+                // Connections idle past the timeout are closed even on a thread that sends
+                // nothing more.
+                pool.sweeping = true;
+                let (generation, every) = (self.generation, self.config.pool_idle_timeout);
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    runtime.spawn(async move {
+                        loop {
+                            tokio::time::sleep(every.max(Duration::from_millis(100))).await;
+                            let current = POOL.with(|pool| {
+                                let mut pool = pool.borrow_mut();
+                                pool.sweep(every);
+                                pool.generation == generation
+                            });
+                            if !current {
+                                break;
+                            }
+                        }
+                    });
+                }
             }
+            let now = Instant::now();
+            let list = pool.idle[usize::from(https)].get_mut(host)?;
+            while let Some(idle) = list.pop() {
+                if !idle.sender.is_closed() && now.duration_since(idle.since) < self.config.pool_idle_timeout {
+                    return Some((idle.sender, idle.host));
+                }
+            }
+            None
         })
     }
 
+    /// A new connection to the request's host (DNS, TCP, TLS for `https`).
+    async fn connect(&self, uri: &Uri, host: &str) -> Result<(Sender, Arc<str>), UpstreamError> {
+        let mut connector = self.connector.clone();
+        std::future::poll_fn(|cx| tower_service::Service::poll_ready(&mut connector, cx))
+            .await
+            .map_err(|e| UpstreamError::Connect(error_chain(&*e)))?;
+        let io = tower_service::Service::call(&mut connector, uri.clone())
+            .await
+            .map_err(|e| UpstreamError::Connect(error_chain(&*e)))?;
+        let (sender, connection) = hyper::client::conn::http1::Builder::new()
+            .max_buf_size(self.config.read_buffer_bytes)
+            .handshake(io)
+            .await
+            .map_err(|e| UpstreamError::Connect(error_chain(&e)))?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "Upstream connection ended with an error.");
+            }
+        });
+        Ok((sender, Arc::from(host)))
+    }
+
+    /// One exchange: a pooled connection or a new one; the response head, its body still to come.
+    async fn request(&self, mut req: Request<ResponseBody>) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let uri = req.uri().clone();
+        let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
+        let host = uri
+            .authority()
+            .map(http::uri::Authority::as_str)
+            .ok_or_else(|| UpstreamError::Exchange("the upstream URI has no host".to_owned()))?;
+        // On the wire: origin form (the Host header was set by the rewrite).
+        *req.uri_mut() = uri
+            .path_and_query()
+            .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
+        loop {
+            let (mut sender, host, reused) = match self.checkout(https, host) {
+                Some((sender, host)) => (sender, host, true),
+                None => {
+                    let (sender, host) = self.connect(&uri, host).await?;
+                    (sender, host, false)
+                }
+            };
+            if let Err(e) = sender.ready().await {
+                if reused {
+                    continue;
+                }
+                return Err(classify(&e));
+            }
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    let pool = PoolReturn {
+                        sender,
+                        https,
+                        host,
+                        generation: self.generation,
+                        max_idle: self.config.pool_max_idle_per_host,
+                        idle_timeout: self.config.pool_idle_timeout,
+                    };
+                    return Ok(resp.map(|inner| UpstreamBody {
+                        inner,
+                        pool: Some(pool),
+                    }));
+                }
+                Err(mut e) => match e.take_message() {
+                    // The pooled connection closed before the request went out: nothing was sent,
+                    // so another connection may take it.
+                    Some(back) if reused => req = back,
+                    _ => return Err(classify(&e.into_error())),
+                },
+            }
+        }
+    }
+
     /// Sends a request and waits for the response head (the body streams afterwards).
-    pub async fn send(&self, req: Request<ResponseBody>) -> Result<Response<Incoming>, UpstreamError> {
+    pub async fn send(&self, req: Request<ResponseBody>) -> Result<Response<UpstreamBody>, UpstreamError> {
         let limit = self.response_header_timeout;
         let (parts, body) = req.into_parts();
         if body.is_end_stream() {
             let exchange = self.request(Request::from_parts(parts, body));
             return match tokio::time::timeout(limit, exchange).await {
                 Err(_) => Err(UpstreamError::Timeout(limit)),
-                Ok(result) => result.map_err(classify),
+                Ok(result) => result,
             };
         }
         let progress = Arc::new(Progress::new(body));
@@ -159,14 +375,14 @@ impl Upstream {
                     return Err(UpstreamError::Timeout(limit));
                 }
                 tokio::select! {
-                    result = &mut exchange => return result.map_err(classify),
+                    result = &mut exchange => return result,
                     () = progress.done.notified() => {}
                     () = tokio::time::sleep(limit - stalled) => {}
                 }
             }
             match tokio::time::timeout(limit, &mut exchange).await {
                 Err(_) => Err(UpstreamError::Timeout(limit)),
-                Ok(result) => result.map_err(classify),
+                Ok(result) => result,
             }
         }
         .await;
@@ -190,13 +406,11 @@ impl Drop for DropBodyUnlessAnswered {
     }
 }
 
-fn classify(e: hyper_util::client::legacy::Error) -> UpstreamError {
-    if e.is_connect() {
-        UpstreamError::Connect(error_chain(&e))
-    } else if broke_before_response(&e) {
-        UpstreamError::Closed(error_chain(&e))
+fn classify(e: &hyper::Error) -> UpstreamError {
+    if broke_before_response(e) {
+        UpstreamError::Closed(error_chain(e))
     } else {
-        UpstreamError::Exchange(error_chain(&e))
+        UpstreamError::Exchange(error_chain(e))
     }
 }
 
@@ -335,5 +549,196 @@ impl Body for Tracked {
             .slot()
             .as_ref()
             .map_or_else(SizeHint::default, Body::size_hint)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::config::{Endpoint, RetryConfig};
+
+    /// How the test upstream treats a connection after each answer.
+    #[derive(Clone, Copy)]
+    enum Then {
+        KeepOpen,
+        /// Closes the connection without saying so (no `Connection: close`): an upstream that
+        /// drops idle connections.
+        Close,
+        /// The same, a while after the answer.
+        CloseLater(Duration),
+    }
+
+    /// An HTTP/1.1 upstream answering every request with `body_len` bytes; counts connections.
+    async fn upstream(after: Then, body_len: usize) -> (String, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match socket.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                        buf.drain(..end);
+                        let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {body_len}\r\n\r\n");
+                        let mut answer = head.into_bytes();
+                        answer.resize(answer.len() + body_len, b'x');
+                        if socket.write_all(&answer).await.is_err() {
+                            return;
+                        }
+                        match after {
+                            Then::KeepOpen => {}
+                            Then::Close => return,
+                            Then::CloseLater(wait) => {
+                                tokio::time::sleep(wait).await;
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (url, accepted)
+    }
+
+    fn config(url: &str, max_idle: usize, idle_timeout: Duration) -> UpstreamConfig {
+        UpstreamConfig {
+            region: "us-east-1".to_owned(),
+            endpoint: Endpoint::Custom(url.parse().unwrap()),
+            connect_timeout: Duration::from_secs(2),
+            response_header_timeout: Duration::from_secs(2),
+            body_idle_timeout: Duration::from_secs(2),
+            pool_idle_timeout: idle_timeout,
+            pool_max_idle_per_host: max_idle,
+            read_buffer_bytes: 1 << 20,
+            retry: RetryConfig {
+                max_attempts: 1,
+                replay_buffer_bytes: 0,
+                initial_backoff: Duration::from_millis(10),
+                max_backoff: Duration::from_millis(10),
+                deadline: Duration::from_secs(1),
+            },
+        }
+    }
+
+    fn get(url: &str) -> Request<ResponseBody> {
+        let mut req = Request::new(crate::body::empty());
+        *req.uri_mut() = format!("{url}/bucket/key").parse().unwrap();
+        let host = url.trim_start_matches("http://").parse().unwrap();
+        req.headers_mut().insert(http::header::HOST, host);
+        req
+    }
+
+    async fn read_all(up: &Upstream, url: &str) -> usize {
+        let resp = up.send(get(url)).await.unwrap();
+        resp.into_body().collect().await.unwrap().to_bytes().len()
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn pooling_follows_how_each_response_ended() {
+        let long = Duration::from_secs(30);
+        // (what the upstream does, body size, pool size, idle timeout, pause between requests,
+        //  read the body or drop it, connections expected for 3 requests)
+        let cases = [
+            (
+                "kept-alive, read to the end: one connection",
+                Then::KeepOpen,
+                5,
+                4,
+                long,
+                0,
+                true,
+                1,
+            ),
+            (
+                "a body dropped unread: its connection is not reused",
+                Then::KeepOpen,
+                200_000,
+                4,
+                long,
+                0,
+                false,
+                3,
+            ),
+            ("pool of 0: never reused", Then::KeepOpen, 5, 0, long, 0, true, 3),
+            (
+                "idle past the timeout: not reused",
+                Then::KeepOpen,
+                5,
+                4,
+                Duration::from_millis(50),
+                150,
+                true,
+                3,
+            ),
+            (
+                "closed by the upstream while idle: replaced, no error",
+                Then::Close,
+                5,
+                4,
+                long,
+                50,
+                true,
+                3,
+            ),
+        ];
+        for (name, after, body_len, max_idle, idle_timeout, pause_ms, read, want) in cases {
+            let (url, accepted) = upstream(after, body_len).await;
+            let up = Upstream::new(&config(&url, max_idle, idle_timeout)).unwrap();
+            for _ in 0..3 {
+                if read {
+                    assert_eq!(read_all(&up, &url).await, body_len, "{name}");
+                } else {
+                    let resp = up.send(get(&url)).await.unwrap();
+                    assert_eq!(resp.status(), 200, "{name}");
+                    drop(resp);
+                }
+                tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+            }
+            assert_eq!(accepted.load(Ordering::SeqCst), want, "{name}");
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_upstream_closing_keep_alive_connections_only_ever_causes_retryable_errors() {
+        // The upstream closes each connection 20 ms after its answer; the next request comes at
+        // 18 to 22 ms, so some go out on a connection that is closing. Nothing of a response has
+        // arrived then: the error must be `Closed`, which the retry policy retries for methods
+        // that allow it, never `Exchange` (not retried).
+        let (url, accepted) = upstream(Then::CloseLater(Duration::from_millis(20)), 5).await;
+        let up = Upstream::new(&config(&url, 4, Duration::from_secs(30))).unwrap();
+        let (mut ok, mut closed) = (0, 0);
+        for round in 0..5u64 {
+            for step in 0..=16u64 {
+                match up.send(get(&url)).await {
+                    Ok(resp) => {
+                        assert_eq!(resp.into_body().collect().await.unwrap().to_bytes().len(), 5);
+                        ok += 1;
+                    }
+                    Err(UpstreamError::Closed(_)) => closed += 1,
+                    Err(other) => panic!("round {round} step {step}: {other}"),
+                }
+                tokio::time::sleep(Duration::from_micros(18_000 + step * 250)).await;
+            }
+        }
+        assert!(
+            ok > 0 && accepted.load(Ordering::SeqCst) > 1,
+            "{ok} answered, {closed} closed"
+        );
     }
 }
