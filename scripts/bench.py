@@ -3,7 +3,8 @@
 
 Everything runs on 127.0.0.1 on this machine, in one run, so the ratios compare like with like:
   upstream  target/release/examples/bench_upstream (hyper; serves N-byte objects, swallows PUTs)
-  nginx     a plain nginx reverse proxy in front of it (keep-alive pool, no signing, no access log)
+  nginx     a plain nginx reverse proxy in front of it (keep-alive pool, no signing, no access log;
+            1 MiB buffers for the streams)
   apgate    verifying SigV4 inbound and re-signing SigV4 outbound, access log on
 
 Phases: 1 KiB GET at full speed (wrk, 64 connections), p99 at half of apgate's saturation rate (hey,
@@ -139,8 +140,9 @@ access_point = "arn:aws:s3:us-east-1:123456789012:accesspoint/bench-ap"
         stop(self.proc)
 
 
-def nginx(work: Path, upstream_port: int) -> tuple[subprocess.Popen, int]:
-    port = free_port()
+def nginx(work: Path, upstream_port: int) -> tuple[subprocess.Popen, int, int]:
+    """nginx on two ports: defaults (the 1 KiB phases) and 1 MiB buffers (the streams)."""
+    port, stream_port = free_port(), free_port()
     prefix = work / "nginx"
     prefix.mkdir(exist_ok=True)
     conf = prefix / "nginx.conf"
@@ -177,11 +179,26 @@ http {{
             proxy_set_header Connection "";
         }}
     }}
+    # For the streams: 1 MiB buffers, as apgate's read buffers (with the defaults, 4-8 KiB, nginx
+    # moves a 1 GiB stream at half this speed).
+    server {{
+        listen 127.0.0.1:{stream_port};
+        client_body_buffer_size 1m;
+        proxy_buffer_size 1m;
+        proxy_buffers 8 1m;
+        proxy_busy_buffers_size 2m;
+        location / {{
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
 }}
 """)
     p = start(["nginx", "-p", str(prefix), "-c", str(conf)], prefix / "stdout.log")
     wait_port(port)
-    return p, port
+    wait_port(stream_port)
+    return p, port, stream_port
 
 
 def sign(method: str, url: str) -> list[str]:
@@ -259,7 +276,7 @@ def main() -> int:
         up_port = free_port()
         start([str(BIN / "examples" / "bench_upstream"), f"127.0.0.1:{up_port}"], work / "upstream.log")
         wait_port(up_port)
-        ngx, ngx_port = nginx(work, up_port)
+        ngx, ngx_port, ngx_stream_port = nginx(work, up_port)
         gate = Apgate(work, up_port, "load")
         key = "obj/1024"
         targets = {
@@ -300,7 +317,7 @@ def main() -> int:
         size_key = f"obj/{big}"
         stream_urls = {
             "direct": f"http://127.0.0.1:{up_port}/{size_key}",
-            "nginx": f"http://127.0.0.1:{ngx_port}/{size_key}",
+            "nginx": f"http://127.0.0.1:{ngx_stream_port}/{size_key}",
             "apgate": gate.url(size_key),
         }
         streams = {}

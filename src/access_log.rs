@@ -288,6 +288,11 @@ fn push_str_field(out: &mut String, name: &str, value: &str) {
 
 /// JSON string escaping (RFC 8259 §7): quote, backslash and control characters.
 pub fn push_json_escaped(out: &mut String, s: &str) {
+    // Most values need no escaping: one pass over the bytes, then a single copy.
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\' && b != 0x7f) {
+        out.push_str(s);
+        return;
+    }
     let mut plain = 0;
     for (i, c) in s.char_indices() {
         let escape = match c {

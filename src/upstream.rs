@@ -310,7 +310,9 @@ impl Upstream {
             let (mut sender, host, reused) = match self.checkout(https, host) {
                 Some((sender, host)) => (sender, host, true),
                 None => {
-                    let (sender, host) = self.connect(&uri, host).await?;
+                    // Boxed: a new connection is the rare case, and its future (DNS, TCP, TLS,
+                    // handshake) is large; inline it would enlarge every request's future.
+                    let (sender, host) = Box::pin(self.connect(&uri, host)).await?;
                     (sender, host, false)
                 }
             };
