@@ -6,6 +6,14 @@
 //!   `UNSIGNED-PAYLOAD`, a shared buffer sent zero-copy) and prints `bytes seconds MiB/s`.
 //! - `bench_client idle URL N` opens N keep-alive connections, sends one signed GET on each, prints
 //!   `ready N`, holds them until stdin closes, then prints `open N` (how many apgate kept open).
+//! - `bench_client paced URL RATE SECONDS CONNECTIONS [SIGN_URL]` sends GETs at RATE per second in
+//!   all over CONNECTIONS keep-alive connections for SECONDS, each connection on its own schedule,
+//!   the schedules evenly staggered (hey's `-q` starts all its workers' tickers together, so its
+//!   requests come in bursts of one per connection), and prints `requests N errors E late L rps R
+//!   p50_ms A p99_ms B p999_ms C`: latency from each request's send to the end of its response.
+//!   `late` counts requests sent more than 2 ms after their scheduled time (the target, or this
+//!   client, could not keep up). Headers are signed for SIGN_URL (default URL), as wrk and hey
+//!   are given the same signed header set for every target.
 //!
 //! Keys come from `BENCH_ACCESS_KEY_ID` / `BENCH_SECRET_ACCESS_KEY` (unsigned requests when unset);
 //! the region is `us-east-1`.
@@ -15,7 +23,7 @@
 mod repeat;
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use aws_credential_types::Credentials;
 use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
@@ -157,10 +165,76 @@ async fn idle(url: &str, n: usize) {
     println!("open {open}");
 }
 
+async fn paced(url: &str, rate: f64, seconds: f64, connections: usize, sign_for: &str) {
+    let uri: Uri = url.parse().expect("URL");
+    let mut headers = signed_headers("GET", &sign_for.parse().expect("SIGN_URL"), EMPTY_SHA256);
+    headers.insert(
+        "host",
+        HeaderValue::from_str(uri.authority().expect("the URL has a host").as_str()).unwrap(),
+    );
+    let headers = Arc::new(headers);
+    let path = uri.path_and_query().unwrap().as_str().to_owned();
+    let interval = Duration::from_secs_f64(connections as f64 / rate);
+    let start = tokio::time::Instant::now() + Duration::from_millis(300);
+    let end = start + Duration::from_secs_f64(seconds);
+    let mut tasks = Vec::with_capacity(connections);
+    for i in 0..connections {
+        let (uri, headers, path) = (uri.clone(), headers.clone(), path.clone());
+        let mut next = start + interval.mul_f64(i as f64 / connections as f64);
+        tasks.push(tokio::spawn(async move {
+            let (mut sender, conn) = http1::handshake(TokioIo::new(connect(&uri).await)).await.unwrap();
+            tokio::spawn(conn);
+            let (mut latencies, mut errors, mut late) = (Vec::new(), 0u64, 0u64);
+            while next < end {
+                tokio::time::sleep_until(next).await;
+                let sent = tokio::time::Instant::now();
+                if sent.duration_since(next) > Duration::from_millis(2) {
+                    late += 1;
+                }
+                let mut req = Request::builder().method(Method::GET).uri(path.as_str());
+                *req.headers_mut().unwrap() = (*headers).clone();
+                let ok = match sender.send_request(req.body(Empty::<Bytes>::new()).unwrap()).await {
+                    Ok(resp) if resp.status().is_success() => resp.into_body().collect().await.is_ok(),
+                    _ => false,
+                };
+                if ok {
+                    latencies.push(u32::try_from(sent.elapsed().as_micros()).unwrap_or(u32::MAX));
+                } else {
+                    errors += 1;
+                    let (s, conn) = http1::handshake(TokioIo::new(connect(&uri).await)).await.unwrap();
+                    tokio::spawn(conn);
+                    sender = s;
+                }
+                // Behind schedule, the next request goes at once.
+                next += interval;
+            }
+            (latencies, errors, late)
+        }));
+    }
+    let (mut all, mut errors, mut late) = (Vec::new(), 0, 0);
+    for t in tasks {
+        let (l, e, d) = t.await.unwrap();
+        all.extend(l);
+        errors += e;
+        late += d;
+    }
+    all.sort_unstable();
+    let at = |q: f64| all.get(((all.len() as f64 * q) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or(0);
+    println!(
+        "requests {} errors {errors} late {late} rps {:.0} p50_ms {:.3} p99_ms {:.3} p999_ms {:.3}",
+        all.len(),
+        all.len() as f64 / seconds,
+        f64::from(at(0.5)) / 1000.0,
+        f64::from(at(0.99)) / 1000.0,
+        f64::from(at(0.999)) / 1000.0,
+    );
+}
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: bench_client sign METHOD URL | stream GET|PUT URL SIZE | idle URL N";
+    let usage = "usage: bench_client sign METHOD URL | stream GET|PUT URL SIZE | idle URL N \
+                 | paced URL RATE SECONDS CONNECTIONS [SIGN_URL]";
     match args.get(1).map(String::as_str) {
         Some("sign") => {
             let uri: Uri = args.get(3).expect(usage).parse().expect("URL");
@@ -179,6 +253,13 @@ async fn main() {
         Some("stream") => {
             let size = args.get(4).expect(usage).parse().expect("SIZE");
             stream(args.get(2).expect(usage), args.get(3).expect(usage), size).await;
+        }
+        Some("paced") => {
+            let url = args.get(2).expect(usage);
+            let rate = args.get(3).expect(usage).parse().expect("RATE");
+            let seconds = args.get(4).expect(usage).parse().expect("SECONDS");
+            let connections = args.get(5).expect(usage).parse().expect("CONNECTIONS");
+            paced(url, rate, seconds, connections, args.get(6).unwrap_or(url)).await;
         }
         Some("idle") => {
             let n = args.get(3).expect(usage).parse().expect("N");

@@ -81,11 +81,11 @@ build_release() {
     (cd "$REPO" && cargo build --release --quiet)
 }
 
-# Installs the benchmark's peers and load tools from Debian when missing: nginx (the plain-hop
-# baseline), wrk (saturation load) and hey (paced load for latency at a fixed rate).
+# Installs the benchmark's peer and load tool from Debian when missing: nginx (the plain-hop
+# baseline) and wrk (saturation load). The paced load is examples/bench_client.rs.
 ensure_bench_tools() {
     local missing=() pair
-    for pair in nginx:nginx-light wrk:wrk hey:hey; do
+    for pair in nginx:nginx-light wrk:wrk; do
         command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
     done
     [[ ${#missing[@]} == 0 ]] && return 0
@@ -100,7 +100,7 @@ ensure_bench_tools() {
     if [[ ! -e $policy ]]; then printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy" && created=1; fi
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     [[ $created == 1 ]] && rm -f "$policy"
-    for pair in nginx:nginx-light wrk:wrk hey:hey; do
+    for pair in nginx:nginx-light wrk:wrk; do
         command -v "${pair%%:*}" >/dev/null 2>&1 || { echo "${pair%%:*} still not on PATH after apt-get install" >&2; return 1; }
     done
 }
