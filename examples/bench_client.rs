@@ -219,7 +219,11 @@ async fn paced(url: &str, rate: f64, seconds: f64, connections: usize, sign_for:
         late += d;
     }
     all.sort_unstable();
-    let at = |q: f64| all.get(((all.len() as f64 * q) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or(0);
+    let at = |q: f64| {
+        all.get(((all.len() as f64 * q) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
     println!(
         "requests {} errors {errors} late {late} rps {:.0} p50_ms {:.3} p99_ms {:.3} p999_ms {:.3}",
         all.len(),

@@ -328,9 +328,13 @@ pub async fn serve(gateway: Arc<Gateway>, bound: Bound, shutdown: impl Future<Ou
     match shard_sockets(&sockets, threads) {
         Ok(per_shard) => {
             drop(sockets);
+            let balance = Arc::new(Balance::new(threads));
             for (i, mine) in per_shard.into_iter().enumerate() {
                 shards.push(start_shard(
-                    i,
+                    Shard {
+                        index: i,
+                        balance: balance.clone(),
+                    },
                     mine,
                     gateway.clone(),
                     stop_rx.clone(),
@@ -345,7 +349,11 @@ pub async fn serve(gateway: Arc<Gateway>, bound: Bound, shutdown: impl Future<Ou
                 match TcpListener::from_std(socket) {
                     Ok(socket) => {
                         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-                        let accept = accept_loop(gateway.clone(), name, socket, stop_rx.clone());
+                        let shard = Shard {
+                            index: 0,
+                            balance: Arc::new(Balance::new(1)),
+                        };
+                        let accept = accept_loop(gateway.clone(), name, socket, stop_rx.clone(), shard);
                         tokio::spawn(async move {
                             accept.await;
                             let _ = done_tx.send(());
@@ -388,14 +396,77 @@ fn shard_sockets(
         .collect()
 }
 
+/// Live connections per data-plane thread. The kernel wakes every thread for a new connection
+/// and whichever asks first gets it, so with long-lived connections (SDK pools, load tools) one
+/// thread can end up with most of them and the other cores idle; a thread holding more than its
+/// share lets the others take the next connection first.
+#[derive(Debug)]
+struct Balance {
+    live: Vec<std::sync::atomic::AtomicUsize>,
+}
+
+impl Balance {
+    fn new(threads: usize) -> Self {
+        Self {
+            live: (0..threads.max(1))
+                .map(|_| std::sync::atomic::AtomicUsize::new(0))
+                .collect(),
+        }
+    }
+
+    /// Whether thread `index` holds more connections than the least loaded thread, plus one.
+    fn over_share(&self, index: usize) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mine = self.live.get(index).map_or(0, |n| n.load(Relaxed));
+        let least = self.live.iter().map(|n| n.load(Relaxed)).min().unwrap_or(0);
+        mine > least + 1
+    }
+
+    /// Counts a connection of thread `index` until the guard drops.
+    fn hold(self: &Arc<Self>, index: usize) -> LiveConnection {
+        if let Some(n) = self.live.get(index) {
+            n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        LiveConnection {
+            balance: self.clone(),
+            index,
+        }
+    }
+}
+
+struct LiveConnection {
+    balance: Arc<Balance>,
+    index: usize,
+}
+
+impl Drop for LiveConnection {
+    fn drop(&mut self) {
+        if let Some(n) = self.balance.live.get(self.index) {
+            n.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+/// Which data-plane thread an accept loop runs on, and the connection counts of all of them.
+#[derive(Debug, Clone)]
+struct Shard {
+    index: usize,
+    balance: Arc<Balance>,
+}
+
+/// How long a thread over its share of connections leaves a new one to the others before taking
+/// it itself (the others may be busy).
+const BALANCE_DEFER: Duration = Duration::from_millis(1);
+
 /// Starts one data-plane thread; the receiver completes when its listeners have drained.
 fn start_shard(
-    index: usize,
+    shard: Shard,
     sockets: Vec<(Arc<str>, std::net::TcpListener)>,
     gateway: Arc<Gateway>,
     stop: watch::Receiver<bool>,
     mut release: watch::Receiver<bool>,
 ) -> tokio::sync::oneshot::Receiver<()> {
+    let index = shard.index;
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     // The caller's log subscriber, scoped ones included (tests capture logs that way).
     let dispatch = tracing::dispatcher::get_default(Clone::clone);
@@ -414,9 +485,13 @@ fn start_shard(
                 let mut loops = Vec::new();
                 for (name, socket) in sockets {
                     match TcpListener::from_std(socket) {
-                        Ok(socket) => {
-                            loops.push(tokio::spawn(accept_loop(gateway.clone(), name, socket, stop.clone())))
-                        }
+                        Ok(socket) => loops.push(tokio::spawn(accept_loop(
+                            gateway.clone(),
+                            name,
+                            socket,
+                            stop.clone(),
+                            shard.clone(),
+                        ))),
                         Err(error) => {
                             tracing::error!(%error, listener = %name, shard = index, "Cannot accept on a listener.")
                         }
@@ -439,12 +514,24 @@ fn start_shard(
     done_rx
 }
 
-async fn accept_loop(gateway: Arc<Gateway>, name: Arc<str>, socket: TcpListener, mut stop: watch::Receiver<bool>) {
+async fn accept_loop(
+    gateway: Arc<Gateway>,
+    name: Arc<str>,
+    socket: TcpListener,
+    mut stop: watch::Receiver<bool>,
+    shard: Shard,
+) {
     if let Ok(addr) = socket.local_addr() {
         tracing::info!(listener = %name, %addr, "Listening.");
     }
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
+        if shard.balance.over_share(shard.index) {
+            tokio::select! {
+                () = tokio::time::sleep(BALANCE_DEFER) => {}
+                _ = stop.changed() => break,
+            }
+        }
         let accepted = tokio::select! {
             a = socket.accept() => a,
             _ = stop.changed() => break,
@@ -468,7 +555,9 @@ async fn accept_loop(gateway: Arc<Gateway>, name: Arc<str>, socket: TcpListener,
         let server = state.config.server;
         let gateway = gateway.clone();
         let graceful_watch = graceful.watcher();
+        let live = shard.balance.hold(shard.index);
         tokio::spawn(async move {
+            let _live = live;
             let conn = Conn {
                 gateway,
                 listener: listener.name.clone(),
@@ -679,5 +768,41 @@ pub fn init_tracing() {
         let _ = builder.try_init();
     } else {
         let _ = builder.json().flatten_event(true).with_current_span(false).try_init();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_thread_over_its_share_of_connections_defers_until_the_others_catch_up() {
+        let balance = Arc::new(Balance::new(2));
+        // (connections thread 0 holds, thread 1 holds, thread 0 over its share, thread 1 over)
+        let cases = [
+            (0, 0, false, false),
+            (1, 0, false, false),
+            (2, 0, true, false),
+            (5, 3, true, false),
+            (3, 4, false, false),
+            (0, 2, false, true),
+        ];
+        for (zero, one, want_zero, want_one) in cases {
+            let held: Vec<LiveConnection> = (0..zero)
+                .map(|_| balance.hold(0))
+                .chain((0..one).map(|_| balance.hold(1)))
+                .collect();
+            assert_eq!(balance.over_share(0), want_zero, "{zero}/{one}");
+            assert_eq!(balance.over_share(1), want_one, "{zero}/{one}");
+            drop(held);
+            assert!(
+                !balance.over_share(0) && !balance.over_share(1),
+                "connections ended: {zero}/{one}"
+            );
+        }
+        // One thread is never over its share.
+        let single = Arc::new(Balance::new(1));
+        let _held: Vec<LiveConnection> = (0..10).map(|_| single.hold(0)).collect();
+        assert!(!single.over_share(0));
     }
 }
