@@ -2,7 +2,7 @@
 """The side-by-side benchmark behind scripts/bench (stdlib only; run it through scripts/bench).
 
 Everything runs on 127.0.0.1 on this machine, in one run, so the ratios compare like with like:
-  upstream  target/release/examples/bench_upstream (hyper; serves N-byte objects, swallows PUTs)
+  upstream  target/release/bench_upstream (bench/: hyper; serves N-byte objects, swallows PUTs)
   nginx     a plain nginx reverse proxy in front of it (keep-alive pool, no signing, no access log;
             1 MiB buffers for the streams)
   apgate    verifying SigV4 inbound and re-signing SigV4 outbound, access log on
@@ -204,7 +204,7 @@ http {{
 
 def sign(method: str, url: str) -> list[str]:
     env = dict(os.environ, BENCH_ACCESS_KEY_ID=AKID, BENCH_SECRET_ACCESS_KEY=SECRET)
-    out = subprocess.run([str(BIN / "examples" / "bench_client"), "sign", method, url], env=env,
+    out = subprocess.run([str(BIN / "bench_client"), "sign", method, url], env=env,
                          check=True, capture_output=True, text=True).stdout
     return [line for line in out.splitlines() if line]
 
@@ -234,7 +234,7 @@ def paced(url: str, sign_for: str, seconds: float, connections: int, rate: float
     arrive in bursts of one per connection and the latency measured is mostly the time to drain a
     burst of 64 (docs/PERFORMANCE.md)."""
     env = dict(os.environ, BENCH_ACCESS_KEY_ID=AKID, BENCH_SECRET_ACCESS_KEY=SECRET)
-    out = subprocess.run([str(BIN / "examples" / "bench_client"), "paced", url, f"{rate:.0f}", f"{seconds:g}",
+    out = subprocess.run([str(BIN / "bench_client"), "paced", url, f"{rate:.0f}", f"{seconds:g}",
                           str(connections), sign_for], env=env, check=True, capture_output=True, text=True).stdout
     fields = out.split()
     r = {fields[i]: float(fields[i + 1]) for i in range(0, len(fields) - 1, 2)}
@@ -246,7 +246,7 @@ def paced(url: str, sign_for: str, seconds: float, connections: int, rate: float
 
 def stream(method: str, url: str, size: int) -> float:
     env = dict(os.environ, BENCH_ACCESS_KEY_ID=AKID, BENCH_SECRET_ACCESS_KEY=SECRET)
-    out = subprocess.run([str(BIN / "examples" / "bench_client"), "stream", method, url, str(size)],
+    out = subprocess.run([str(BIN / "bench_client"), "stream", method, url, str(size)],
                          env=env, check=True, capture_output=True, text=True).stdout.split()
     return float(out[2])
 
@@ -277,7 +277,7 @@ def main() -> int:
     started = time.time()
     try:
         up_port = free_port()
-        start([str(BIN / "examples" / "bench_upstream"), f"127.0.0.1:{up_port}"], work / "upstream.log")
+        start([str(BIN / "bench_upstream"), f"127.0.0.1:{up_port}"], work / "upstream.log")
         wait_port(up_port)
         ngx, ngx_port, ngx_stream_port = nginx(work, up_port)
         gate = Apgate(work, up_port, "load")
@@ -352,7 +352,7 @@ def main() -> int:
         gate = Apgate(work, up_port, "idle")
         rss_idle_start = status_kib(gate.pid, "VmRSS")
         env = dict(os.environ, BENCH_ACCESS_KEY_ID=AKID, BENCH_SECRET_ACCESS_KEY=SECRET)
-        client = subprocess.Popen([str(BIN / "examples" / "bench_client"), "idle", gate.url(key), str(idle_n)],
+        client = subprocess.Popen([str(BIN / "bench_client"), "idle", gate.url(key), str(idle_n)],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         ready = client.stdout.readline().split()
         if ready != ["ready", str(idle_n)]:

@@ -82,7 +82,7 @@ build_release() {
 }
 
 # Installs the benchmark's peer and load tool from Debian when missing: nginx (the plain-hop
-# baseline) and wrk (saturation load). The paced load is examples/bench_client.rs.
+# baseline) and wrk (saturation load). The paced load is bench/src/bin/bench_client.rs.
 ensure_bench_tools() {
     local missing=() pair
     for pair in nginx:nginx-light wrk:wrk; do

@@ -9,9 +9,6 @@
 //! Usage: `bench_upstream 127.0.0.1:PORT` (prints `listening ADDR` once bound).
 #![allow(clippy::unwrap_used, missing_docs)]
 
-#[path = "support/repeat.rs"]
-mod repeat;
-
 use std::convert::Infallible;
 use std::net::SocketAddr;
 
@@ -23,7 +20,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use repeat::Repeat;
+use apgate_bench::Repeat;
 
 const FRAME: usize = 1 << 20;
 

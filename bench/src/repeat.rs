@@ -1,6 +1,4 @@
-//! Shared by `examples/bench_client.rs` and `examples/bench_upstream.rs` (included with
-//! `#[path]`; not an example of its own: cargo only discovers `examples/*.rs` and
-//! `examples/*/main.rs`).
+//! A request or response body of `left` bytes made of one shared buffer, for both bench programs.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -10,9 +8,9 @@ use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 
 /// `left` bytes as slices of one shared buffer: no copy, no allocation per frame.
-pub(crate) struct Repeat {
-    pub(crate) buffer: Bytes,
-    pub(crate) left: u64,
+pub struct Repeat {
+    pub buffer: Bytes,
+    pub left: u64,
 }
 
 impl http_body::Body for Repeat {
