@@ -30,7 +30,6 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri};
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
-use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
@@ -156,8 +155,13 @@ async fn idle(url: &str, n: usize) {
         held.push(t.await.unwrap());
     }
     println!("ready {}", held.len());
-    let mut sink = Vec::new();
-    let _ = tokio::io::stdin().read_to_end(&mut sink).await;
+    // Plain std stdin on a blocking thread: tokio's io-std feature would give this package a tokio
+    // build of its own (apgate's feature set has no io-std), and with it a second build of apgate.
+    let _ = tokio::task::spawn_blocking(|| {
+        let mut sink = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink)
+    })
+    .await;
     let open = held.iter().filter(|(sender, _)| !sender.is_closed()).count();
     println!("open {open}");
 }
