@@ -630,13 +630,7 @@ pub(crate) fn canonical_request_with_query(
     payload_hash: &[u8],
     trim: Trim,
 ) -> Vec<u8> {
-    let mut out = Vec::with_capacity(512);
-    out.extend_from_slice(method.as_bytes());
-    out.push(b'\n');
-    out.extend_from_slice(raw_path.as_bytes());
-    out.push(b'\n');
-    out.extend_from_slice(canonical_query.as_bytes());
-    out.push(b'\n');
+    let mut out = canonical_prefix(method, raw_path, canonical_query);
     for name in signed_headers {
         out.extend_from_slice(name.as_bytes());
         out.push(b':');
@@ -674,14 +668,8 @@ pub(crate) fn canonical_request_sorted(
     payload_hash: &[u8],
     trim: Trim,
 ) -> (Vec<u8>, String) {
-    let mut out = Vec::with_capacity(512);
+    let mut out = canonical_prefix(method, raw_path, canonical_query);
     let mut signed = String::with_capacity(16 * pairs.len());
-    out.extend_from_slice(method.as_bytes());
-    out.push(b'\n');
-    out.extend_from_slice(raw_path.as_bytes());
-    out.push(b'\n');
-    out.extend_from_slice(canonical_query.as_bytes());
-    out.push(b'\n');
     let mut previous: Option<&str> = None;
     for &(name, value) in pairs {
         if previous == Some(name) {
@@ -706,6 +694,16 @@ pub(crate) fn canonical_request_sorted(
     out.push(b'\n');
     out.extend_from_slice(payload_hash);
     (out, signed)
+}
+
+/// The first three lines of a canonical request: method, path, canonical query.
+fn canonical_prefix(method: &str, raw_path: &str, canonical_query: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(512);
+    for part in [method, raw_path, canonical_query] {
+        out.extend_from_slice(part.as_bytes());
+        out.push(b'\n');
+    }
+    out
 }
 
 /// Trims a header value and collapses runs of spaces (and, for [`Trim::Whitespace`], tabs) to one.
