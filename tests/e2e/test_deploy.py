@@ -30,6 +30,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import stat
 import subprocess
 import sys
@@ -990,7 +991,7 @@ access_point = "arn:aws:s3:us-east-1:123456789012:accesspoint/health-test"
 def test_release_build_command_succeeds_and_reads_only_what_the_image_copies():
     """The Dockerfile's build command, run here (after scripts/test's release build it only checks
     that Cargo.lock is current and the binary is fresh). The Docker build copies Cargo.toml,
-    Cargo.lock and src/ only, so non-test code must not include files from elsewhere."""
+    Cargo.lock, src/ and bench/ only, so non-test code must not include files from elsewhere."""
     r = run(["cargo", "build", "--release", "--locked", "--quiet"], cwd=REPO, timeout=1800)
     assert r.returncode == 0, r.stderr
     outside = []
@@ -1008,7 +1009,39 @@ def test_dockerignore_keeps_what_the_build_copies():
     ignore = [l.strip() for l in DOCKERIGNORE.read_text().splitlines() if l.strip() and not l.startswith("#")]
     assert ignore[0] == "*", "an allow-list: the build context is only what the image needs"
     allowed = {l[1:].rstrip("/") for l in ignore[1:] if l.startswith("!")}
-    assert {"Cargo.toml", "Cargo.lock", "src", "deploy/config"} <= allowed
+    assert {"Cargo.toml", "Cargo.lock", "src", "bench", "deploy/config"} <= allowed
+
+
+def builder_sources() -> list[str]:
+    """What the Dockerfile's build stage copies from the context."""
+    build = dockerfile_stages(DOCKERFILE.read_text())[0]
+    return [v.rstrip("/").removeprefix("./") for i in build["instructions"] if i["cmd"] == "COPY"
+            for v in i["value"][:-1]]
+
+
+def cargo_metadata_in(context: Path, sources: list[str]) -> subprocess.CompletedProcess:
+    for source in sources:
+        src, dst = REPO / source, context / source
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("target"))
+        else:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst)
+    return run(["cargo", "metadata", "--locked", "--offline", "--format-version", "1"], cwd=context, timeout=300)
+
+
+def test_the_build_stage_copies_a_whole_cargo_workspace(tmp_path: Path):
+    """Cargo loads every workspace member's manifest, so a member the image does not copy breaks
+    `docker build` (no Docker daemon here: the copied sources are loaded by cargo itself)."""
+    sources = builder_sources()
+    r = cargo_metadata_in(tmp_path / "context", sources)
+    assert r.returncode == 0, r.stderr
+    members = {Path(p["manifest_path"]).parent.name for p in json.loads(r.stdout)["packages"]
+               if p["id"] in json.loads(r.stdout)["workspace_members"]}
+    assert members == {"context", "bench"}, members
+    # Without the bench member, the same load fails: the check has teeth.
+    r = cargo_metadata_in(tmp_path / "without-bench", [s for s in sources if s != "bench"])
+    assert r.returncode != 0 and "workspace member" in r.stderr, r.stderr
 
 
 # ----------------------------------------------------------------------------------------------- docs
