@@ -1,13 +1,30 @@
 //! The `apgate` binary: parse the command line, then hand over to the library.
-// One unsafe call, allowed where it is made: `limit_malloc_arenas`. The library forbids unsafe code.
+// One unsafe item, allowed where it is made: the exported jemalloc options. The library forbids
+// unsafe code.
 #![deny(unsafe_code)]
 
 use apgate::cli::{self, exit, Cli, Command};
 use apgate::config::Config;
 use clap::Parser;
 
+/// jemalloc, not the system allocator: under mixed traffic glibc's malloc kept freed 1 MiB read
+/// buffers in its arenas, and apgate's RSS swung by 10 MiB from minute to minute with no more in
+/// use (scripts/soak; docs/SECURITY.md). jemalloc hands freed pages back after [`MALLOC_CONF`]'s
+/// decay, and spends less CPU per request.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's options, read at its first allocation (`_RJEM_MALLOC_CONF` in the environment comes
+/// after them, so it overrides them): one background thread purges freed pages 1 s after they
+/// were last used (by default 10 s, and only when the thread that freed them allocates again), so
+/// an idle gateway shrinks back to what it holds.
+#[cfg(not(target_env = "msvc"))]
+#[allow(unsafe_code)]
+#[export_name = "_rjem_malloc_conf"]
+pub static MALLOC_CONF: &[u8; 68] = b"background_thread:true,max_background_threads:1,dirty_decay_ms:1000\0";
+
 fn main() {
-    limit_malloc_arenas();
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Check { config } => cli::check(&config),
@@ -25,29 +42,6 @@ fn main() {
     };
     std::process::exit(code);
 }
-
-/// glibc's malloc gives threads that allocate at the same time arenas of their own, up to eight
-/// per core, and each arena keeps what is freed into it for its own reuse: under steady traffic
-/// (requests moving between runtime threads) apgate's RSS crept up for minutes while the heap in
-/// use stayed flat (scripts/soak, 10 minutes: +4.2 % with the default, +0.0 % with two arenas;
-/// docs/SECURITY.md). One arena per core keeps it flat. `MALLOC_ARENA_MAX` in the environment wins.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-#[allow(unsafe_code)]
-fn limit_malloc_arenas() {
-    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
-        return;
-    }
-    let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
-    let arenas = libc::c_int::try_from(cores.max(2)).unwrap_or(libc::c_int::MAX);
-    // SAFETY: mallopt takes two integers and only tunes the allocator; it is called first thing in
-    // main, before any thread of apgate's exists, and glibc serialises it against allocation.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, arenas);
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn limit_malloc_arenas() {}
 
 fn serve(path: &std::path::Path) -> i32 {
     apgate::app::init_tracing();

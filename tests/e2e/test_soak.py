@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 import time
@@ -46,3 +47,29 @@ def test_short_soak(tmp_path):
     assert set(report["actions"]) >= set(soak.ACTIONS) - {"bob_multipart"}, report["actions"]
     assert report["passed"], report["failures"]
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def synthetic_run(creep_kib_per_min: float, seed: int) -> list[soak.Sample]:
+    """30 minutes of 5 s samples around 22 MiB swinging by +-6 MiB (as apgate's RSS does under the
+    soak's traffic), plus a steady creep."""
+    rng = random.Random(seed)
+    return [soak.Sample(t=float(t), rss_kib=int(22 * 1024 + rng.uniform(-6144, 6144) + creep_kib_per_min * t / 60),
+                        hwm_kib=0, anon_kib=0, file_kib=0, fds=0, moto_rss_kib=0, actions=0)
+            for t in range(0, 1801, 5)]
+
+
+def test_rss_trend_sees_a_creep_through_the_swings():
+    flat_trends, flat_windows = [], []
+    for seed in range(10):
+        flat = soak.rss_trend(synthetic_run(0, seed), 1800)
+        assert abs(flat["projected_percent"]) < soak.RSS_DRIFT_LIMIT, (seed, flat)
+        flat_trends.append(abs(flat["projected_percent"]))
+        flat_windows.append(abs(soak.rss_windows(synthetic_run(0, seed), 1800)["drift_percent"]))
+        # 80 KiB a minute: 2.1 MiB over the 27 minutes after the warm-up, a sixth of the swing.
+        creep = soak.rss_trend(synthetic_run(80, seed), 1800)
+        assert creep["projected_percent"] >= soak.RSS_DRIFT_LIMIT, (seed, creep)
+        assert 40 <= creep["slope_kib_per_min"] <= 120, (seed, creep)
+        assert creep["samples"] == 325 and creep["span_s"] == 1620.0, creep
+    # The one-minute medians at both ends (the gate before) see drift in flat runs: two medians of
+    # 12 samples each are at the mercy of the swings.
+    assert max(flat_windows) >= soak.RSS_DRIFT_LIMIT > max(flat_trends), (flat_windows, flat_trends)
