@@ -65,7 +65,7 @@ import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -653,6 +653,12 @@ def warmup_point(duration: float) -> float:
     return min(max(0.1 * duration, 30.0), 0.5 * duration)
 
 
+def median(values: Iterable[float]) -> float:
+    values = sorted(values)
+    mid = len(values) // 2
+    return float(values[mid]) if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
 def rss_windows(samples: list[Sample], traffic_seconds: float) -> dict:
     """apgate's RSS under load swings by a few percent from one 5 s sample to the next (what is in
     flight at that instant), so the drift that is gated compares medians: of the samples in the
@@ -660,11 +666,6 @@ def rss_windows(samples: list[Sample], traffic_seconds: float) -> dict:
     minute long, shorter for short runs)."""
     wp = warmup_point(traffic_seconds)
     width = max(SAMPLE_EVERY, min(60.0, (traffic_seconds - wp) / 2))
-
-    def median(values: list[int]) -> float:
-        values = sorted(values)
-        mid = len(values) // 2
-        return float(values[mid]) if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
 
     warm_samples = [s for s in samples if wp <= s.t < wp + width] or [samples[-1]]
     end_samples = [s for s in samples if traffic_seconds - width < s.t <= traffic_seconds] or [samples[-1]]
@@ -707,22 +708,19 @@ def rss_trend(samples: list[Sample], traffic_seconds: float) -> dict:
     after = [s for s in samples if s.t >= warmup_point(traffic_seconds)]
     if len(after) > 800:
         after = [after[i * len(after) // 800] for i in range(800)]
-    slopes = sorted((b.rss_kib - a.rss_kib) / (b.t - a.t)
-                    for i, a in enumerate(after) for b in after[i + 1:] if b.t > a.t)
+    slopes = [(b.rss_kib - a.rss_kib) / (b.t - a.t) for i, a in enumerate(after) for b in after[i + 1:] if b.t > a.t]
     if not slopes:
         return {"slope_kib_per_min": 0.0, "span_s": 0.0, "projected_mib": 0.0, "median_mib": 0.0,
                 "projected_percent": 0.0, "samples": len(after)}
-    mid = len(slopes) // 2
-    slope = slopes[mid] if len(slopes) % 2 else (slopes[mid - 1] + slopes[mid]) / 2  # KiB per second
+    slope = median(slopes)  # KiB per second
     span = after[-1].t - after[0].t
-    rss = sorted(s.rss_kib for s in after)
-    median = rss[len(rss) // 2]
+    level = median(s.rss_kib for s in after)
     return {
         "slope_kib_per_min": round(slope * 60, 1),
         "span_s": round(span, 1),
         "projected_mib": round(slope * span / 1024, 2),
-        "median_mib": round(median / 1024, 2),
-        "projected_percent": round(100.0 * slope * span / median, 2) if median else 0.0,
+        "median_mib": round(level / 1024, 2),
+        "projected_percent": round(100.0 * slope * span / level, 2) if level else 0.0,
         "samples": len(after),
     }
 

@@ -820,6 +820,12 @@ def dockerfile_stages(text: str) -> list[dict]:
     return stages
 
 
+def copied_sources(stage: dict) -> list[str]:
+    """What a stage copies from the build context (COPY sources, without `./` or a trailing `/`)."""
+    return [v.rstrip("/").removeprefix("./") for i in stage["instructions"] if i["cmd"] == "COPY"
+            for v in i["value"][:-1]]
+
+
 def dockerfile_problems(text: str, check_configs: bool = True) -> list[str]:
     problems = []
     try:
@@ -840,7 +846,7 @@ def dockerfile_problems(text: str, check_configs: bool = True) -> list[str]:
     runs = [" ".join(i["value"][0].split()) for i in instructions(build, "RUN")]
     if not any(re.search(r"(^|&& )cargo build --release --locked( &&|$)", r) for r in runs):
         problems.append(f"the builder does not run `cargo build --release --locked`: {runs}")
-    sources = {v.rstrip("/").removeprefix("./") for i in instructions(build, "COPY") for v in i["value"][:-1]}
+    sources = set(copied_sources(build))
     for needed in ("Cargo.toml", "Cargo.lock", "src"):
         if needed not in sources:
             problems.append(f"the builder does not copy {needed}")
@@ -1012,13 +1018,6 @@ def test_dockerignore_keeps_what_the_build_copies():
     assert {"Cargo.toml", "Cargo.lock", "src", "bench", "deploy/config"} <= allowed
 
 
-def builder_sources() -> list[str]:
-    """What the Dockerfile's build stage copies from the context."""
-    build = dockerfile_stages(DOCKERFILE.read_text())[0]
-    return [v.rstrip("/").removeprefix("./") for i in build["instructions"] if i["cmd"] == "COPY"
-            for v in i["value"][:-1]]
-
-
 def cargo_metadata_in(context: Path, sources: list[str]) -> subprocess.CompletedProcess:
     for source in sources:
         src, dst = REPO / source, context / source
@@ -1033,11 +1032,12 @@ def cargo_metadata_in(context: Path, sources: list[str]) -> subprocess.Completed
 def test_the_build_stage_copies_a_whole_cargo_workspace(tmp_path: Path):
     """Cargo loads every workspace member's manifest, so a member the image does not copy breaks
     `docker build` (no Docker daemon here: the copied sources are loaded by cargo itself)."""
-    sources = builder_sources()
+    sources = copied_sources(dockerfile_stages(DOCKERFILE.read_text())[0])
     r = cargo_metadata_in(tmp_path / "context", sources)
     assert r.returncode == 0, r.stderr
-    members = {Path(p["manifest_path"]).parent.name for p in json.loads(r.stdout)["packages"]
-               if p["id"] in json.loads(r.stdout)["workspace_members"]}
+    metadata = json.loads(r.stdout)
+    members = {Path(p["manifest_path"]).parent.name for p in metadata["packages"]
+               if p["id"] in metadata["workspace_members"]}
     assert members == {"context", "bench"}, members
     # Without the bench member, the same load fails: the check has teeth.
     r = cargo_metadata_in(tmp_path / "without-bench", [s for s in sources if s != "bench"])
