@@ -213,9 +213,15 @@ impl Gateway {
         !self.draining.load(Ordering::Relaxed) && self.state.load().is_ready()
     }
 
-    /// Marks the gateway as draining: `/readyz` turns false at once.
+    /// Marks the gateway as draining: `/readyz` turns false at once, and every answer from now on
+    /// says `Connection: close`.
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the gateway is shutting down.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
     }
 
     /// Reloads from a file: parse and validate, build a new state through the same code as
@@ -524,7 +530,7 @@ async fn accept_loop(
     if let Ok(addr) = socket.local_addr() {
         tracing::info!(listener = %name, %addr, "Listening.");
     }
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let drain = Drain::new();
     loop {
         if shard.balance.over_share(shard.index) {
             tokio::select! {
@@ -554,7 +560,7 @@ async fn accept_loop(
         };
         let server = state.config.server;
         let gateway = gateway.clone();
-        let graceful_watch = graceful.watcher();
+        let drain_watch = drain.watcher();
         let live = shard.balance.hold(shard.index);
         tokio::spawn(async move {
             let _live = live;
@@ -567,7 +573,7 @@ async fn accept_loop(
             match listener.tls.clone() {
                 // Each kind of connection boxes its own future, so a plain connection's task does
                 // not carry room for a TLS session (a task is as large as its largest state).
-                None => Box::pin(conn.serve(None, TokioIo::new(stream), graceful_watch)).await,
+                None => Box::pin(conn.serve(None, TokioIo::new(stream), drain_watch)).await,
                 Some(TlsListener {
                     acceptor,
                     identity_from: source,
@@ -594,7 +600,7 @@ async fn accept_loop(
                         .peer_certificates()
                         .and_then(|chain| chain.first())
                         .map(|cert| Arc::<str>::from(client_subject(cert, source).unwrap_or_default().as_str()));
-                    Box::pin(conn.serve(subject, TokioIo::new(tls), graceful_watch)).await;
+                    Box::pin(conn.serve(subject, TokioIo::new(tls), drain_watch)).await;
                 }
             }
         });
@@ -604,7 +610,7 @@ async fn accept_loop(
     drop(socket);
     // Let in-flight requests finish, for a bounded time.
     let grace = gateway.state().config.server.shutdown_grace_period;
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(grace, drain.start_and_wait(grace)).await.is_err() {
         tracing::warn!(listener = %name, grace_seconds = grace.as_secs_f64(), "In-flight requests did not finish within the grace period.");
     }
 }
@@ -622,12 +628,8 @@ struct Conn {
 
 impl Conn {
     /// Serves HTTP/1.1 on the connection (plain or TLS).
-    async fn serve<I>(
-        self,
-        client_certificate: Option<Arc<str>>,
-        io: TokioIo<I>,
-        graceful: hyper_util::server::graceful::Watcher,
-    ) where
+    async fn serve<I>(self, client_certificate: Option<Arc<str>>, io: TokioIo<I>, mut drain: DrainWatch)
+    where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let Self {
@@ -656,9 +658,74 @@ impl Conn {
             // over max_header_bytes itself (400 RequestHeaderSectionTooLarge).
             .max_buf_size(server.read_buffer_bytes.max(server.max_header_bytes))
             .keep_alive(true);
-        let conn = graceful.watch(builder.serve_connection(io, svc));
-        if let Err(error) = conn.await {
+        let mut conn = std::pin::pin!(builder.serve_connection(io, svc));
+        let ended = tokio::select! {
+            ended = conn.as_mut() => ended,
+            idle_window = drain.started() => {
+                // Shutting down. The client may be sending its next request on this kept-alive
+                // connection right now: closing under it would fail a request it has already sent
+                // (HTTP/1.1 has no way to announce the close ahead). Answers from now on say
+                // `Connection: close` (proxy::handle), so a client using the connection gets its
+                // answer and goes; one that sent nothing within the window is closed when idle.
+                match tokio::time::timeout(idle_window, conn.as_mut()).await {
+                    Ok(ended) => ended,
+                    Err(_) => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                }
+            }
+        };
+        if let Err(error) = ended {
             tracing::debug!(%error, %remote, "Connection ended with an error.");
+        }
+    }
+}
+
+/// How long a kept-alive connection stays open for one more request once shutdown starts (at most
+/// the grace period). A client sends its next request within milliseconds of the last answer, or
+/// its connection is parked in a pool, where a close is seen before reuse.
+const DRAIN_IDLE_WINDOW: Duration = Duration::from_secs(1);
+
+/// The connections of one listener, for draining them at shutdown: each holds a [`DrainWatch`];
+/// the drain is over when the last is dropped.
+struct Drain {
+    tx: watch::Sender<Option<Duration>>,
+}
+
+/// A connection's view of its listener's [`Drain`]: whether shutdown has started, and how long an
+/// idle connection then stays open.
+struct DrainWatch {
+    rx: watch::Receiver<Option<Duration>>,
+}
+
+impl Drain {
+    fn new() -> Self {
+        Self {
+            tx: watch::Sender::new(None),
+        }
+    }
+
+    fn watcher(&self) -> DrainWatch {
+        DrainWatch {
+            rx: self.tx.subscribe(),
+        }
+    }
+
+    /// Starts the drain and waits until every connection has ended.
+    async fn start_and_wait(self, grace: Duration) {
+        self.tx.send_replace(Some(DRAIN_IDLE_WINDOW.min(grace)));
+        self.tx.closed().await;
+    }
+}
+
+impl DrainWatch {
+    /// Completes when shutdown starts, with the connection's idle window.
+    async fn started(&mut self) -> Duration {
+        match self.rx.wait_for(Option::is_some).await {
+            Ok(window) => window.unwrap_or_default(),
+            // The listener is gone: nothing left to wait for.
+            Err(_) => Duration::ZERO,
         }
     }
 }

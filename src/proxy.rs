@@ -207,7 +207,7 @@ pub async fn handle(
     };
     unanswered.answered = true;
     let ctx = &mut unanswered.ctx;
-    let resp = match outcome {
+    let mut resp = match outcome {
         Ok(resp) => resp,
         Err(error) => {
             ctx.error_code = Some(error.code().as_str().to_owned());
@@ -239,6 +239,12 @@ pub async fn handle(
             resp
         }
     };
+    if gateway.is_draining() {
+        // Shutting down: the client learns from this answer not to send another request on the
+        // connection, which closes after it (app::Conn::serve).
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     Ok(resp)
 }
 

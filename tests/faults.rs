@@ -24,7 +24,7 @@
 //! | STS refuses a per-caller role | tests/e2e/test_credentials.py `test_unassumable_role` | that caller gets 503 ServiceUnavailable, nothing forwarded; everyone else served |
 //! | STS down for a per-caller role | `sts_down_for_a_per_caller_role` | that caller gets 503 ServiceUnavailable at once, nothing forwarded; everyone else served; failures counted |
 //! | invalid config reload | tests/proxy.rs `a_reload_changes_routes_without_a_restart_and_a_bad_one_changes_nothing`; tests/e2e/test_lifecycle.py `test_invalid_reload_keeps_the_old_config` | refused with the key path, counted; the running routes keep serving |
-//! | SIGTERM under load | `sigterm_under_load_fails_no_in_flight_request`; tests/e2e/test_lifecycle.py `test_drain_on_sigterm`; tests/e2e/test_faults.py `test_sigterm_under_concurrent_load_fails_nothing_in_flight` | every request in flight completes whole (0 failed); new connections refused; exit 0 within the grace period |
+//! | SIGTERM under load | `sigterm_under_load_fails_no_in_flight_request`; `a_request_sent_on_a_kept_alive_connection_as_shutdown_starts_is_answered`; tests/e2e/test_lifecycle.py `test_drain_on_sigterm`; tests/e2e/test_faults.py `test_sigterm_under_concurrent_load_fails_nothing_in_flight` | every request in flight completes whole (0 failed); a request arriving on a kept-alive connection within 1 s is answered with `Connection: close`; idle connections closed after 1 s; new connections refused; exit 0 within the grace period |
 //! | DNS failure for the upstream host | `dns_failure_for_the_upstream_host` | 502 BadGateway within 3 s; 3 connect errors, 2 retries counted |
 //! | upstream connection pool exhausted | `upstream_connection_pool_exhausted` | 64 requests against 32 slots and an upstream serving 4 at a time: each 200, 503 SlowDown or 504 GatewayTimeout within 3 s; none hangs; served normally afterwards |
 
@@ -574,6 +574,70 @@ async fn sigterm_under_load_fails_no_in_flight_request() {
         .await
         .expect("serve() returned once the in-flight requests were done")
         .unwrap();
+}
+
+/// Whether the peer has closed `stream` (end of stream or reset) within `within`.
+async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(
+        tokio::time::timeout(within, stream.read(&mut byte)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_sent_on_a_kept_alive_connection_as_shutdown_starts_is_answered() {
+    let up = Upstream::start(|_, _| Act::ok(b"hello")).await;
+    let mut gw = gateway(&url(&up), Tune::default()).await;
+    let addr = gw.addr;
+    // Two kept-alive connections, each after one request: one sends another during the shutdown,
+    // the other stays idle.
+    let mut busy = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    for stream in [&mut busy, &mut idle] {
+        stream
+            .write_all(&head("GET", "/shared/Bob/first", &[], None))
+            .await
+            .unwrap();
+        let reply = read_reply(stream, WITHIN).await;
+        assert_eq!(reply.status(), Some(200), "{reply:?}");
+        assert_eq!(reply.header("connection"), None, "{reply:?}");
+    }
+    let shutdown_at = Instant::now();
+    gw.shut_down();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "a new connection was accepted"
+    );
+    // The request a client had under way as the shutdown began is answered, with word that the
+    // connection closes; then it does.
+    busy.write_all(&head("GET", "/shared/Bob/second", &[], None))
+        .await
+        .unwrap();
+    let reply = read_reply(&mut busy, WITHIN).await;
+    assert_eq!(reply.status(), Some(200), "{reply:?}");
+    assert_eq!(reply.body(), b"hello");
+    assert_eq!(reply.header("connection"), Some("close"), "{reply:?}");
+    assert!(
+        closed_within(&mut busy, Duration::from_secs(1)).await,
+        "still open after Connection: close"
+    );
+    // The idle connection is closed once its window is over, and serve() returns then.
+    assert!(
+        closed_within(&mut idle, Duration::from_secs(3)).await,
+        "idle connection still open"
+    );
+    let idle_closed_after = shutdown_at.elapsed();
+    assert!(
+        (Duration::from_millis(800)..Duration::from_millis(2500)).contains(&idle_closed_after),
+        "idle connection closed {idle_closed_after:?} after the shutdown began (window: 1 s)"
+    );
+    tokio::time::timeout(Duration::from_secs(2), &mut gw.served)
+        .await
+        .expect("serve() returned once the connections had closed")
+        .unwrap();
+    assert_eq!(up.seen().len(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
