@@ -3,7 +3,7 @@
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$REPO/target/e2e-venv"
 
-say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+say() { printf '\033[1m==> [%4d s] %s\033[0m\n' "$SECONDS" "$*" >&2; }
 
 # Creates target/e2e-venv with the pinned Python packages (moto server, aws CLI, boto3, pytest).
 ensure_python_env() {

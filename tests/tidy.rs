@@ -19,7 +19,7 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 fn no_ignored_or_should_panic_tests_and_no_mod_rs() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut files = Vec::new();
-    for dir in ["src", "tests", "benches", "bench", "examples"] {
+    for dir in ["src", "tests", "bench"] {
         rust_files(&root.join(dir), &mut files);
     }
     assert!(

@@ -1015,7 +1015,12 @@ def test_dockerignore_keeps_what_the_build_copies():
     ignore = [l.strip() for l in DOCKERIGNORE.read_text().splitlines() if l.strip() and not l.startswith("#")]
     assert ignore[0] == "*", "an allow-list: the build context is only what the image needs"
     allowed = {l[1:].rstrip("/") for l in ignore[1:] if l.startswith("!")}
-    assert {"Cargo.toml", "Cargo.lock", "src", "bench", "deploy/config"} <= allowed
+    # Every file a stage copies from the context (not from another stage) is let in.
+    copied = {s for stage in dockerfile_stages(DOCKERFILE.read_text()) for s in copied_sources(stage)
+              if not s.startswith("/")}
+    left_out = {s for s in copied if not any(s == a or s.startswith(a + "/") for a in allowed)}
+    assert copied and not left_out, left_out
+    assert {"Cargo.toml", "src", "bench", "tests/e2e/sdk_client"} <= copied, copied
 
 
 def cargo_metadata_in(context: Path, sources: list[str]) -> subprocess.CompletedProcess:
@@ -1038,7 +1043,7 @@ def test_the_build_stage_copies_a_whole_cargo_workspace(tmp_path: Path):
     metadata = json.loads(r.stdout)
     members = {Path(p["manifest_path"]).parent.name for p in metadata["packages"]
                if p["id"] in metadata["workspace_members"]}
-    assert members == {"context", "bench"}, members
+    assert members == {"context", "bench", "sdk_client"}, members
     # Without the bench member, the same load fails: the check has teeth.
     r = cargo_metadata_in(tmp_path / "without-bench", [s for s in sources if s != "bench"])
     assert r.returncode != 0 and "workspace member" in r.stderr, r.stderr

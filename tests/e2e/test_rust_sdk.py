@@ -1,4 +1,4 @@
-"""End to end with the Rust AWS SDK (aws-sdk-s3) as the client: examples/sdk_client.rs.
+"""End to end with the Rust AWS SDK (aws-sdk-s3) as the client: tests/e2e/sdk_client (src/main.rs).
 
 Over a plain-http endpoint the Rust SDK uploads PutObject/UploadPart bodies as *signed*
 aws-chunked payloads with a CRC32 trailer (``STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER``,
@@ -10,7 +10,7 @@ The client runs as bob against apgate's shared listener (path style, us-east-1, 
 with an environment holding only ENDPOINT and bob's keys (plus SDK_CLIENT_MOTO_COMPAT=1: moto
 5.2.1 names the CompleteMultipartUpload result root ``CompleteMultipartUploadResponse``, which the
 Rust SDK refuses to parse; sdk_client renames it on that call only). Build it with
-``cargo build --release --examples`` (scripts/test does).
+``cargo build --release -p apgate-sdk-client`` (scripts/test does).
 """
 
 from __future__ import annotations
@@ -52,9 +52,9 @@ def describe(args, proc: subprocess.CompletedProcess) -> str:
 
 @pytest.fixture(scope="module")
 def sdk(apgate, tmp_path_factory):
-    exe = Path(os.environ.get("SDK_CLIENT_BIN", REPO / "target" / "release" / "examples" / "sdk_client"))
+    exe = Path(os.environ.get("SDK_CLIENT_BIN", REPO / "target" / "release" / "sdk_client"))
     if not exe.is_file():
-        pytest.fail(f"sdk_client not built at {exe} (cargo build --release --examples)")
+        pytest.fail(f"sdk_client not built at {exe} (cargo build --release -p apgate-sdk-client)")
     home = tmp_path_factory.mktemp("sdk_home")
     # Nothing from the test runner's environment: no stray AWS_* settings, profiles or CA bundles.
     env = {
