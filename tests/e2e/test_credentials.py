@@ -48,8 +48,10 @@ from conftest import (
     wait_port,
 )
 
-ROTATION_SECONDS = float(os.environ.get("E2E_CRED_ROTATION_SECONDS", "75"))
-ROTATION_LIFETIME = 30  # seconds, what the fake ECS endpoint puts in Expiration
+# apgate refreshes min(before_expiry, lifetime / 2) ahead of expiry, less a jitter under
+# lifetime / 4: with a 16 s lifetime every 4-8 s, so 5-10 rotations during the 40 s loop.
+ROTATION_SECONDS = float(os.environ.get("E2E_CRED_ROTATION_SECONDS", "40"))
+ROTATION_LIFETIME = 16  # seconds, what the fake ECS endpoint puts in Expiration
 ROTATION_RATE = 10.0  # requests per second in the steady loop
 OUTAGE_LIFETIME = 20
 NO_RETRIES = {"mode": "standard", "total_max_attempts": 1}
