@@ -1,5 +1,5 @@
 """Faults that need the real upstream (moto, SigV4 + IAM enforced) and the real binary; the rest
-of the fault suite runs in process (tests/faults.rs, whose header maps every fault to its test).
+of the fault suite runs in process (tests/in_process/faults.rs, whose header maps every fault to its test).
 
 - A client that aborts an upload mid-body (TCP reset) leaves no object, whether apgate held the
   body for retries (nothing reached moto) or streamed it (moto saw a request that never ended).

@@ -170,7 +170,7 @@ def test_multipart_responses_show_the_client_facing_bucket_and_url(apgate, bob):
 def test_upstream_error_bodies_pass_the_rewriter_intact(apgate, bob):
     """Upstream XML errors go through apgate's response rewriter. moto's error bodies name no
     bucket, so this shows the rewriter keeps them intact; replacing a bucket-revealing error body is
-    tested in tests/proxy.rs against a scripted upstream."""
+    tested in tests/in_process/proxy.rs against a scripted upstream."""
     import http.client
     import s3wire
     key = unique() + "missing"

@@ -1,10 +1,9 @@
-//! Shared by the in-process integration tests (`tests/proxy.rs`, `tests/bad_input.rs`,
-//! `tests/ssrf.rs`, and through `tests/support/harness.rs` `tests/faults.rs` and
-//! `tests/retries.rs`): the configuration every test starts from, an in-process apgate started from
-//! it, the check that a request the upstream got was signed by apgate, and the pieces of reading
-//! apgate's raw answers that every raw-socket client shares.
+//! Shared by the in-process integration tests (tests/in_process/: `proxy`, `bad_input`, `ssrf`, and
+//! through `tests/support/harness.rs` `faults` and `retries`): the configuration every test starts
+//! from, an in-process apgate started from it, the check that a request the upstream got was signed
+//! by apgate, and the pieces of reading apgate's raw answers that every raw-socket client shares.
 
-#![allow(dead_code, unreachable_pub)] // Each test crate uses its own part.
+#![allow(dead_code, unreachable_pub)] // Not every test module uses every helper.
 #![allow(missing_debug_implementations)]
 #![allow(clippy::unwrap_used)] // Test helpers: a failure here is a test failure.
 

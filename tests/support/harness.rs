@@ -1,14 +1,13 @@
-//! Shared by `tests/faults.rs` and `tests/retries.rs`: a fake upstream over raw TCP whose every
-//! request follows a script (answer, answer late, reset at a chosen byte, never answer), an
-//! in-process apgate in front of it, raw-socket clients that tell a complete body from an aborted
-//! one, and readers for metrics and the access log.
+//! Shared by `tests/in_process/faults.rs` and `tests/in_process/retries.rs`: a fake upstream over
+//! raw TCP whose every request follows a script (answer, answer late, reset at a chosen byte, never
+//! answer), an in-process apgate in front of it, raw-socket clients that tell a complete body from
+//! an aborted one, and readers for metrics and the access log.
 
-#![allow(dead_code, unreachable_pub)] // Each test crate uses its own part of the harness.
+#![allow(dead_code, unreachable_pub)] // Not every test module uses every helper.
 #![allow(missing_debug_implementations)]
 #![allow(clippy::unwrap_used)] // Test helpers: a failure here is a test failure.
 
-#[path = "gateway.rs"]
-mod gateway;
+use crate::gateway;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -21,7 +20,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
 use gateway::{config_toml, final_head, s3_code, verify_upstream_signature, Conf};
-#[allow(unused_imports)] // Each test crate uses its own part of the harness.
+#[allow(unused_imports)] // Not every test module uses every helper.
 pub use gateway::{Gw, AP_HOST, UPSTREAM_AKID, UPSTREAM_SECRET};
 
 // ---------------------------------------------------------------------------------------------

@@ -1,9 +1,9 @@
-//! Shared by `tests/proxy.rs`, `tests/bad_input.rs` and `tests/ssrf.rs`: a recording fake upstream,
-//! a hyper HTTP/1 server on 127.0.0.1:0 that logs each request head at once, then reads the body
-//! and notes whether it arrived to its end, then answers. (`tests/support/harness.rs` has the raw
-//! TCP upstream that misbehaves on cue.)
+//! Shared by `tests/in_process/proxy.rs`, `tests/in_process/bad_input.rs` and
+//! `tests/in_process/ssrf.rs`: a recording fake upstream, a hyper HTTP/1 server on 127.0.0.1:0 that
+//! logs each request head at once, then reads the body and notes whether it arrived to its end,
+//! then answers. (`tests/support/harness.rs` has the raw TCP upstream that misbehaves on cue.)
 
-#![allow(dead_code, unreachable_pub)] // Each test crate uses its own part.
+#![allow(dead_code, unreachable_pub)] // Not every test module uses every helper.
 #![allow(clippy::unwrap_used)] // Test helpers: a failure here is a test failure.
 
 use std::future::Future;

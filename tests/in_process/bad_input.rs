@@ -6,10 +6,8 @@
 //! the access point host.
 
 #![allow(clippy::unwrap_used)] // Test helpers: a failure here is a test failure.
-#[path = "support/gateway.rs"]
-mod gateway;
-#[path = "support/upstream.rs"]
-mod upstream;
+use crate::gateway;
+use crate::upstream;
 
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

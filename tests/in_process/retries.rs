@@ -6,8 +6,7 @@
 
 #![allow(clippy::unwrap_used)] // Test code: a failure here is a test failure.
 
-#[path = "support/harness.rs"]
-mod harness;
+use crate::harness;
 
 use std::time::{Duration, Instant};
 

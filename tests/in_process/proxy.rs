@@ -3,10 +3,8 @@
 //! bodies, `Location` headers), and how upstream failures surface (502, 504).
 
 #![allow(clippy::unwrap_used)] // Test helpers: a failure here is a test failure.
-#[path = "support/gateway.rs"]
-mod gateway;
-#[path = "support/upstream.rs"]
-mod upstream;
+use crate::gateway;
+use crate::upstream;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -7,7 +7,7 @@
 //! |---|---|---|
 //! | upstream resets mid-response | `upstream_resets_mid_response` | 200 head, body short of its Content-Length (aborted, never "whole"); one attempt upstream |
 //! | upstream resets mid-upload (streamed body) | `upstream_resets_mid_upload` | 502 BadGateway (or the connection reset under the unsent body), never a success; one incomplete attempt; no object |
-//! | upstream resets before the response to a small upload | tests/retries.rs `a_small_put_is_sent_again_whole_after_a_reset_before_the_response` | 200; two attempts each with the whole body; stored once |
+//! | upstream resets before the response to a small upload | tests/in_process/retries.rs `a_small_put_is_sent_again_whole_after_a_reset_before_the_response` | 200; two attempts each with the whole body; stored once |
 //! | upstream returns 500 | `upstream_returns_500` | 3 attempts, then the upstream's 500 InternalError; retries and responses counted |
 //! | upstream returns 503 SlowDown | `upstream_returns_503_slow_down` | a GET rides one out (200); a 2 MiB PUT gets one attempt and 503 SlowDown |
 //! | upstream accepts and never answers | `upstream_accepts_and_never_answers` | 504 GatewayTimeout: a GET after 3 timed-out attempts (~1.5 s), a PUT after one |
@@ -23,15 +23,14 @@
 //! | credential endpoint down | tests/e2e/test_credentials.py `test_ecs_endpoint_down_then_back` | cached credentials keep serving (and /readyz 200) until they expire; then 503 ServiceUnavailable, nothing forwarded; recovers without a restart |
 //! | STS refuses a per-caller role | tests/e2e/test_credentials.py `test_unassumable_role` | that caller gets 503 ServiceUnavailable, nothing forwarded; everyone else served |
 //! | STS down for a per-caller role | `sts_down_for_a_per_caller_role` | that caller gets 503 ServiceUnavailable at once, nothing forwarded; everyone else served; failures counted |
-//! | invalid config reload | tests/proxy.rs `a_reload_changes_routes_without_a_restart_and_a_bad_one_changes_nothing`; tests/e2e/test_lifecycle.py `test_invalid_reload_keeps_the_old_config` | refused with the key path, counted; the running routes keep serving |
+//! | invalid config reload | tests/in_process/proxy.rs `a_reload_changes_routes_without_a_restart_and_a_bad_one_changes_nothing`; tests/e2e/test_lifecycle.py `test_invalid_reload_keeps_the_old_config` | refused with the key path, counted; the running routes keep serving |
 //! | SIGTERM under load | `sigterm_under_load_fails_no_in_flight_request`; `a_request_sent_on_a_kept_alive_connection_as_shutdown_starts_is_answered`; tests/e2e/test_lifecycle.py `test_drain_on_sigterm`; tests/e2e/test_faults.py `test_sigterm_under_concurrent_load_fails_nothing_in_flight` | every request in flight completes whole (0 failed); a request arriving on a kept-alive connection within 1 s is answered with `Connection: close`; idle connections closed after 1 s; new connections refused; exit 0 within the grace period |
 //! | DNS failure for the upstream host | `dns_failure_for_the_upstream_host` | 502 BadGateway within 3 s; 3 connect errors, 2 retries counted |
 //! | upstream connection pool exhausted | `upstream_connection_pool_exhausted` | 64 requests against 32 slots and an upstream serving 4 at a time: each 200, 503 SlowDown or 504 GatewayTimeout within 3 s; none hangs; served normally afterwards |
 
 #![allow(clippy::unwrap_used)] // Test code: a failure here is a test failure.
 
-#[path = "support/harness.rs"]
-mod harness;
+use crate::harness;
 
 use std::time::{Duration, Instant};
 

@@ -8,10 +8,8 @@
 //! connection. The recording upstream must only ever see access point hosts of the configuration.
 
 #![allow(clippy::unwrap_used)] // Test helpers: a failure here is a test failure.
-#[path = "support/gateway.rs"]
-mod gateway;
-#[path = "support/upstream.rs"]
-mod upstream;
+use crate::gateway;
+use crate::upstream;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
