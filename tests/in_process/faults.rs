@@ -440,14 +440,9 @@ async fn slow_loris_clients_do_not_stop_service() {
                 s.write_all(format!("GET /shared/Bob/loris-{i} HTTP/1.1\r\n").as_bytes())
                     .await
                     .unwrap();
-                let mut buf = [0u8; 1024];
                 loop {
                     // One header byte every 100 ms, and see whether apgate has closed.
-                    if s.write_all(b"x").await.is_err() {
-                        return started.elapsed();
-                    }
-                    let read = tokio::time::timeout(Duration::from_millis(100), s.read(&mut buf)).await;
-                    if let Ok(Ok(0) | Err(_)) = read {
+                    if s.write_all(b"x").await.is_err() || closed_within(&mut s, Duration::from_millis(100)).await {
                         return started.elapsed();
                     }
                     if started.elapsed() > Duration::from_secs(10) {
