@@ -112,6 +112,45 @@ for i, (m, host, t, extra) in enumerate(addr):
     write("addressing", f"table-{i:02}", request(m, t, "", [("host", host)] + extra))
 write("addressing", "explain-url", "PUT\nhttp://access-point-test.s3.localhost:8080/Bob/report.csv?uploads\nsrc/k\n")
 
+# --- Decide: the whole decision, bob by source address or by a harness-signed SigV4 header ------
+def decide_seed(name, method, target, headers, body=None, sign=False):
+    host = [] if any(k == "host" for k, _ in headers) else [("host", "127.0.0.1:8080")]
+    text = request(method, target, "", host + headers, sign)
+    if body is not None:
+        text = text.encode() + b"--\n" + (body if isinstance(body, bytes) else body.encode())
+    write("decide", name, text)
+
+
+DEL = "<Delete><Object><Key>Bob/a</Key></Object><!-- c --><Object><Key>Bob/ro/b</Key></Object></Delete>"
+decide_seed("get", "GET", "/access-point-test/Bob/k", [])
+decide_seed("get-signed", "GET", "/access-point-test/Bob/k?x-id=GetObject", [("x-amz-content-sha256", "UNSIGNED-PAYLOAD")], sign=True)
+decide_seed("list-v2", "GET", "/access-point-test?list-type=2&prefix=Bob%2Fro%2F&delimiter=%2F", [])
+decide_seed("list-and-tagging", "GET", "/access-point-test?list-type=2&prefix=Bob%2F&tagging", [])
+decide_seed("put", "PUT", "/access-point-test/Bob/k", [("content-length", "5"), ("x-amz-meta-a", "b")])
+decide_seed("put-acl-header", "PUT", "/access-point-test/Bob/acl/k", [("content-length", "0"), ("x-amz-acl", "public-read")])
+decide_seed("put-object-acl", "PUT", "/access-point-test/Bob/acl/k?acl", [("content-length", "0")])
+decide_seed("copy", "PUT", "/access-point-test/Bob/dst", [("content-length", "0"), ("x-amz-copy-source", "/access-point-test/Bob/ro/src%20a")])
+decide_seed("upload-part", "PUT", "/access-point-test/Bob/k?partNumber=1&uploadId=u", [("content-length", "5")])
+decide_seed("vhost", "GET", "/Bob/k", [("host", "access-point-test.s3.localhost")])
+decide_seed("ops", "DELETE", "/logs/2026/x", [("x-fuzz-remote", "10.0.0.1")])
+decide_seed("delete-objects", "POST", "/access-point-test?delete", [("content-length", str(len(DEL)))], DEL)
+split = DEL.index("-->") + 1
+chunks = "".join(f"{len(p):x}\r\n{p}\r\n" for p in (DEL[:split], DEL[split:])) + "0\r\nx-amz-checksum-crc32:AAAAAA==\r\n\r\n"
+decide_seed(
+    "delete-objects-chunked",
+    "POST",
+    "/access-point-test?delete",
+    [
+        ("transfer-encoding", "chunked"),
+        ("content-encoding", "aws-chunked"),
+        ("x-amz-content-sha256", "STREAMING-UNSIGNED-PAYLOAD-TRAILER"),
+        ("x-amz-decoded-content-length", str(len(DEL))),
+        ("x-amz-trailer", "x-amz-checksum-crc32"),
+    ],
+    chunks,
+)
+decide_seed("restore", "POST", "/access-point-test/Bob/k?restore", [("content-length", "36")], "<RestoreRequest><Days>1</Days></RestoreRequest>")
+
 # --- Config: the example files, with inline secrets so they validate ---------------------------
 for name in sorted(os.listdir(os.path.join(ROOT, "config"))):
     text = open(os.path.join(ROOT, "config", name)).read()

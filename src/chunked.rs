@@ -19,16 +19,15 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
-use hmac::{Hmac, Mac};
 use http_body::{Body, Frame, SizeHint};
 use sha2::{Digest, Sha256};
+
+pub use crate::sigv4::ChunkKey;
 
 use crate::body::BoxError;
 use crate::error::{GatewayError, S3ErrorCode};
 use crate::secret::ct_eq;
 
-/// The SHA-256 of the empty string, part of every chunk's string to sign.
-const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 /// Chunks larger than this are refused (clients use 64 KiB to 1 MiB); it bounds apgate's memory.
 pub const MAX_CHUNK_SIZE: usize = 16 << 20;
 /// Only the last data chunk may be smaller than this (S3's rule).
@@ -36,65 +35,7 @@ pub const MIN_CHUNK_SIZE: usize = 8 << 10;
 const MAX_HEADER_LINE: usize = 4096;
 const MAX_TRAILER_BYTES: usize = 16 << 10;
 
-/// The signing context of one side of a streaming upload: derived key, timestamp and scope.
-#[derive(Clone)]
-pub struct ChunkKey {
-    key: [u8; 32],
-    amz_date: String,
-    scope: String,
-}
-
-impl std::fmt::Debug for ChunkKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChunkKey")
-            .field("amz_date", &self.amz_date)
-            .field("scope", &self.scope)
-            .finish_non_exhaustive()
-    }
-}
-
-impl ChunkKey {
-    pub fn new(signing_key: [u8; 32], amz_date: impl Into<String>, scope: impl Into<String>) -> Self {
-        Self {
-            key: signing_key,
-            amz_date: amz_date.into(),
-            scope: scope.into(),
-        }
-    }
-
-    /// `AWS4-HMAC-SHA256-PAYLOAD\n<date>\n<scope>\n<previous>\n<sha256("")>\n<sha256(data)>`.
-    pub fn chunk_signature(&self, previous: &str, data: &[u8]) -> String {
-        self.chunk_signature_of_hash(previous, &crate::s3::encoding::hex_lower(&Sha256::digest(data)))
-    }
-
-    /// As [`ChunkKey::chunk_signature`], with the chunk's hex SHA-256 already computed (the inbound
-    /// check and the outbound signature share one hash of each chunk).
-    pub fn chunk_signature_of_hash(&self, previous: &str, data_sha256_hex: &str) -> String {
-        let sts = format!(
-            "AWS4-HMAC-SHA256-PAYLOAD\n{}\n{}\n{previous}\n{EMPTY_SHA256}\n{data_sha256_hex}",
-            self.amz_date, self.scope
-        );
-        self.sign(&sts)
-    }
-
-    /// `AWS4-HMAC-SHA256-TRAILER\n<date>\n<scope>\n<previous>\n<sha256(canonical trailers)>`.
-    pub fn trailer_signature(&self, previous: &str, canonical_trailers: &[u8]) -> String {
-        let sts = format!(
-            "AWS4-HMAC-SHA256-TRAILER\n{}\n{}\n{previous}\n{}",
-            self.amz_date,
-            self.scope,
-            crate::s3::encoding::hex_lower(&Sha256::digest(canonical_trailers))
-        );
-        self.sign(&sts)
-    }
-
-    fn sign(&self, sts: &str) -> String {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key)
-            .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
-        mac.update(sts.as_bytes());
-        crate::s3::encoding::hex_lower(&mac.finalize().into_bytes())
-    }
-}
+pub mod decode;
 
 /// The caller's side: what its chunk signatures are checked against.
 #[derive(Debug, Clone)]
@@ -172,6 +113,9 @@ pin_project_lite::pin_project! {
         decoded_length: u64,
         seen: u64,
         small_chunk_seen: bool,
+        // The CRLF that ends the last data chunk, held back until the next chunk verified: a body
+        // that ends without its final zero-length chunk then never reaches the upstream whole.
+        pending_crlf: bool,
         inner_done: bool,
         out: VecDeque<Bytes>,
         failure: FailureSlot,
@@ -213,6 +157,7 @@ impl<B> ResignChunks<B> {
             decoded_length,
             seen: 0,
             small_chunk_seen: false,
+            pending_crlf: false,
             inner_done: false,
             out: VecDeque::new(),
             failure,
@@ -234,6 +179,7 @@ fn step(
     decoded_length: u64,
     seen: &mut u64,
     small_chunk_seen: &mut bool,
+    pending_crlf: &mut bool,
 ) -> Result<bool, ChunkError> {
     match state {
         State::Header => {
@@ -256,7 +202,7 @@ fn step(
             if hex_size.is_empty() || hex_size.len() > 16 || !hex_size.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(ChunkError::Malformed("bad chunk size"));
             }
-            if !crate::identity::sigv4::is_signature(signature) {
+            if !crate::sigv4::is_signature(signature) {
                 return Err(ChunkError::Malformed("bad chunk signature"));
             }
             let size = usize::from_str_radix(hex_size, 16).map_err(|_| ChunkError::Malformed("bad chunk size"))?;
@@ -295,6 +241,9 @@ fn step(
                 }
             }
             previous_in.clone_from(signature);
+            if std::mem::take(pending_crlf) {
+                out.push_back(Bytes::from_static(b"\r\n"));
+            }
             let resigned = outbound.chunk_signature_of_hash(previous_out, &data_hash);
             let mut head = BytesMut::with_capacity(hex.len() + 83);
             head.extend_from_slice(hex);
@@ -324,7 +273,7 @@ fn step(
                     *small_chunk_seen = true;
                 }
                 out.push_back(data);
-                out.push_back(Bytes::from_static(b"\r\n"));
+                *pending_crlf = true;
                 *state = State::Header;
             }
             Ok(true)
@@ -368,19 +317,13 @@ fn step(
                 return Ok(true);
             }
             // The empty line ends the trailer: check its signature and re-emit it re-signed.
-            let mut canonical_lines: Vec<(&String, &String)> = lines
-                .iter()
-                .filter(|(n, _, _)| n != "x-amz-trailer-signature")
-                .map(|(n, v, _)| (n, v))
-                .collect();
-            canonical_lines.sort();
-            let mut canonical = Vec::new();
-            for (n, v) in &canonical_lines {
-                canonical.extend_from_slice(n.as_bytes());
-                canonical.push(b':');
-                canonical.extend_from_slice(v.as_bytes());
-                canonical.push(b'\n');
-            }
+            let canonical = canonical_trailers(
+                &lines
+                    .iter()
+                    .filter(|(n, _, _)| n != "x-amz-trailer-signature")
+                    .map(|(n, v, _)| (n.clone(), v.clone()))
+                    .collect::<Vec<_>>(),
+            );
             if lines.iter().filter(|(n, _, _)| n == "x-amz-trailer-signature").count() > 1 {
                 // Found by the `aws_chunked` fuzz target: which one would S3 check?
                 return Err(ChunkError::Malformed("more than one x-amz-trailer-signature"));
@@ -390,7 +333,7 @@ fn step(
                 .find(|(n, _, _)| n == "x-amz-trailer-signature")
                 .map(|(_, v, _)| v.as_str())
                 .ok_or(ChunkError::Malformed("trailer without x-amz-trailer-signature"))?;
-            if !crate::identity::sigv4::is_signature(given) {
+            if !crate::sigv4::is_signature(given) {
                 return Err(ChunkError::Malformed("bad trailer signature"));
             }
             if let Some(inbound) = inbound {
@@ -431,6 +374,20 @@ fn step(
     }
 }
 
+/// The canonical form of trailer lines a trailer signature covers: `name:value\n` per line, sorted.
+pub(crate) fn canonical_trailers(lines: &[(String, String)]) -> Vec<u8> {
+    let mut sorted: Vec<&(String, String)> = lines.iter().collect();
+    sorted.sort();
+    let mut canonical = Vec::new();
+    for (n, v) in sorted {
+        canonical.extend_from_slice(n.as_bytes());
+        canonical.push(b':');
+        canonical.extend_from_slice(v.as_bytes());
+        canonical.push(b'\n');
+    }
+    canonical
+}
+
 fn find_crlf(buf: &[u8]) -> Option<usize> {
     buf.windows(2).position(|w| w == b"\r\n")
 }
@@ -461,6 +418,7 @@ where
                 *this.decoded_length,
                 this.seen,
                 this.small_chunk_seen,
+                this.pending_crlf,
             );
             match progressed {
                 Ok(true) => continue,

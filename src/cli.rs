@@ -29,25 +29,14 @@ pub enum Command {
         #[arg(short, long, env = "APGATE_CONFIG")]
         config: PathBuf,
     },
-    /// Show what apgate would do with a request, without sending anything: the operation, which
-    /// route matched and why (or why it is denied), the access point and the upstream request.
+    /// Show what apgate would do with a request, without sending anything: the same decision the
+    /// proxy makes (the operation, the route, the access point, the upstream request), in words.
     ///
-    /// Example: apgate explain -c apgate.toml --identity bob PUT /access-point-test/Bob/report.csv
-    Explain {
-        /// The configuration file (TOML).
-        #[arg(short, long, env = "APGATE_CONFIG")]
-        config: PathBuf,
-        /// The caller, as named in [[identities]].
-        #[arg(long)]
-        identity: String,
-        /// For copies: the x-amz-copy-source the client sends (bucket/key).
-        #[arg(long)]
-        copy_source: Option<String>,
-        /// The HTTP method (GET, PUT, HEAD, DELETE, POST).
-        method: String,
-        /// A path (/bucket/key?query) or a full URL (http://bucket.s3.example.internal/key).
-        target: String,
-    },
+    /// Examples:
+    ///   apgate explain -c apgate.toml --identity bob PUT /access-point-test/Bob/report.csv
+    ///   apgate explain -c apgate.toml --listener shared -H 'Authorization: AWS4-HMAC-SHA256 ...' GET /b/k
+    ///   apgate explain -c apgate.toml --identity bob --requests requests.jsonl
+    Explain(ExplainArgs),
     /// Print a fresh access key id and secret for an inbound identity, as a config snippet.
     Keygen {
         /// The identity the key is for (only used in the printed snippet).
@@ -69,6 +58,44 @@ pub enum Command {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
     },
+}
+
+/// `apgate explain`'s arguments.
+#[derive(Debug, clap::Args)]
+pub struct ExplainArgs {
+    /// The configuration file (TOML).
+    #[arg(short, long, env = "APGATE_CONFIG")]
+    pub config: PathBuf,
+    /// The caller, as named in [[identities]] (as if identified by its source network).
+    #[arg(long, conflicts_with = "listener")]
+    pub identity: Option<String>,
+    /// A listener of the configuration: its identity chain checks the request's own signature
+    /// (give its headers with -H).
+    #[arg(long)]
+    pub listener: Option<String>,
+    /// A request header, as `Name: value` (repeat for more).
+    #[arg(short = 'H', long = "header")]
+    pub headers: Vec<String>,
+    /// For copies: the x-amz-copy-source the client sends (bucket/key).
+    #[arg(long)]
+    pub copy_source: Option<String>,
+    /// A file with the request body, for operations whose body apgate checks (DeleteObjects).
+    #[arg(long)]
+    pub body: Option<PathBuf>,
+    /// Print the decision as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// Explain the requests of a file, one JSON object a line ({"method", "target", "headers":
+    /// [[name, value], ...], "identity" or "listener", "remote", "body_base64"}); prints one JSON
+    /// decision a line.
+    #[arg(long, conflicts_with_all = ["method", "target"])]
+    pub requests: Option<PathBuf>,
+    /// The HTTP method (GET, PUT, HEAD, DELETE, POST).
+    #[arg(required_unless_present = "requests")]
+    pub method: Option<String>,
+    /// A path (/bucket/key?query) or a full URL (http://bucket.s3.example.internal/key).
+    #[arg(required_unless_present = "requests")]
+    pub target: Option<String>,
 }
 
 /// `apgate check`: prints problems or warnings, returns the exit code.
@@ -94,22 +121,112 @@ pub fn check(path: &std::path::Path) -> i32 {
     }
 }
 
-/// `apgate explain`: prints the decision; exit 0 when allowed, 1 when denied, 64 for a bad config.
-pub fn explain(path: &std::path::Path, identity: &str, method: &str, target: &str, copy_source: Option<&str>) -> i32 {
-    match crate::config::Config::load(path) {
-        Ok(c) => {
-            let e = crate::explain::explain(&c, identity, method, target, copy_source);
-            print!("{e}");
-            if e.allowed {
-                exit::OK
-            } else {
-                1
+/// `apgate explain`: prints the decision; exit 0 when allowed, 1 when denied (for `--requests`:
+/// when any is), 64 for a bad config or bad arguments.
+pub fn explain(args: &ExplainArgs) -> i32 {
+    use crate::explain::{request_from_json, Caller, Explainer, Request};
+    let config = match crate::config::Config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{}: invalid configuration\n{e}", args.config.display());
+            return exit::CONFIG;
+        }
+    };
+    let caller = match (&args.identity, &args.listener) {
+        (Some(i), _) => Caller::Identity(i.clone()),
+        (None, Some(l)) => Caller::Listener(l.clone()),
+        (None, None) if args.requests.is_some() => Caller::Identity(String::new()),
+        (None, None) => {
+            eprintln!("apgate explain: give the caller with --identity NAME or --listener NAME");
+            return exit::CONFIG;
+        }
+    };
+    let explainer = Explainer::new(&config);
+    if let Some(path) = &args.requests {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("{}: {e}", path.display());
+                return exit::CONFIG;
+            }
+        };
+        let mut all_allowed = true;
+        for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            let parsed = serde_json::from_str::<serde_json::Value>(line)
+                .map_err(|e| e.to_string())
+                .and_then(|v| request_from_json(&v, &caller));
+            let json = match parsed {
+                Ok(req) => {
+                    let e = explainer.explain(&req, std::time::SystemTime::now());
+                    all_allowed &= e.allowed;
+                    e.json
+                }
+                Err(e) => {
+                    all_allowed = false;
+                    serde_json::json!({"allowed": false, "code": "InvalidRequest", "message": format!("line {}: {e}", n + 1)})
+                }
+            };
+            println!("{json}");
+        }
+        return if all_allowed { exit::OK } else { 1 };
+    }
+    let mut headers = Vec::new();
+    for h in &args.headers {
+        match h.split_once(':') {
+            Some((n, v)) => headers.push((n.trim().to_owned(), v.trim().to_owned())),
+            None => {
+                eprintln!("apgate explain: --header {h:?}: want 'Name: value'");
+                return exit::CONFIG;
             }
         }
-        Err(e) => {
-            eprintln!("{}: invalid configuration\n{e}", path.display());
-            exit::CONFIG
+    }
+    if let Some(cs) = &args.copy_source {
+        headers.push(("x-amz-copy-source".to_owned(), cs.clone()));
+    }
+    let method = args.method.clone().unwrap_or_default();
+    let framed = headers
+        .iter()
+        .any(|(n, _)| n.eq_ignore_ascii_case("content-length") || n.eq_ignore_ascii_case("transfer-encoding"));
+    if !framed && matches!(method.to_ascii_uppercase().as_str(), "PUT" | "POST") {
+        // A request with a body says how long it is; the proxy refuses a PUT that does not.
+        let len = args
+            .body
+            .as_ref()
+            .and_then(|p| std::fs::metadata(p).ok())
+            .map_or(0, |m| m.len());
+        headers.push(("content-length".to_owned(), len.to_string()));
+        if !args.json {
+            println!("{:<11}Content-Length: {len} (give -H to say otherwise)", "assumed:");
         }
+    }
+    let body = match &args.body {
+        None => None,
+        Some(p) => match std::fs::read(p) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                eprintln!("{}: {e}", p.display());
+                return exit::CONFIG;
+            }
+        },
+    };
+    let req = Request {
+        caller,
+        method,
+        target: args.target.clone().unwrap_or_default(),
+        headers,
+        remote: None,
+        body,
+    };
+    let e = explainer.explain(&req, std::time::SystemTime::now());
+    if args.json {
+        println!("{}", e.json);
+    } else {
+        print!("{e}");
+    }
+    if e.allowed {
+        exit::OK
+    } else {
+        1
     }
 }
 

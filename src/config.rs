@@ -242,6 +242,36 @@ pub struct RouteConfig {
     pub prefix: String,
     pub operations: Vec<OperationClass>,
     pub access_point: AccessPoint,
+    /// Requests that change who may access objects, which this route lets through (none unless
+    /// listed): apgate signs them with an identity that can do more than the caller.
+    pub allow: Vec<AccessChange>,
+}
+
+/// A request that widens access to objects beyond the routes: forwarded only under a route that
+/// lists it in `allow` (docs/CONFIG.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum AccessChange {
+    /// `"acl"`: a canned ACL other than `private` and `bucket-owner-full-control`, any
+    /// `x-amz-grant-*` header, and PutObjectAcl.
+    Acl,
+    /// `"bypass-governance-retention"`: `x-amz-bypass-governance-retention: true`, which deletes or
+    /// shortens governance-mode retention.
+    BypassGovernanceRetention,
+}
+
+impl AccessChange {
+    pub const ALL: [Self; 2] = [Self::Acl, Self::BypassGovernanceRetention];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Acl => "acl",
+            Self::BypassGovernanceRetention => "bypass-governance-retention",
+        }
+    }
 }
 
 impl Config {

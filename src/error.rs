@@ -44,6 +44,12 @@ pub enum S3ErrorCode {
     RequestTimeout,
     InvalidChunkSizeError,
     MissingContentLength,
+    /// A body over S3's 5 GiB limit for one PUT.
+    EntityTooLarge,
+    /// A session token that does not belong with the key used.
+    InvalidToken,
+    /// The body's SHA-256 is not the `x-amz-content-sha256` the client signed.
+    XAmzContentSHA256Mismatch,
     NotImplemented,
     MethodNotAllowed,
     InternalError,
@@ -76,6 +82,9 @@ impl S3ErrorCode {
             Self::RequestTimeout => "RequestTimeout",
             Self::InvalidChunkSizeError => "InvalidChunkSizeError",
             Self::MissingContentLength => "MissingContentLength",
+            Self::EntityTooLarge => "EntityTooLarge",
+            Self::InvalidToken => "InvalidToken",
+            Self::XAmzContentSHA256Mismatch => "XAmzContentSHA256Mismatch",
             Self::NotImplemented => "NotImplemented",
             Self::MethodNotAllowed => "MethodNotAllowed",
             Self::InternalError => "InternalError",
@@ -104,6 +113,9 @@ impl S3ErrorCode {
             | Self::MalformedXML
             | Self::RequestHeaderSectionTooLarge
             | Self::IncompleteBody
+            | Self::EntityTooLarge
+            | Self::InvalidToken
+            | Self::XAmzContentSHA256Mismatch
             | Self::RequestTimeout => StatusCode::BAD_REQUEST,
             Self::MissingContentLength => StatusCode::LENGTH_REQUIRED,
             Self::NotImplemented => StatusCode::NOT_IMPLEMENTED,

@@ -1,20 +1,57 @@
 //! `apgate explain` and the warnings of `apgate check`: what the configuration does with a request,
 //! without sending anything, and which parts of it can never apply.
+//!
+//! An explanation is the proxy's own decision ([`crate::decision::decide`]) over the same head,
+//! printed in words: the caller is either a configured listener's identity chain over the request's
+//! own signature (`--listener`), or an identity named on the command line (`--identity`), which
+//! stands for a caller trusted by its source network. `--json` and `--requests` give the decision
+//! as JSON, one object a request, for scripts and for the differential tests that hold the proxy
+//! and `explain` to the same answers.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::SystemTime;
 
-use http::{HeaderMap, Method};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 
 use crate::config::{Config, Endpoint, IdentityMethod, RetryConfig};
-use crate::routing::{Router, Scope};
-use crate::s3::addressing::parse_target;
-use crate::s3::{Operation, Support};
+use crate::decision::{decide, inspect_body, BodyPlan, Decision, Head, Outcome, Policy};
+use crate::identity::{ListenerIdentity, SigV4Verifier, SourceMap};
+use crate::routing::Router;
+use crate::s3::operation::{self, Support};
 
-/// What apgate would do with one request from one identity.
+/// Who is asking.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// An identity of the configuration, as if identified by its source network.
+    Identity(String),
+    /// A listener of the configuration, whose identity chain reads the request's signature.
+    Listener(String),
+}
+
+/// A request to explain.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub caller: Caller,
+    pub method: String,
+    /// A path (`/bucket/key?query`) or a URL whose host may name a virtual-hosted bucket.
+    pub target: String,
+    pub headers: Vec<(String, String)>,
+    /// The source address (for `source` identities of a listener).
+    pub remote: Option<IpAddr>,
+    /// The body, for operations whose body apgate reads (DeleteObjects, RestoreObject).
+    pub body: Option<Vec<u8>>,
+}
+
+/// What apgate would do with one request.
 #[derive(Debug)]
 pub struct Explanation {
     pub lines: Vec<String>,
     pub allowed: bool,
+    /// The same, for machines.
+    pub json: serde_json::Value,
 }
 
 impl fmt::Display for Explanation {
@@ -26,143 +63,356 @@ impl fmt::Display for Explanation {
     }
 }
 
-/// Explains a request: `target` is a path (`/bucket/key?query`) or a full URL whose host may name
-/// a virtual-hosted bucket.
-pub fn explain(config: &Config, identity: &str, method: &str, target: &str, copy_source: Option<&str>) -> Explanation {
-    let mut lines = Vec::new();
-    let deny = |lines: &mut Vec<String>, why: String| {
-        lines.push(format!("decision:  DENIED: {why}"));
-        Explanation {
-            lines: std::mem::take(lines),
-            allowed: false,
-        }
-    };
-    let Ok(method) = method.to_ascii_uppercase().parse::<Method>() else {
-        return deny(&mut lines, format!("{method:?} is not an HTTP method"));
-    };
-    let (host, path_and_query) = match target.split_once("://") {
-        Some((_, rest)) => match rest.find('/') {
-            Some(i) => (Some(&rest[..i]), &rest[i..]),
-            None => (Some(rest), "/"),
-        },
-        None => (None, target),
-    };
-    let (path, query) = match path_and_query.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (path_and_query, None),
-    };
-    if !config.identities.iter().any(|i| i.name == identity) {
-        return deny(
-            &mut lines,
-            format!("there is no identity {identity:?} in the configuration"),
-        );
-    }
-    lines.push(format!("identity:  {identity}"));
-    let parsed = match parse_target(host, path, query, &config.addressing.virtual_host_domains) {
-        Ok(t) => t,
-        Err(e) => return deny(&mut lines, format!("the request target is invalid: {e}")),
-    };
-    let mut headers = HeaderMap::new();
-    if let Some(cs) = copy_source {
-        if let Ok(v) = cs.parse() {
-            headers.insert("x-amz-copy-source", v);
-        }
-    }
-    let op = Operation::classify(&method, &parsed, &headers);
-    lines.push(format!("operation: {} (class {})", op.as_str(), op.class().as_str()));
-    lines.push(format!(
-        "bucket:    {}   key: {}",
-        parsed.bucket.as_ref().map_or("-", |b| b.as_str()),
-        parsed.key.as_deref().unwrap_or("-")
-    ));
-    match op.support() {
-        Support::Forwarded => {}
-        Support::Synthesized => {
-            lines.push(
-                "decision:  ALLOWED: answered by apgate from the caller's routes (nothing is sent upstream)".to_owned(),
-            );
-            return Explanation { lines, allowed: true };
-        }
-        Support::NotYet | Support::NotThroughAccessPoints => {
-            return deny(
-                &mut lines,
-                format!("{} is not forwarded through access points", op.as_str()),
-            );
-        }
-    }
-    let Some(bucket) = parsed.bucket.as_ref() else {
-        return deny(&mut lines, "no bucket".to_owned());
-    };
-    let scope = match (&parsed.key, op.list_prefix(&parsed)) {
-        (Some(key), _) => Scope::Key(key),
-        (None, Some(prefix)) => Scope::ListPrefix(prefix),
-        (None, None) => Scope::Bucket,
-    };
-    let router = Router::new(&config.routes);
-    let route = match router.route(identity, bucket, scope, op.class()) {
-        Ok(r) => r,
-        Err(denial) => return deny(&mut lines, format!("{denial:?}: {}", denial.message())),
-    };
-    let ap = &route.access_point;
-    lines.push(format!(
-        "route:     routes[{}] (identity {}, bucket {}, prefix {:?}, operations {})",
-        route.index,
-        route.identity,
-        route.bucket,
-        route.prefix,
-        route
-            .operations
-            .iter()
-            .map(|o| o.as_str())
-            .collect::<Vec<_>>()
-            .join("+")
-    ));
-    lines.push(format!("access point: {}", ap.arn()));
-    let outbound = crate::rewrite::rewrite(&method, &headers, &parsed, ap, &config.upstream.endpoint);
-    lines.push(format!(
-        "upstream:  {} {}  (Host {}, signed for {}/s3)",
-        method,
-        outbound.signing_uri,
-        ap.host(),
-        ap.region()
-    ));
-    if let Endpoint::Custom(url) = &config.upstream.endpoint {
-        lines.push(format!("connect:   {url} (custom endpoint)"));
-    }
-    let signer = match config
-        .identities
-        .iter()
-        .find(|i| i.name == identity)
-        .and_then(|i| i.role.as_ref())
-    {
-        Some(role) => format!("the assumed role {} (session {})", role.arn, role.session_name),
-        None => "apgate's base credentials".to_owned(),
-    };
-    lines.push(format!("signed by: {signer}"));
-    lines.push(format!("retries:   {}", retries(&config.upstream.retry, &method)));
-    if let Some(cs) = copy_source {
-        match crate::s3::copy_source::CopySource::parse(cs) {
-            Ok(src) => match router.route(
-                identity,
-                &src.bucket,
-                Scope::Key(&src.key),
-                crate::s3::OperationClass::Read,
-            ) {
-                Ok(r) => lines.push(format!(
-                    "copy source: readable through routes[{}] → {}",
-                    r.index,
-                    src.to_access_point_header(&r.access_point)
-                )),
-                Err(d) => return deny(&mut lines, format!("copy source: {}", d.message())),
-            },
-            Err(e) => return deny(&mut lines, format!("copy source: {e}")),
-        }
-    }
-    lines.push("decision:  ALLOWED".to_owned());
-    Explanation { lines, allowed: true }
+/// Everything a decision needs, built from a configuration once for any number of requests.
+#[derive(Debug)]
+pub struct Explainer<'c> {
+    config: &'c Config,
+    verifier: SigV4Verifier,
+    router: Router,
+    listeners: HashMap<String, ListenerIdentity>,
 }
 
-/// Parts of a valid configuration that can never apply.
+impl<'c> Explainer<'c> {
+    pub fn new(config: &'c Config) -> Self {
+        let keys = config.identities.iter().flat_map(|i| {
+            let name: Arc<str> = Arc::from(i.name.as_str());
+            i.keys
+                .iter()
+                .map(move |k| (k.access_key_id.clone(), name.clone(), k.secret_access_key.clone()))
+        });
+        let verifier = SigV4Verifier::new(keys, config.sigv4.accepted_regions.clone(), config.sigv4.max_clock_skew);
+        let listeners = config
+            .listeners
+            .iter()
+            .map(|l| {
+                let identity = ListenerIdentity {
+                    methods: l.identity_methods.clone(),
+                    sources: SourceMap::new(l.sources.iter().map(|(n, id)| (*n, Arc::from(id.as_str()))).collect()),
+                    certificates: l
+                        .client_certificates
+                        .iter()
+                        .map(|(subject, id)| (subject.clone(), Arc::from(id.as_str())))
+                        .collect(),
+                };
+                (l.name.clone(), identity)
+            })
+            .collect();
+        Self {
+            config,
+            verifier,
+            router: Router::new(&config.routes),
+            listeners,
+        }
+    }
+
+    /// Explains one request, decided as of `now`.
+    pub fn explain(&self, req: &Request, now: SystemTime) -> Explanation {
+        let out = Out::default();
+        let synthetic;
+        let listener = match &req.caller {
+            Caller::Identity(name) => {
+                if !self.config.identities.iter().any(|i| i.name == *name) {
+                    return out.deny_early(format!("there is no identity {name:?} in the configuration"));
+                }
+                // The identity as a caller trusted by its source network: every address is it.
+                synthetic = ListenerIdentity {
+                    methods: vec![IdentityMethod::Source],
+                    sources: SourceMap::new(vec![
+                        ("0.0.0.0/0".parse().unwrap_or_default(), Arc::from(name.as_str())),
+                        ("::/0".parse().unwrap_or_default(), Arc::from(name.as_str())),
+                    ]),
+                    certificates: HashMap::new(),
+                };
+                &synthetic
+            }
+            Caller::Listener(name) => match self.listeners.get(name) {
+                Some(l) => l,
+                None => return out.deny_early(format!("there is no listener {name:?} in the configuration")),
+            },
+        };
+        let Ok(method) = req.method.to_ascii_uppercase().parse::<Method>() else {
+            return out.deny_early(format!("{:?} is not an HTTP method", req.method));
+        };
+        let (host, path_and_query) = match req.target.split_once("://") {
+            Some((_, rest)) => match rest.find('/') {
+                Some(i) => (Some(&rest[..i]), &rest[i..]),
+                None => (Some(rest), "/"),
+            },
+            None => (None, req.target.as_str()),
+        };
+        let Ok(uri) = path_and_query.parse::<Uri>() else {
+            return out.deny_early(format!("{path_and_query:?} is not a request target"));
+        };
+        let mut headers = HeaderMap::new();
+        for (name, value) in &req.headers {
+            let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) else {
+                return out.deny_early(format!("{name}: {value:?} is not a valid header"));
+            };
+            headers.append(n, v);
+        }
+        if !headers.contains_key(http::header::HOST) {
+            let host = host.unwrap_or("localhost");
+            if let Ok(v) = HeaderValue::from_str(host) {
+                headers.insert(http::header::HOST, v);
+            }
+        }
+        let policy = Policy {
+            domains: &self.config.addressing.virtual_host_domains,
+            verifier: &self.verifier,
+            router: &self.router,
+            listener,
+        };
+        let head = Head {
+            method: &method,
+            uri: &uri,
+            headers: &headers,
+            remote: req.remote.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            client_certificate: None,
+        };
+        let decision = decide(&head, &policy, now);
+        self.describe(&decision, &method, &headers, req.body.as_deref(), out)
+    }
+
+    fn describe(
+        &self,
+        d: &Decision<'_>,
+        method: &Method,
+        headers: &HeaderMap,
+        body: Option<&[u8]>,
+        mut out: Out,
+    ) -> Explanation {
+        if let Some(caller) = &d.caller {
+            out.line("identity:", &caller.name);
+            out.json.insert("identity".into(), caller.name.as_ref().into());
+        }
+        if let Some(op) = d.operation {
+            let what = match op.support() {
+                Support::Forwarded(class) => format!("{} (a {} operation)", op.as_str(), class.as_str()),
+                Support::Synthesized(_) => format!("{} (answered by apgate)", op.as_str()),
+                Support::Withheld => format!("{} (not offered through apgate)", op.as_str()),
+                Support::NotThroughAccessPoints => format!("{} (not supported through access points)", op.as_str()),
+            };
+            out.line("operation:", &what);
+        }
+        out.json
+            .insert("operation".into(), operation::label(d.operation).into());
+        if let Some(bucket) = d.bucket() {
+            out.line("bucket:", bucket.as_str());
+            out.json.insert("bucket".into(), bucket.as_str().into());
+        }
+        if let Some(key) = d.key() {
+            out.line("key:", key);
+            out.json.insert("key".into(), key.into());
+        }
+        let outcome = match &d.outcome {
+            Ok(o) => o,
+            Err(e) => return out.deny(e.code().as_str(), e.message()),
+        };
+        let forward = match outcome {
+            Outcome::ListBuckets(buckets) => {
+                let names: Vec<&str> = buckets.iter().map(|b| b.as_str()).collect();
+                out.line(
+                    "answer:",
+                    &format!("the buckets of the caller's routes: {}", names.join(", ")),
+                );
+                return out.allow("answered by apgate from the caller's routes; nothing is sent upstream");
+            }
+            Outcome::BucketLocation(route) => {
+                out.route(route);
+                out.line("answer:", &format!("region {}", route.access_point.region()));
+                return out.allow("answered by apgate from the access point's region; nothing is sent upstream");
+            }
+            Outcome::Forward(f) => f,
+        };
+        out.route(forward.route);
+        if let Some(source) = forward.copy_source {
+            out.line(
+                "copy from:",
+                &format!("routes[{}] (access point {})", source.index, source.access_point.arn()),
+            );
+        }
+        let ap = &forward.route.access_point;
+        let upstream = format!(
+            "{} https://{}{}",
+            forward.head.method,
+            ap.host(),
+            forward.head.path_and_query
+        );
+        out.line("upstream:", &upstream);
+        let mut names: Vec<&str> = forward.head.headers.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        names.dedup();
+        out.line(
+            "headers:",
+            &if names.is_empty() {
+                "none of the request's (apgate sets Host and its signature)".to_owned()
+            } else {
+                format!("{} (and Host and apgate's signature)", names.join(", "))
+            },
+        );
+        out.json.insert(
+            "upstream".into(),
+            serde_json::json!({
+                "method": forward.head.method.as_str(),
+                "host": ap.host(),
+                "path_and_query": forward.head.path_and_query,
+                "headers": names,
+            }),
+        );
+        if let Endpoint::Custom(url) = &self.config.upstream.endpoint {
+            out.line("connect:", &format!("{url} (a custom endpoint)"));
+        }
+        let signer = match self
+            .config
+            .identities
+            .iter()
+            .find(|i| d.caller.as_ref().is_some_and(|c| *c.name == *i.name))
+            .and_then(|i| i.role.as_ref())
+        {
+            Some(role) => format!("the assumed role {} (session {})", role.arn, role.session_name),
+            None => "apgate's base credentials".to_owned(),
+        };
+        out.line("signed by:", &format!("{signer}, for region {}", ap.region()));
+        out.line("retries:", &retries(&self.config.upstream.retry, method));
+        if let (BodyPlan::Inspect { .. }, Some(op), Some(caller)) = (forward.body, d.operation, &d.caller) {
+            match body {
+                None => out.line(
+                    "body:",
+                    "read and checked before it is forwarded (give it with --body to check it here)",
+                ),
+                Some(wire) => {
+                    let announced = headers.get("x-amz-trailer").and_then(|v| v.to_str().ok());
+                    match inspect_body(forward, op, &self.router, caller, announced, wire) {
+                        Ok(inspected) => {
+                            if !inspected.keys.is_empty() {
+                                out.line("body:", &format!("deletes {}", inspected.keys.join(", ")));
+                                out.json.insert("keys".into(), inspected.keys.into());
+                            } else {
+                                out.line("body:", "checked");
+                            }
+                        }
+                        Err(e) => return out.deny(e.code().as_str(), e.message()),
+                    }
+                }
+            }
+        }
+        out.allow("forwarded")
+    }
+}
+
+/// The lines and JSON of an explanation as it is built.
+#[derive(Debug, Default)]
+struct Out {
+    lines: Vec<String>,
+    json: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Out {
+    fn line(&mut self, label: &str, text: &str) {
+        self.lines.push(format!("{label:<11}{text}"));
+    }
+
+    fn route(&mut self, route: &crate::routing::Route) {
+        let ops: Vec<&str> = route.operations.iter().map(|o| o.as_str()).collect();
+        let prefix = if route.prefix.is_empty() {
+            "the whole bucket".to_owned()
+        } else {
+            format!("keys under {:?}", route.prefix)
+        };
+        self.line(
+            "route:",
+            &format!(
+                "routes[{}]: identity {}, bucket {}, {prefix}, {} operations",
+                route.index,
+                route.identity,
+                route.bucket,
+                ops.join("/")
+            ),
+        );
+        self.line("access pt:", route.access_point.arn());
+        self.json.insert("route".into(), route.index.into());
+        self.json.insert("access_point".into(), route.access_point.arn().into());
+    }
+
+    fn allow(mut self, how: &str) -> Explanation {
+        self.line("decision:", &format!("ALLOWED: {how}"));
+        self.json.insert("allowed".into(), true.into());
+        Explanation {
+            lines: self.lines,
+            allowed: true,
+            json: self.json.into(),
+        }
+    }
+
+    fn deny(mut self, code: &str, why: &str) -> Explanation {
+        self.line("decision:", &format!("DENIED ({code}): {why}"));
+        self.json.insert("allowed".into(), false.into());
+        self.json.insert("code".into(), code.into());
+        self.json.insert("message".into(), why.into());
+        Explanation {
+            lines: self.lines,
+            allowed: false,
+            json: self.json.into(),
+        }
+    }
+
+    fn deny_early(self, why: String) -> Explanation {
+        self.deny("InvalidRequest", &why)
+    }
+}
+
+/// Reads one request of `apgate explain --requests` (a JSON object: `method`, `target`, and
+/// optionally `headers` as `[[name, value], ...]`, `identity` or `listener` (else `default`),
+/// `remote`, `body_base64`).
+pub fn request_from_json(v: &serde_json::Value, default: &Caller) -> Result<Request, String> {
+    let text = |k: &str| v.get(k).and_then(|x| x.as_str());
+    let caller = match (text("identity"), text("listener")) {
+        (Some(i), _) => Caller::Identity(i.to_owned()),
+        (None, Some(l)) => Caller::Listener(l.to_owned()),
+        (None, None) => default.clone(),
+    };
+    let mut headers = Vec::new();
+    if let Some(list) = v.get("headers").and_then(|h| h.as_array()) {
+        for pair in list {
+            match pair.as_array().map(Vec::as_slice) {
+                Some([n, v]) => headers.push((
+                    n.as_str().ok_or("a header name is not a string")?.to_owned(),
+                    v.as_str().ok_or("a header value is not a string")?.to_owned(),
+                )),
+                _ => return Err("headers must be [name, value] pairs".to_owned()),
+            }
+        }
+    }
+    let body = match text("body_base64") {
+        None => None,
+        Some(b) => Some(base64_decode(b).ok_or("body_base64 is not base64")?),
+    };
+    Ok(Request {
+        caller,
+        method: text("method").ok_or("a request needs a method")?.to_owned(),
+        target: text("target").ok_or("a request needs a target")?.to_owned(),
+        headers,
+        remote: text("remote").and_then(|r| r.parse().ok()),
+        body,
+    })
+}
+
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = Vec::with_capacity(s.len() / 4 * 3);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in s.bytes().filter(|c| *c != b'=') {
+        let v = ALPHABET.iter().position(|a| *a == c)?;
+        acc = acc << 6 | u32::try_from(v).ok()?;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push(u8::try_from(acc >> bits & 0xff).ok()?);
+        }
+    }
+    Some(out)
+}
+
 /// What `[upstream.retry]` does for requests with this method (docs/CONFIG.md).
 fn retries(policy: &RetryConfig, method: &Method) -> String {
     let n = policy.max_attempts;
@@ -182,6 +432,7 @@ fn retries(policy: &RetryConfig, method: &Method) -> String {
     }
 }
 
+/// Parts of a valid configuration that can never apply.
 pub fn warnings(config: &Config) -> Vec<String> {
     let mut out = Vec::new();
     // A route is shadowed when an earlier route of the same identity, bucket and prefix already
@@ -239,121 +490,4 @@ pub fn warnings(config: &Config) -> Vec<String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn config(extra: &str) -> Config {
-        let text = format!(
-            r#"
-[admin]
-address = "127.0.0.1:9090"
-[[listeners]]
-name = "shared"
-address = "127.0.0.1:8080"
-identity_methods = ["sigv4"]
-[upstream]
-region = "us-east-1"
-[credentials]
-type = "static"
-access_key_id = {{ insecure_inline = "AKIDEXAMPLE" }}
-secret_access_key = {{ insecure_inline = "upstream-secret-0123456789" }}
-[[identities]]
-name = "bob"
-[[identities.keys]]
-access_key_id = "APGTESTBOB0000000001"
-secret_access_key = {{ insecure_inline = "bob-secret-0123456789abcdef" }}
-[[routes]]
-identity = "bob"
-bucket = "shared"
-prefix = "Bob/"
-access_point = "arn:aws:s3:us-east-1:123456789012:accesspoint/bob-ap"
-{extra}"#
-        );
-        Config::from_toml(&text).unwrap()
-    }
-
-    #[test]
-    fn explains_allowed_and_denied_requests() {
-        let c = config("");
-        let cases: &[(&str, &str, &str, bool, &str)] = &[
-            (
-                "bob",
-                "PUT",
-                "/shared/Bob/report.csv",
-                true,
-                "bob-ap-123456789012.s3-accesspoint.us-east-1.amazonaws.com/Bob/report.csv",
-            ),
-            (
-                "bob",
-                "GET",
-                "http://127.0.0.1:8080/shared/Bob/a%20b",
-                true,
-                "routes[0]",
-            ),
-            ("bob", "GET", "/shared/app/x", false, "OutsidePrefixes"),
-            ("bob", "GET", "/other/x", false, "NoRouteForBucket"),
-            ("carol", "GET", "/shared/Bob/x", false, "no identity"),
-            ("bob", "DELETE", "/shared", false, "not forwarded"),
-            ("bob", "GET", "/", true, "answered by apgate"),
-            (
-                "bob",
-                "GET",
-                "/shared/Bob/x",
-                true,
-                "retries:   up to 3 attempts within 10 s on connection errors, timeouts, 500 and 503",
-            ),
-            (
-                "bob",
-                "PUT",
-                "/shared/Bob/x",
-                true,
-                "if the body is at most 1048576 bytes",
-            ),
-            (
-                "bob",
-                "POST",
-                "/shared/Bob/x?uploads",
-                true,
-                "retries:   none: POST is not idempotent",
-            ),
-        ];
-        for (who, m, t, allowed, needle) in cases {
-            let e = explain(&c, who, m, t, None);
-            assert_eq!(e.allowed, *allowed, "{m} {t}:\n{e}");
-            assert!(e.to_string().contains(needle), "{m} {t}: want {needle:?} in\n{e}");
-        }
-        let copy = explain(&c, "bob", "PUT", "/shared/Bob/b", Some("shared/app/secret"));
-        assert!(!copy.allowed && copy.to_string().contains("copy source"), "{copy}");
-    }
-
-    #[test]
-    fn warns_about_routes_and_identities_that_cannot_apply() {
-        let c = config(
-            r#"
-[[routes]]
-identity = "bob"
-bucket = "shared"
-prefix = "Bob/"
-operations = ["read"]
-access_point = "arn:aws:s3:us-east-1:123456789012:accesspoint/other-ap"
-[[identities]]
-name = "ghost"
-"#,
-        );
-        let w = warnings(&c).join("\n");
-        assert!(w.contains("routes[1]: can never match"), "{w}");
-        assert!(w.contains("identities[1] (ghost): no route"), "{w}");
-        assert!(w.contains("identities[1] (ghost): no listener can identify it"), "{w}");
-        assert!(warnings(&config("")).is_empty());
-        let stalls = config("[server]\nclient_body_idle_timeout_seconds = 60\n");
-        let w = warnings(&stalls).join("\n");
-        assert!(w.contains("client_body_idle_timeout_seconds (60) is not below"), "{w}");
-    }
-
-    #[test]
-    fn explains_retries_per_method_and_setting() {
-        let off = config("[upstream.retry]\nmax_attempts = 1\n");
-        let e = explain(&off, "bob", "GET", "/shared/Bob/x", None).to_string();
-        assert!(e.contains("retries:   none (upstream.retry.max_attempts = 1)"), "{e}");
-    }
-}
+mod tests;

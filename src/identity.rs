@@ -56,6 +56,17 @@ impl SourceMap {
     }
 }
 
+/// How a listener identifies its callers: its ordered methods and their tables.
+#[derive(Debug, Clone, Default)]
+pub struct ListenerIdentity {
+    /// Tried in order; the first that applies decides.
+    pub methods: Vec<IdentityMethod>,
+    /// Source networks (the `source` method).
+    pub sources: SourceMap,
+    /// Client-certificate subject → identity (the `mtls` method).
+    pub certificates: HashMap<String, Arc<str>>,
+}
+
 /// What identity methods look at: the request head and where it came from.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestHead<'a> {
@@ -69,13 +80,16 @@ pub struct RequestHead<'a> {
 
 /// Runs a listener's identity chain over a request head.
 pub fn authenticate(
-    methods: &[IdentityMethod],
+    listener: &ListenerIdentity,
     verifier: &SigV4Verifier,
-    sources: &SourceMap,
-    certificates: &HashMap<String, Arc<str>>,
     head: &RequestHead<'_>,
     now: SystemTime,
 ) -> Result<CallerIdentity, GatewayError> {
+    let ListenerIdentity {
+        methods,
+        sources,
+        certificates,
+    } = listener;
     let RequestHead {
         remote,
         client_certificate,

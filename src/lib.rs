@@ -6,15 +6,16 @@
 //!
 //! # Layout
 //! - [`config`]: TOML → validated types.
-//! - [`s3`]: addressing, operations, access point ARNs, encodings (pure).
-//! - [`identity`]: who is calling (SigV4, source networks).
+//! - [`s3`]: addressing, the operations of the S3 API model, access point ARNs, encodings (pure).
+//! - [`sigv4`]: canonical requests, signing keys, chunk signatures (pure).
+//! - [`identity`]: who is calling (SigV4, SigV2, source networks, client certificates).
 //! - [`routing`]: (identity, bucket, prefix, class) → access point (pure).
-//! - [`rewrite`]: the outbound request head (pure).
+//! - [`decision`]: what apgate does with a request, and the outbound head it sends (pure).
 //! - [`signing`]: outbound SigV4 and apgate's credentials.
 //! - [`upstream`]: the pooled client.
 //! - [`proxy`]: one request, phase by phase.
 //! - [`retry`]: which failed upstream exchanges are tried again, and when (pure).
-//! - [`app`], [`admin`], [`metrics`]: running it.
+//! - [`state`], [`app`], [`admin`], [`metrics`]: running it.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
@@ -25,16 +26,18 @@ pub mod body;
 pub mod chunked;
 pub mod cli;
 pub mod config;
+pub mod decision;
 pub mod error;
 pub mod explain;
 pub mod identity;
 pub mod metrics;
 pub mod proxy;
 pub mod retry;
-pub mod rewrite;
 pub mod routing;
 pub mod s3;
 pub mod secret;
 pub mod signing;
+pub mod sigv4;
+pub mod state;
 pub mod tls;
 pub mod upstream;

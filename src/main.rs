@@ -28,13 +28,7 @@ fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Check { config } => cli::check(&config),
-        Command::Explain {
-            config,
-            identity,
-            copy_source,
-            method,
-            target,
-        } => cli::explain(&config, &identity, &method, &target, copy_source.as_deref()),
+        Command::Explain(args) => cli::explain(&args),
         Command::Keygen { identity } => cli::print_keygen(&identity),
         Command::Completions { shell } => cli::print_completions(shell),
         Command::Health { url, timeout_seconds } => cli::health(&url, timeout_seconds),

@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::config::RouteConfig;
+use crate::config::{AccessChange, RouteConfig};
 use crate::s3::{AccessPoint, BucketName, OperationClass};
 
 /// A compiled routing rule.
@@ -24,6 +24,8 @@ pub struct Route {
     pub prefix: String,
     pub operations: Vec<OperationClass>,
     pub access_point: Arc<AccessPoint>,
+    /// The access changes the route lets through (`allow`).
+    pub allow: Vec<AccessChange>,
 }
 
 /// What part of the bucket a request touches.
@@ -88,6 +90,7 @@ impl Router {
                 prefix: r.prefix.clone(),
                 operations: r.operations.clone(),
                 access_point: Arc::new(r.access_point.clone()),
+                allow: r.allow.clone(),
             };
             table
                 .entry((identity.clone(), r.bucket.clone()))
@@ -158,6 +161,7 @@ mod tests {
             prefix: prefix.into(),
             operations: ops.to_vec(),
             access_point: AccessPoint::parse(&format!("arn:aws:s3:us-east-1:123456789012:accesspoint/{ap}")).unwrap(),
+            allow: Vec::new(),
         }
     }
 

@@ -16,10 +16,10 @@ use aws_credential_types::Credentials;
 use http::header::{HeaderValue, AUTHORIZATION};
 use http::request::Parts;
 
-use crate::identity::sigv4::{
+use crate::s3::{amzdate, PayloadHash};
+use crate::sigv4::{
     canonical_query, canonical_request_sorted, credential_scope, string_to_sign, SigningKeyCache, Trim, ALGORITHM,
 };
-use crate::s3::{amzdate, PayloadHash};
 
 /// Signing failed (a header value that cannot be signed).
 #[derive(Debug, thiserror::Error)]

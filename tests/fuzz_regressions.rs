@@ -20,6 +20,7 @@ const TARGETS: &[&str] = &[
     "sigv2",
     "aws_chunked",
     "addressing",
+    "decide",
     "config",
     "xml_rewrite",
 ];
@@ -103,6 +104,11 @@ fn aws_chunked() {
 #[test]
 fn addressing() {
     replay("addressing", harness::addressing);
+}
+
+#[test]
+fn decide() {
+    replay("decide", harness::decide);
 }
 
 #[test]

@@ -2,8 +2,9 @@
 //!
 //! `tests/fixtures/sigv4/botocore_requests.jsonl` holds requests signed by botocore's
 //! `S3SigV4Auth` (Authorization header) and `S3SigV4QueryAuth` (presigned URL): random methods,
-//! keys with any unicode and every reserved character, path-style and virtual-hosted, repeated,
-//! empty and valueless query parameters, header values with runs of spaces and tabs. Every one must
+//! keys with any unicode and every reserved character, path-style and virtual-hosted, empty and
+//! valueless query parameters (each name once: apgate refuses repeated ones before verifying),
+//! header values with runs of spaces and tabs. Every one must
 //! verify, and every one-bit change of signed material (signature, a signed header value, the host,
 //! the path, the query, the date, the method) must be refused with `SignatureDoesNotMatch`.
 //!

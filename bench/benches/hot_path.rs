@@ -18,7 +18,7 @@ use apgate::identity::sigv4::signing_key;
 use apgate::identity::SigV4Verifier;
 use apgate::routing::{Router, Scope};
 use apgate::s3::addressing::parse_target;
-use apgate::s3::{AccessPoint, BucketName, Operation, OperationClass, PayloadHash};
+use apgate::s3::{AccessPoint, BucketName, OperationClass, PayloadHash};
 use apgate::secret::Secret;
 
 const AKID: &str = "AKIAIOSFODNN7EXAMPLE";
@@ -86,6 +86,7 @@ fn route_and_classify(c: &mut Criterion) {
             prefix: format!("team{i}/"),
             operations: OperationClass::ALL.to_vec(),
             access_point: AccessPoint::parse(&format!("arn:aws:s3:us-east-1:123456789012:accesspoint/ap-{i}")).unwrap(),
+            allow: Vec::new(),
         })
         .collect();
     let router = Router::new(&routes);
@@ -112,7 +113,7 @@ fn route_and_classify(c: &mut Criterion) {
                 &[],
             )
             .unwrap();
-            Operation::classify(&Method::PUT, &t, &headers)
+            apgate::s3::request::classify(&Method::PUT, &t, &headers).unwrap()
         })
     });
 }

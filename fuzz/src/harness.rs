@@ -32,7 +32,7 @@ use quick_xml::events::Event;
 use quick_xml::Reader;
 
 use apgate::chunked::{ChunkError, ChunkKey, FailureSlot, Inbound, ResignChunks, MAX_CHUNK_SIZE};
-use apgate::config::{Config, Endpoint};
+use apgate::config::Config;
 use apgate::error::{ErrorSource, GatewayError, S3ErrorCode};
 use apgate::identity::sigv2;
 use apgate::identity::sigv4::{
@@ -42,8 +42,9 @@ use apgate::routing::{Denial, Router, Scope};
 use apgate::s3::addressing::{parse_target, AddressingStyle};
 use apgate::s3::copy_source::CopySource;
 use apgate::s3::encoding::{parse_query, percent_decode_path, percent_decode_query, uri_encode, Slash};
-use apgate::s3::xml::{delete_objects_keys, rewrite_response, ClientView};
-use apgate::s3::{amzdate, AccessPoint, BucketName, Operation, OperationClass, PayloadHash, S3Target, Support};
+use apgate::s3::request;
+use apgate::s3::xml::{delete_objects, rewrite_response, ClientView};
+use apgate::s3::{amzdate, AccessPoint, BucketName, Operation, OperationClass, PayloadHash, S3Target};
 use apgate::secret::Secret;
 
 /// The keys the verifier knows: the botocore fixtures' key, AWS's documentation example key and
@@ -603,7 +604,7 @@ pub fn sigv2(data: &[u8]) {
         return;
     };
     if let Some(d) = req.headers.get("date").and_then(|d| d.to_str().ok()) {
-        let _ = sigv2::parse_http_date(d);
+        let _ = amzdate::parse_http_date(d);
     }
     if !(sigv2::is_header_v2(&req.headers) || sigv2::is_presigned_v2(&target)) {
         return;
@@ -703,33 +704,8 @@ fn valid_domain(d: &str) -> bool {
             .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
 }
 
-const OBJECT_OPS: &[Operation] = &[
-    Operation::GetObject,
-    Operation::HeadObject,
-    Operation::PutObject,
-    Operation::CopyObject,
-    Operation::DeleteObject,
-    Operation::CreateMultipartUpload,
-    Operation::UploadPart,
-    Operation::UploadPartCopy,
-    Operation::CompleteMultipartUpload,
-    Operation::AbortMultipartUpload,
-    Operation::ListParts,
-    Operation::GetObjectTagging,
-    Operation::PutObjectTagging,
-    Operation::DeleteObjectTagging,
-    Operation::GetObjectAcl,
-    Operation::PutObjectAcl,
-    Operation::GetObjectAttributes,
-    Operation::GetObjectLegalHold,
-    Operation::PutObjectLegalHold,
-    Operation::GetObjectRetention,
-    Operation::PutObjectRetention,
-    Operation::RestoreObject,
-];
-
-/// `addressing`: `parse_target`, `Operation::classify`, `rewrite::rewrite`, `CopySource::parse`
-/// and `explain::explain`.
+/// `addressing`: `parse_target`, the S3-model classification (`request::classify`),
+/// `CopySource::parse` and `apgate explain`.
 pub fn addressing(data: &[u8]) {
     let Some(req) = parse_request(data) else {
         // hyper would refuse the request line; `apgate explain` takes any text, though.
@@ -756,6 +732,13 @@ pub fn addressing(data: &[u8]) {
     assert_eq!(t.raw_path, req.path, "the raw path is kept as received");
     assert_eq!(t.raw_query, raw_query, "the raw query is kept as received");
     assert_eq!(parse_query(raw_query).ok().as_ref(), Some(&t.query));
+    for (i, p) in t.query.iter().enumerate() {
+        assert!(
+            !t.query[..i].iter().any(|q| q.key == p.key),
+            "a duplicated parameter {} passed",
+            p.key
+        );
+    }
     // The bucket is one the client named, in the Host or in the path, and valid.
     let raw_key = match (t.style, &t.bucket) {
         (AddressingStyle::VirtualHosted, b) => {
@@ -804,42 +787,34 @@ pub fn addressing(data: &[u8]) {
         }
     }
 
-    let op = Operation::classify(&req.method, &t, &req.headers);
-    trace("addressing", &op);
-    if t.bucket.is_none() {
-        assert!(
-            matches!(op, Operation::ListBuckets | Operation::Unknown),
-            "{op:?} without a bucket"
-        );
-        assert_eq!(op == Operation::ListBuckets, req.method == Method::GET);
-    } else if t.key.is_none() {
-        assert!(!OBJECT_OPS.contains(&op), "{op:?} without a key");
-    } else {
-        assert!(
-            OBJECT_OPS.contains(&op) || op == Operation::Unknown,
-            "{op:?} with a key"
-        );
-    }
-    let listing = matches!(
-        op,
-        Operation::ListObjects
-            | Operation::ListObjectsV2
-            | Operation::ListObjectVersions
-            | Operation::ListMultipartUploads
-    );
-    assert_eq!(op.list_prefix(&t).is_some(), listing);
-    if listing {
-        assert_eq!(op.class(), OperationClass::List);
-    }
-    if op.support() == Support::Forwarded {
-        check_rewrite(&req, &t);
+    let classified = request::classify(&req.method, &t, &req.headers);
+    trace("addressing", &classified);
+    if let Ok(op) = classified {
+        let spec = op.spec();
+        assert_eq!(spec.resource, request::resource(&t), "{op:?} on another resource");
+        for m in spec.markers {
+            assert!(t.has_param(m.name), "{op:?} without its marker {}", m.name);
+        }
+        for p in &t.query {
+            assert!(
+                spec.takes_param(&p.key) || request::AUTH_PARAMS.contains(&p.key.as_str()) || p.key == "x-id",
+                "{op:?} with a parameter it does not take: {}",
+                p.key
+            );
+        }
+        if req.headers.contains_key("x-amz-copy-source") {
+            assert!(
+                matches!(op, Operation::CopyObject | Operation::UploadPartCopy),
+                "{op:?} with a copy source"
+            );
+        }
     }
     if let Some(cs) = req.headers.get("x-amz-copy-source").and_then(|v| v.to_str().ok()) {
         if let Ok(c) = CopySource::parse(cs) {
             assert_eq!(BucketName::parse(c.bucket.as_str()).ok().as_ref(), Some(&c.bucket));
             assert!(!c.key.is_empty());
             let header = c.to_access_point_header(access_point());
-            // proxy.rs turns a failure here into a 500.
+            // A failure here would be a 500.
             assert!(HeaderValue::from_str(&header).is_ok(), "copy source header {header:?}");
         }
     }
@@ -856,65 +831,288 @@ fn explain_text(data: &[u8]) {
 }
 
 fn explain(method: &str, target: &str, copy: Option<&str>) {
-    let _ = apgate::explain::explain(explain_config(), "bob", method, target, copy);
+    static E: OnceLock<apgate::explain::Explainer<'static>> = OnceLock::new();
+    let explainer = E.get_or_init(|| apgate::explain::Explainer::new(explain_config()));
+    let req = apgate::explain::Request {
+        caller: apgate::explain::Caller::Identity("bob".to_owned()),
+        method: method.to_owned(),
+        target: target.to_owned(),
+        headers: copy
+            .map(|c| vec![("x-amz-copy-source".to_owned(), c.to_owned())])
+            .unwrap_or_default(),
+        remote: None,
+        body: None,
+    };
+    let _ = explainer.explain(&req, default_now());
 }
 
-/// The outbound request: always to the access point (or the configured endpoint), the key encoded
-/// once, no inbound authentication forwarded.
-fn check_rewrite(req: &Request, t: &S3Target) {
-    let ap = access_point();
-    let custom: http::Uri = "http://127.0.0.1:5000"
-        .parse()
-        .unwrap_or_else(|_| panic!("custom endpoint"));
-    for endpoint in [Endpoint::Aws, Endpoint::Custom(custom.clone())] {
-        let out = apgate::rewrite::rewrite(&req.method, &req.headers, t, ap, &endpoint);
-        let want_authority = match &endpoint {
-            Endpoint::Aws => ap.host().to_owned(),
-            Endpoint::Custom(u) => u.authority().map(|a| a.as_str().to_owned()).unwrap_or_default(),
+// ---------------------------------------------------------------------------------------------
+// The decision.
+
+/// The routes the `decide` target decides against: bob reads and writes `Bob/` through one access
+/// point, only reads and lists `Bob/ro/` through another, may change ACLs under `Bob/acl/`; app
+/// reads `app/`; ops owns the `logs` bucket. 127.0.0.0/8 is bob by its source network.
+const DECIDE_CONFIG: &str = r#"
+[admin]
+address = "127.0.0.1:9090"
+[[listeners]]
+name = "shared"
+address = "127.0.0.1:8080"
+identity_methods = ["sigv4", "sigv2", "source"]
+[[listeners.sources]]
+cidr = "127.0.0.0/8"
+identity = "bob"
+[sigv4]
+accepted_regions = ["us-east-1", "eu-west-1"]
+[addressing]
+virtual_host_domains = ["s3.example.internal", "s3.localhost"]
+[upstream]
+region = "us-east-1"
+[credentials]
+type = "default"
+[[identities]]
+name = "bob"
+[[identities.keys]]
+access_key_id = "APGBOBTESTKEY0000001"
+secret_access_key = { insecure_inline = "bob-secret-key-0123456789abcdefXYZ" }
+[[identities]]
+name = "app"
+[[identities]]
+name = "ops"
+[[routes]]
+identity = "bob"
+bucket = "access-point-test"
+prefix = "Bob/"
+access_point = "arn:aws:s3:us-east-1:123456789012:accesspoint/bob-ap"
+[[routes]]
+identity = "bob"
+bucket = "access-point-test"
+prefix = "Bob/ro/"
+operations = ["read", "list"]
+access_point = "arn:aws:s3:us-east-1:123456789012:accesspoint/bob-ro"
+[[routes]]
+identity = "bob"
+bucket = "access-point-test"
+prefix = "Bob/acl/"
+access_point = "arn:aws:s3:us-east-1:123456789012:accesspoint/bob-ap"
+allow = ["acl"]
+[[routes]]
+identity = "app"
+bucket = "access-point-test"
+prefix = "app/"
+operations = ["read", "list"]
+access_point = "arn:aws:s3:us-east-1:123456789012:accesspoint/app-ap"
+[[routes]]
+identity = "ops"
+bucket = "logs"
+access_point = "arn:aws:s3:eu-west-1:123456789012:accesspoint/ops-ap"
+"#;
+
+struct Decider {
+    router: Router,
+    listener: apgate::identity::ListenerIdentity,
+    config: Config,
+}
+
+fn decider() -> &'static Decider {
+    static D: OnceLock<Decider> = OnceLock::new();
+    D.get_or_init(|| {
+        let config = Config::from_toml(DECIDE_CONFIG).unwrap_or_else(|e| panic!("decide config: {e}"));
+        let l = &config.listeners[0];
+        let listener = apgate::identity::ListenerIdentity {
+            methods: l.identity_methods.clone(),
+            sources: apgate::identity::SourceMap::new(
+                l.sources.iter().map(|(n, id)| (*n, Arc::from(id.as_str()))).collect(),
+            ),
+            certificates: Default::default(),
         };
-        assert_eq!(
-            out.connect_uri.authority().map(|a| a.as_str()),
-            Some(want_authority.as_str()),
-            "connects elsewhere: {}",
-            out.connect_uri
+        Decider {
+            router: Router::new(&config.routes),
+            listener,
+            config,
+        }
+    })
+}
+
+/// `decide`: the whole decision over an arbitrary request head (and, after a `--` line, a body),
+/// from the shared listener (SigV4 and SigV2 with the harness's keys, else bob by its source
+/// address unless an `x-fuzz-remote` pseudo-header moves it). Checks that what is allowed is
+/// exactly what the routes give: the operation the upstream will read from the outbound request
+/// is the one decided, its class is one the route allows, every key it touches (the object, the
+/// listing prefix, the copy source, each key of a DeleteObjects body) is under a route of the
+/// caller that allows it, access changes have the route's opt-in, and nothing of inbound
+/// authentication or outside the operation's model goes upstream.
+pub fn decide(data: &[u8]) {
+    let (head_bytes, body) = match data.windows(4).position(|w| w == b"\n--\n") {
+        Some(i) => (&data[..i], Some(&data[i + 4..])),
+        None => (data, None),
+    };
+    let Some(mut req) = parse_request(head_bytes) else {
+        return;
+    };
+    if req.sign {
+        let _ = sign_v4_header(&mut req);
+    }
+    let d = decider();
+    let remote: std::net::IpAddr = req
+        .headers
+        .get("x-fuzz-remote")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+    req.headers.remove("x-fuzz-remote");
+    let uri: http::Uri = match req.query.as_deref() {
+        Some(q) => format!("{}?{q}", req.path).parse(),
+        None => req.path.parse(),
+    }
+    .unwrap_or_else(|_| http::Uri::from_static("/"));
+    let policy = apgate::decision::Policy {
+        domains: &d.config.addressing.virtual_host_domains,
+        verifier: verifier(),
+        router: &d.router,
+        listener: &d.listener,
+    };
+    let head = apgate::decision::Head {
+        method: &req.method,
+        uri: &uri,
+        headers: &req.headers,
+        remote,
+        client_certificate: None,
+    };
+    let decision = apgate::decision::decide(&head, &policy, req.now);
+    trace(
+        "decide",
+        &decision
+            .outcome
+            .as_ref()
+            .map(|_| decision.operation)
+            .map_err(GatewayError::code),
+    );
+    let Ok(apgate::decision::Outcome::Forward(fwd)) = &decision.outcome else {
+        return;
+    };
+    let op = decision
+        .operation
+        .unwrap_or_else(|| panic!("a forward without an operation"));
+    let caller = decision
+        .caller
+        .as_ref()
+        .unwrap_or_else(|| panic!("a forward without a caller"));
+    let target = decision
+        .target
+        .as_ref()
+        .unwrap_or_else(|| panic!("a forward without a target"));
+    let route = fwd.route;
+    let class = op.class().unwrap_or_else(|| panic!("{op:?} forwarded without a class"));
+    assert_eq!(*route.identity, *caller.name, "another identity's route");
+    assert!(
+        route.operations.contains(&class),
+        "{op:?} through a route without {class:?}"
+    );
+    assert_eq!(Some(&route.bucket), target.bucket.as_ref(), "another bucket's route");
+
+    // What the upstream reads: the outbound head, path-style on the access point's bucket.
+    let out = &fwd.head;
+    assert_eq!(out.method, req.method);
+    let (path, query) = out.path_and_query.split_once('?').unwrap_or((&out.path_and_query, ""));
+    let upstream_target = parse_target(
+        Some("upstream.invalid"),
+        &format!("/{}{path}", route.bucket.as_str()),
+        Some(query),
+        &[],
+    )
+    .unwrap_or_else(|e| panic!("the outbound target {:?} does not parse: {e}", out.path_and_query));
+    assert_eq!(upstream_target.key, target.key, "the key changed on the way");
+    let upstream_op = request::select(&out.method, &upstream_target, &out.headers)
+        .unwrap_or_else(|e| panic!("the outbound request is no operation: {e}"))
+        .operation;
+    assert_eq!(upstream_op, op, "decided {op:?}, the upstream reads {upstream_op:?}");
+    let spec = op.spec();
+    for p in &upstream_target.query {
+        assert!(spec.takes_param(&p.key), "{op:?} forwarded with {}", p.key);
+    }
+    for (name, _) in out.headers.iter() {
+        let n = name.as_str();
+        assert!(
+            !matches!(
+                n,
+                "authorization" | "x-amz-date" | "x-amz-security-token" | "x-amz-content-sha256" | "host"
+            ),
+            "{n} forwarded as received"
         );
-        let prefix = format!("https://{}/", ap.host());
-        assert!(out.signing_uri.starts_with(&prefix), "signs for {}", out.signing_uri);
-        let pq = &out.signing_uri[prefix.len() - 1..];
-        assert_eq!(
-            out.connect_uri.path_and_query().map(|p| p.as_str()),
-            Some(pq),
-            "the URI did not keep the path and query"
-        );
-        let (path, query) = pq.split_once('?').unwrap_or((pq, ""));
-        let key = percent_decode_path(&path[1..]).unwrap_or_else(|_| panic!("outbound path {path:?}"));
-        assert_eq!(
-            key,
-            t.key.as_deref().unwrap_or("").as_bytes(),
-            "the key is encoded once"
-        );
-        for p in parse_query(query).unwrap_or_else(|_| panic!("outbound query {query:?}")) {
+        if n.starts_with("x-amz-") {
             assert!(
-                !apgate::identity::sigv4::PRESIGN_PARAMS.contains(&p.key.as_str())
-                    && !sigv2::PRESIGN_V2_PARAMS.contains(&p.key.as_str()),
-                "inbound authentication {} forwarded",
-                p.key
+                spec.takes_header(n)
+                    || request::FRAMING_HEADERS.contains(&n)
+                    || n.starts_with("x-amz-checksum-")
+                    || n == "x-amz-sdk-checksum-algorithm",
+                "{op:?} forwarded with {n}"
             );
         }
-        let hosts: Vec<&str> = out
+    }
+    match (&target.key, op.list_prefix_param()) {
+        (Some(key), _) => assert!(key.starts_with(&route.prefix), "{key:?} outside {:?}", route.prefix),
+        (None, Some(param)) => {
+            let prefix = upstream_target.param(param).unwrap_or("");
+            assert!(
+                prefix.starts_with(&route.prefix),
+                "listing {prefix:?} outside {:?}",
+                route.prefix
+            );
+        }
+        (None, None) => {}
+    }
+    let acl_change = op == Operation::PutObjectAcl
+        || out
             .headers
-            .get_all(http::header::HOST)
-            .iter()
-            .filter_map(|h| h.to_str().ok())
-            .collect();
-        assert_eq!(hosts, [ap.host()], "outbound Host");
-        for dropped in [
-            "authorization",
-            "x-amz-date",
-            "x-amz-security-token",
-            "x-amz-content-sha256",
-        ] {
-            assert!(!out.headers.contains_key(dropped), "{dropped} forwarded");
+            .get("x-amz-acl")
+            .is_some_and(|v| !matches!(v.as_bytes(), b"private" | b"bucket-owner-full-control"))
+        || out.headers.keys().any(|k| k.as_str().starts_with("x-amz-grant-"));
+    if acl_change {
+        assert!(
+            route.allow.contains(&apgate::config::AccessChange::Acl),
+            "an ACL change without the opt-in"
+        );
+    }
+    match (out.headers.get("x-amz-copy-source"), fwd.copy_source) {
+        (None, None) => assert!(!matches!(op, Operation::CopyObject | Operation::UploadPartCopy)),
+        (Some(_), Some(source)) => {
+            assert!(matches!(op, Operation::CopyObject | Operation::UploadPartCopy));
+            let raw = req
+                .headers
+                .get("x-amz-copy-source")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            let c = CopySource::parse(raw).unwrap_or_else(|e| panic!("copied from an unparsed source: {e}"));
+            assert!(
+                c.key.starts_with(&source.prefix),
+                "copy source {:?} outside {:?}",
+                c.key,
+                source.prefix
+            );
+            assert!(
+                source.operations.contains(&OperationClass::Read),
+                "copy source without read"
+            );
+            assert_eq!(*source.identity, *caller.name);
+        }
+        other => panic!("copy source and its route disagree: {other:?}"),
+    }
+    if let (apgate::decision::BodyPlan::Inspect { .. }, Some(body)) = (fwd.body, body) {
+        let announced = req.headers.get("x-amz-trailer").and_then(|v| v.to_str().ok());
+        if let Ok(inspected) = apgate::decision::inspect_body(fwd, op, &d.router, caller, announced, body) {
+            if op == Operation::DeleteObjects {
+                let entries = apgate::s3::xml::delete_objects(&inspected.content)
+                    .unwrap_or_else(|e| panic!("forwarded a body that does not parse: {e}"));
+                assert_eq!(entries.len(), inspected.keys.len());
+                for e in entries {
+                    let r = d
+                        .router
+                        .route(&caller.name, &route.bucket, Scope::Key(&e.key), OperationClass::Delete)
+                        .unwrap_or_else(|denial| panic!("deletes {:?}: {denial:?}", e.key));
+                    assert_eq!(r.access_point.arn(), route.access_point.arn());
+                }
+            }
         }
     }
 }
@@ -1064,7 +1262,7 @@ fn unescape(raw: &str) -> String {
 }
 
 /// `xml_rewrite`: `rewrite_response` (bucket-revealing elements of upstream responses) and
-/// `delete_objects_keys` (DeleteObjects request bodies). The first byte picks the client view.
+/// `delete_objects` (DeleteObjects request bodies, read strictly). The first byte picks the client view.
 pub fn xml_rewrite(data: &[u8]) {
     let (selector, body) = match data.split_first() {
         Some((s, rest)) => (*s, rest),
@@ -1104,9 +1302,16 @@ pub fn xml_rewrite(data: &[u8]) {
             );
         }
     }
-    if let Ok(keys) = delete_objects_keys(body) {
-        let mentions = body.windows(3).filter(|w| *w == b"Key").count();
-        assert!(keys.len() <= mentions, "more keys than Key elements");
+    if let Ok(entries) = delete_objects(body) {
+        let mentions = body.windows(5).filter(|w| *w == b"<Key>").count();
+        assert!(entries.len() <= mentions, "more keys than Key elements");
+        for e in entries {
+            assert!(!e.key.is_empty());
+            assert!(
+                !e.key.contains('\r') || body.windows(5).any(|w| w == b"&#13;" || w == b"&#xD;" || w == b"&#xd;"),
+                "a raw carriage return read as part of a key"
+            );
+        }
     }
 }
 

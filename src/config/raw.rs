@@ -207,4 +207,6 @@ pub(crate) struct RawRoute {
     pub(crate) prefix: String,
     pub(crate) operations: Option<Vec<String>>,
     pub(crate) access_point: String,
+    #[serde(default)]
+    pub(crate) allow: Vec<String>,
 }

@@ -9,9 +9,9 @@ use ipnet::IpNet;
 
 use super::raw::{RawConfig, RawCredentials, RawEndpoint, RawSecret};
 use super::{
-    AccessLogConfig, AddressingConfig, AdminConfig, Config, CredentialRefreshConfig, CredentialsConfig, Endpoint,
-    IdentityConfig, IdentityMethod, KeyConfig, KeyLogging, ListenerConfig, ListenerTls, RetryConfig, RoleConfig,
-    RouteConfig, ServerConfig, SigV4Config, StsConfig, UpstreamConfig,
+    AccessChange, AccessLogConfig, AddressingConfig, AdminConfig, Config, CredentialRefreshConfig, CredentialsConfig,
+    Endpoint, IdentityConfig, IdentityMethod, KeyConfig, KeyLogging, ListenerConfig, ListenerTls, RetryConfig,
+    RoleConfig, RouteConfig, ServerConfig, SigV4Config, StsConfig, UpstreamConfig,
 };
 use crate::s3::{AccessPoint, BucketName, OperationClass};
 use crate::secret::Secret;
@@ -592,6 +592,18 @@ fn validate(raw: RawConfig, env: &dyn Env) -> Result<Config, ConfigError> {
             }
         }
         operations.sort();
+        let mut allow = Vec::new();
+        for (j, a) in r.allow.iter().enumerate() {
+            match AccessChange::parse(a) {
+                Some(change) if !allow.contains(&change) => allow.push(change),
+                Some(_) => c.problem(format!("{p}.allow[{j}]"), format!("{a:?} is listed twice")),
+                None => c.problem(
+                    format!("{p}.allow[{j}]"),
+                    format!("{a:?}: want \"acl\" or \"bypass-governance-retention\""),
+                ),
+            }
+        }
+        allow.sort();
         if let (Some(bucket), Some(access_point)) = (bucket, ap) {
             routes.push(RouteConfig {
                 identity: r.identity.clone(),
@@ -599,6 +611,7 @@ fn validate(raw: RawConfig, env: &dyn Env) -> Result<Config, ConfigError> {
                 prefix: r.prefix.clone(),
                 operations,
                 access_point,
+                allow,
             });
         }
     }

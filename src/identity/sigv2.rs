@@ -17,20 +17,25 @@ use sha1::Sha1;
 use super::sigv4::{SigV4Verifier, Verified, MAX_PRESIGN_EXPIRES_SECONDS};
 use crate::error::{GatewayError, S3ErrorCode};
 use crate::s3::addressing::AddressingStyle;
-use crate::s3::encoding::percent_decode_query;
+use crate::s3::operation::{Operation, Spec};
 use crate::s3::{PayloadHash, S3Target};
 use crate::secret::{ct_eq, Secret};
 
-/// Query parameters that are sub-resources, and so part of the signed resource (botocore's
-/// `HmacV1Auth.QSAOfInterest`).
-const SUBRESOURCES: &[&str] = &[
+/// Query parameters that are sub-resources, and so part of the signed resource: botocore's
+/// `HmacV1Auth.QSAOfInterest`, and the markers of the object operations access points take that it
+/// lacks (`attributes`, `legal-hold`, `retention`). Matched by decoded name (`?%61cl` is `acl`, as S3
+/// reads it). `tests` check that every parameter that selects an operation apgate forwards is here,
+/// but `list-type` (see [`covers`]).
+pub const SUBRESOURCES: &[&str] = &[
     "accelerate",
     "acl",
     "analytics",
+    "attributes",
     "cors",
     "defaultObjectAcl",
     "delete",
     "inventory",
+    "legal-hold",
     "lifecycle",
     "location",
     "logging",
@@ -48,6 +53,7 @@ const SUBRESOURCES: &[&str] = &[
     "response-content-type",
     "response-expires",
     "restore",
+    "retention",
     "select",
     "select-type",
     "storageClass",
@@ -85,6 +91,13 @@ pub fn verify(
     now: SystemTime,
 ) -> Result<Verified, GatewayError> {
     let presigned = is_presigned_v2(target);
+    if headers.contains_key(&crate::s3::headers::X_AMZ_SECURITY_TOKEN) {
+        // apgate's keys are long-term: a session token belongs to other credentials.
+        return Err(GatewayError::client(
+            S3ErrorCode::InvalidToken,
+            "The provided token is not valid with this key: keys apgate issues take no session token.",
+        ));
+    }
     if presigned && headers.contains_key(http::header::AUTHORIZATION) {
         return Err(GatewayError::client(
             S3ErrorCode::InvalidArgument,
@@ -150,7 +163,7 @@ pub fn verify(
                 "AWS authentication requires a valid Date or x-amz-date header.",
             )
         })?;
-        let when = parse_http_date(date).ok_or_else(|| {
+        let when = crate::s3::amzdate::parse_http_date(date).ok_or_else(|| {
             GatewayError::client(
                 S3ErrorCode::AccessDenied,
                 "AWS authentication requires a valid Date or x-amz-date header.",
@@ -255,34 +268,45 @@ pub fn string_to_sign(method: &Method, target: &S3Target, headers: &HeaderMap, d
     {
         s.push('/');
     }
-    let mut subs: Vec<(String, Option<String>)> = target
-        .raw_query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .filter_map(|p| {
-            let (k, v) = match p.split_once('=') {
-                Some((k, v)) => (k, Some(v)),
-                None => (p, None),
-            };
-            SUBRESOURCES.contains(&k).then(|| {
-                let v = v.map(|v| {
-                    String::from_utf8_lossy(&percent_decode_query(v).unwrap_or_else(|_| v.as_bytes().to_vec()))
-                        .into_owned()
-                });
-                (k.to_owned(), v)
-            })
-        })
+    // The sub-resources by decoded name, with their decoded values (botocore unquotes values),
+    // sorted by name; a valueless one (`?acl`) is the name alone. A name is at most once: the
+    // typed parse refused duplicates.
+    let mut subs: Vec<&crate::s3::encoding::QueryParam> = target
+        .query
+        .iter()
+        .filter(|p| SUBRESOURCES.contains(&p.key.as_str()))
         .collect();
-    subs.sort_by(|a, b| a.0.cmp(&b.0));
-    for (i, (k, v)) in subs.iter().enumerate() {
+    subs.sort_by(|a, b| a.key.cmp(&b.key));
+    for (i, p) in subs.iter().enumerate() {
         s.push(if i == 0 { '?' } else { '&' });
-        s.push_str(k);
-        if let Some(v) = v {
+        s.push_str(&p.key);
+        if p.has_value {
             s.push('=');
-            s.push_str(v);
+            s.push_str(&p.value);
         }
     }
     s
+}
+
+/// Whether a SigV2 signature covers every query parameter that selects `operation`: its markers and
+/// required parameters must be sub-resources, or an unsigned parameter could turn the signed
+/// request into another operation (a presigned PutObject plus `&tagging`). The one exception is
+/// `list-type=2`, which S3's SigV2 never signed and botocore's SigV2 presigner sends unsigned: it
+/// only chooses between ListObjects and ListObjectsV2, two readings of the same listing under the
+/// same route class and prefix. Returns the first uncovered parameter.
+pub fn covers(spec: &Spec) -> Result<(), &'static str> {
+    let selecting = spec
+        .markers
+        .iter()
+        .map(|m| m.name)
+        .chain(spec.query.iter().filter(|(_, required)| *required).map(|(q, _)| *q));
+    for name in selecting {
+        let exception = spec.operation == Operation::ListObjectsV2 && name == "list-type";
+        if !(SUBRESOURCES.contains(&name) || exception) {
+            return Err(name);
+        }
+    }
+    Ok(())
 }
 
 /// base64(HMAC-SHA1(secret, string to sign)).
@@ -308,25 +332,6 @@ fn base64_encode(bytes: &[u8]) -> String {
         }
     }
     out
-}
-
-/// Parses an HTTP date as SigV2 clients send it: `Tue, 27 Mar 2007 19:36:42 +0000` or `... GMT`.
-pub fn parse_http_date(s: &str) -> Option<SystemTime> {
-    let parts: Vec<&str> = s.split_whitespace().collect();
-    let [_, day, month, year, time, zone] = parts.as_slice() else {
-        return None;
-    };
-    if !matches!(*zone, "GMT" | "UTC" | "+0000" | "Z") {
-        return None;
-    }
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let month = MONTHS.iter().position(|m| m == month)? + 1;
-    let hms: Vec<&str> = time.split(':').collect();
-    let [h, mi, se] = hms.as_slice() else { return None };
-    let stamp = format!("{year:0>4}{month:02}{day:0>2}T{h:0>2}{mi:0>2}{se:0>2}Z");
-    crate::s3::amzdate::parse(&stamp)
 }
 
 #[cfg(test)]

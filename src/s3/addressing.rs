@@ -75,7 +75,8 @@ pub struct S3Target {
     pub raw_path: String,
     /// The query exactly as received, without `?`.
     pub raw_query: String,
-    /// The decoded query parameters, in order.
+    /// The decoded query parameters, in order, each name at most once: what every later phase
+    /// (classification, signature checks, routing, the outbound request) reads.
     pub query: Vec<QueryParam>,
 }
 
@@ -97,6 +98,9 @@ pub enum AddressingError {
     InvalidBucketName(String),
     InvalidPath,
     InvalidQuery,
+    /// A query parameter given twice (by its decoded name): which one S3 reads is not apgate's to
+    /// guess (`prefix=a/&prefix=b/`).
+    DuplicateParameter(String),
     NotOriginForm,
 }
 
@@ -106,6 +110,7 @@ impl fmt::Display for AddressingError {
             Self::InvalidBucketName(b) => write!(f, "the specified bucket is not valid: {b:?}"),
             Self::InvalidPath => f.write_str("the request path is not validly percent-encoded UTF-8"),
             Self::InvalidQuery => f.write_str("the query string is not validly percent-encoded UTF-8"),
+            Self::DuplicateParameter(name) => write!(f, "the query parameter {name:?} is given more than once"),
             Self::NotOriginForm => f.write_str("the request target must be an absolute path"),
         }
     }
@@ -126,6 +131,9 @@ pub fn parse_target(
     }
     let raw_query = raw_query.unwrap_or("");
     let query = parse_query(raw_query).map_err(|_| AddressingError::InvalidQuery)?;
+    if let Some(name) = first_duplicate(&query) {
+        return Err(AddressingError::DuplicateParameter(name.to_owned()));
+    }
 
     let vhost_bucket = host.and_then(|h| virtual_host_bucket(h, domains));
     let (style, bucket, raw_key) = match vhost_bucket {
@@ -156,6 +164,20 @@ pub fn parse_target(
         raw_query: raw_query.to_owned(),
         query,
     })
+}
+
+/// The first parameter name given twice: pairwise for the few parameters of real requests, with a
+/// set for the many a hostile one may carry.
+fn first_duplicate(query: &[QueryParam]) -> Option<&str> {
+    if query.len() <= 16 {
+        return query
+            .iter()
+            .enumerate()
+            .find(|(i, p)| query[..*i].iter().any(|q| q.key == p.key))
+            .map(|(_, p)| p.key.as_str());
+    }
+    let mut seen = std::collections::HashSet::with_capacity(query.len());
+    query.iter().map(|p| p.key.as_str()).find(|k| !seen.insert(*k))
 }
 
 /// `Some(bucket)` when `host` is `<bucket>.<domain>` for a configured domain.

@@ -117,6 +117,25 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
+/// Parses an HTTP date as SigV2 clients send it: `Tue, 27 Mar 2007 19:36:42 +0000` or `... GMT`.
+pub fn parse_http_date(s: &str) -> Option<SystemTime> {
+    let parts: Vec<&str> = s.split_whitespace().collect();
+    let [_, day, month, year, time, zone] = parts.as_slice() else {
+        return None;
+    };
+    if !matches!(*zone, "GMT" | "UTC" | "+0000" | "Z") {
+        return None;
+    }
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let month = MONTHS.iter().position(|m| m == month)? + 1;
+    let hms: Vec<&str> = time.split(':').collect();
+    let [h, mi, se] = hms.as_slice() else { return None };
+    let stamp = format!("{year:0>4}{month:02}{day:0>2}T{h:0>2}{mi:0>2}{se:0>2}Z");
+    parse(&stamp)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -132,6 +132,8 @@ fn decode(raw: &str, plus_is_space: bool) -> Result<Vec<u8>, InvalidEncoding> {
 pub struct QueryParam {
     pub key: String,
     pub value: String,
+    /// Whether the parameter had a `=` (`?acl` has none, `?prefix=` has one).
+    pub has_value: bool,
 }
 
 /// Parses a raw query string into decoded parameters, in order. Invalid escapes and non-UTF-8
@@ -139,10 +141,13 @@ pub struct QueryParam {
 pub fn parse_query(raw: &str) -> Result<Vec<QueryParam>, InvalidEncoding> {
     let mut params = Vec::new();
     for pair in raw.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let (k, v, has_value) = match pair.split_once('=') {
+            Some((k, v)) => (k, v, true),
+            None => (pair, "", false),
+        };
         let key = String::from_utf8(percent_decode_query(k)?).map_err(|_| InvalidEncoding)?;
         let value = String::from_utf8(percent_decode_query(v)?).map_err(|_| InvalidEncoding)?;
-        params.push(QueryParam { key, value });
+        params.push(QueryParam { key, value, has_value });
     }
     Ok(params)
 }

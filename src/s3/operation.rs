@@ -1,49 +1,112 @@
-//! Which S3 operation a request is, from method + path + query + a few headers.
+//! The S3 operations as the AWS API model describes them ([`model`], generated from botocore's S3
+//! model by `scripts/gen_s3_model.py`), and apgate's policy for each: whether it is forwarded,
+//! answered by apgate or refused, and which class of route it needs.
 //!
-//! The classification drives routing (operation classes), what apgate forwards at all, and the
-//! `operation` metric label, so it is a closed set.
+//! The model is the protocol: which method, which resource (service, bucket, object), which literal
+//! sub-resources mark the operation (`?tagging`, `?list-type=2`), which query parameters and headers
+//! it takes. The policy below is apgate's own and is kept by hand: it is a decision, not a fact about
+//! S3.
 
-use http::{HeaderMap, Method};
+#[rustfmt::skip]
+mod model;
 
-use super::addressing::S3Target;
+pub use model::Operation;
 
-/// An S3 operation (the API names).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Operation {
-    ListBuckets,
-    HeadBucket,
-    GetBucketLocation,
-    ListObjects,
-    ListObjectsV2,
-    ListObjectVersions,
-    ListMultipartUploads,
-    DeleteObjects,
-    GetObject,
-    HeadObject,
-    PutObject,
-    CopyObject,
-    DeleteObject,
-    CreateMultipartUpload,
-    UploadPart,
-    UploadPartCopy,
-    CompleteMultipartUpload,
-    AbortMultipartUpload,
-    ListParts,
-    GetObjectTagging,
-    PutObjectTagging,
-    DeleteObjectTagging,
-    GetObjectAcl,
-    PutObjectAcl,
-    GetObjectAttributes,
-    GetObjectLegalHold,
-    PutObjectLegalHold,
-    GetObjectRetention,
-    PutObjectRetention,
-    RestoreObject,
-    /// Any other bucket-level request: bucket creation, deletion and configuration.
-    BucketManagement,
-    /// A method S3 does not define on this resource.
-    Unknown,
+/// The HTTP methods S3 operations use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpMethod {
+    Get,
+    Put,
+    Post,
+    Delete,
+    Head,
+}
+
+impl HttpMethod {
+    /// The model's method of an HTTP request method, if S3 uses it.
+    pub fn of(method: &http::Method) -> Option<Self> {
+        Some(match *method {
+            http::Method::GET => Self::Get,
+            http::Method::PUT => Self::Put,
+            http::Method::POST => Self::Post,
+            http::Method::DELETE => Self::Delete,
+            http::Method::HEAD => Self::Head,
+            _ => return None,
+        })
+    }
+}
+
+/// What an operation's URI template names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resource {
+    /// `/`: ListBuckets.
+    Service,
+    /// `/{Bucket}`.
+    Bucket,
+    /// `/{Bucket}/{Key+}`.
+    Object,
+}
+
+/// A literal query parameter of an operation's URI template (`?tagging`, `?list-type=2`): its
+/// presence (with that value, if the template gives one) selects the operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Marker {
+    pub name: &'static str,
+    pub value: Option<&'static str>,
+}
+
+/// Whether a request of the operation carries a checksum of its body (the model's `httpChecksum`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checksum {
+    None,
+    /// `x-amz-sdk-checksum-algorithm` and `x-amz-checksum-*` may be sent.
+    Optional,
+    /// S3 refuses the request without `Content-MD5` or an `x-amz-checksum-*`.
+    Required,
+}
+
+/// What the body of a request of the operation is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Payload {
+    None,
+    /// Bytes of the caller's (an object or a part).
+    Blob,
+    /// An XML document with this root element.
+    Xml(&'static str),
+}
+
+/// What the model says of an operation's request.
+#[derive(Debug)]
+pub struct Spec {
+    pub operation: Operation,
+    pub method: HttpMethod,
+    pub resource: Resource,
+    pub markers: &'static [Marker],
+    /// Query parameters the operation takes (wire names) and whether each is required.
+    pub query: &'static [(&'static str, bool)],
+    /// Headers the operation takes (lower case) and whether each is required.
+    pub headers: &'static [(&'static str, bool)],
+    /// Header name prefixes the operation takes (`x-amz-meta-`).
+    pub header_prefixes: &'static [&'static str],
+    pub checksum: Checksum,
+    pub payload: Payload,
+}
+
+impl Spec {
+    /// Whether the operation takes this query parameter: one of its markers or members.
+    pub fn takes_param(&self, name: &str) -> bool {
+        self.markers.iter().any(|m| m.name == name) || self.query.iter().any(|(q, _)| *q == name)
+    }
+
+    /// Whether the operation takes this (lower-case) header: a member, or a member prefix.
+    pub fn takes_header(&self, name: &str) -> bool {
+        self.headers.iter().any(|(h, _)| *h == name) || self.header_prefixes.iter().any(|p| name.starts_with(p))
+    }
+
+    /// Whether the request has a body.
+    pub fn has_body(&self) -> bool {
+        self.payload != Payload::None
+    }
 }
 
 /// What a route may allow.
@@ -82,125 +145,37 @@ impl OperationClass {
     }
 }
 
-/// Whether apgate forwards an operation.
+/// What apgate does with an operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Support {
-    /// Forwarded through the access point.
-    Forwarded,
-    /// Answered by apgate itself from the caller's routes.
-    Synthesized,
-    /// Allowed by access points but needing rewriting apgate does not do yet.
-    NotYet,
-    /// Access points do not allow it.
+    /// Forwarded through the access point a route of this class gives.
+    Forwarded(OperationClass),
+    /// Answered by apgate itself (ListBuckets from the caller's routes; GetBucketLocation from the
+    /// access point of a route of this class).
+    Synthesized(Option<OperationClass>),
+    /// Access points take it, apgate does not forward it: the answer would show the bucket's
+    /// configuration, owner or policy, which belong to the upstream side (`501 NotImplemented`).
+    Withheld,
+    /// Access points do not take it: bucket management, S3 Express, Object Lambda and the like
+    /// (`501 NotImplemented`).
     NotThroughAccessPoints,
 }
 
 impl Operation {
-    /// Classifies a request.
-    pub fn classify(method: &Method, target: &S3Target, headers: &HeaderMap) -> Self {
-        let has = |k: &str| target.has_param(k);
-        if target.bucket.is_none() {
-            return if *method == Method::GET {
-                Self::ListBuckets
-            } else {
-                Self::Unknown
-            };
-        }
-        if target.key.is_none() {
-            return match *method {
-                Method::HEAD => Self::HeadBucket,
-                Method::GET if has("location") => Self::GetBucketLocation,
-                Method::GET if has("uploads") => Self::ListMultipartUploads,
-                Method::GET if has("versions") => Self::ListObjectVersions,
-                Method::GET if target.param("list-type") == Some("2") => Self::ListObjectsV2,
-                Method::GET if !has_bucket_subresource(target) => Self::ListObjects,
-                Method::POST if has("delete") => Self::DeleteObjects,
-                Method::GET | Method::PUT | Method::DELETE | Method::POST => Self::BucketManagement,
-                _ => Self::Unknown,
-            };
-        }
-        let copy = headers.contains_key(&crate::s3::headers::X_AMZ_COPY_SOURCE);
-        match *method {
-            Method::GET if has("uploadId") => Self::ListParts,
-            Method::GET if has("tagging") => Self::GetObjectTagging,
-            Method::GET if has("acl") => Self::GetObjectAcl,
-            Method::GET if has("attributes") => Self::GetObjectAttributes,
-            Method::GET if has("legal-hold") => Self::GetObjectLegalHold,
-            Method::GET if has("retention") => Self::GetObjectRetention,
-            Method::GET => Self::GetObject,
-            Method::HEAD => Self::HeadObject,
-            Method::PUT if has("partNumber") && has("uploadId") => {
-                if copy {
-                    Self::UploadPartCopy
-                } else {
-                    Self::UploadPart
-                }
-            }
-            Method::PUT if has("tagging") => Self::PutObjectTagging,
-            Method::PUT if has("acl") => Self::PutObjectAcl,
-            Method::PUT if has("legal-hold") => Self::PutObjectLegalHold,
-            Method::PUT if has("retention") => Self::PutObjectRetention,
-            Method::PUT if copy => Self::CopyObject,
-            Method::PUT => Self::PutObject,
-            Method::POST if has("uploads") => Self::CreateMultipartUpload,
-            Method::POST if has("uploadId") => Self::CompleteMultipartUpload,
-            Method::POST if has("restore") => Self::RestoreObject,
-            Method::DELETE if has("uploadId") => Self::AbortMultipartUpload,
-            Method::DELETE if has("tagging") => Self::DeleteObjectTagging,
-            Method::DELETE => Self::DeleteObject,
-            _ => Self::Unknown,
-        }
-    }
-
-    /// The API name, used as the `operation` metric label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::ListBuckets => "ListBuckets",
-            Self::HeadBucket => "HeadBucket",
-            Self::GetBucketLocation => "GetBucketLocation",
-            Self::ListObjects => "ListObjects",
-            Self::ListObjectsV2 => "ListObjectsV2",
-            Self::ListObjectVersions => "ListObjectVersions",
-            Self::ListMultipartUploads => "ListMultipartUploads",
-            Self::DeleteObjects => "DeleteObjects",
-            Self::GetObject => "GetObject",
-            Self::HeadObject => "HeadObject",
-            Self::PutObject => "PutObject",
-            Self::CopyObject => "CopyObject",
-            Self::DeleteObject => "DeleteObject",
-            Self::CreateMultipartUpload => "CreateMultipartUpload",
-            Self::UploadPart => "UploadPart",
-            Self::UploadPartCopy => "UploadPartCopy",
-            Self::CompleteMultipartUpload => "CompleteMultipartUpload",
-            Self::AbortMultipartUpload => "AbortMultipartUpload",
-            Self::ListParts => "ListParts",
-            Self::GetObjectTagging => "GetObjectTagging",
-            Self::PutObjectTagging => "PutObjectTagging",
-            Self::DeleteObjectTagging => "DeleteObjectTagging",
-            Self::GetObjectAcl => "GetObjectAcl",
-            Self::PutObjectAcl => "PutObjectAcl",
-            Self::GetObjectAttributes => "GetObjectAttributes",
-            Self::GetObjectLegalHold => "GetObjectLegalHold",
-            Self::PutObjectLegalHold => "PutObjectLegalHold",
-            Self::GetObjectRetention => "GetObjectRetention",
-            Self::PutObjectRetention => "PutObjectRetention",
-            Self::RestoreObject => "RestoreObject",
-            Self::BucketManagement => "BucketManagement",
-            Self::Unknown => "Unknown",
-        }
-    }
-
-    /// The class a route must allow for this operation.
-    pub fn class(self) -> OperationClass {
+    /// What apgate does with this operation (docs/SEMANTICS.md lists the same).
+    pub fn support(self) -> Support {
         use OperationClass::{Delete, List, Read, Write};
+        use Support::{Forwarded, NotThroughAccessPoints, Synthesized, Withheld};
         match self {
+            Self::ListBuckets => Synthesized(None),
+            Self::GetBucketLocation => Synthesized(Some(List)),
             Self::GetObject
             | Self::HeadObject
             | Self::GetObjectTagging
             | Self::GetObjectAcl
             | Self::GetObjectAttributes
             | Self::GetObjectLegalHold
-            | Self::GetObjectRetention => Read,
+            | Self::GetObjectRetention => Forwarded(Read),
             Self::PutObject
             | Self::CopyObject
             | Self::CreateMultipartUpload
@@ -213,130 +188,127 @@ impl Operation {
             | Self::PutObjectAcl
             | Self::PutObjectLegalHold
             | Self::PutObjectRetention
-            | Self::RestoreObject
-            | Self::BucketManagement
-            | Self::Unknown => Write,
-            Self::DeleteObject | Self::DeleteObjects => Delete,
-            Self::ListBuckets
-            | Self::HeadBucket
-            | Self::GetBucketLocation
+            | Self::RestoreObject => Forwarded(Write),
+            Self::DeleteObject | Self::DeleteObjects => Forwarded(Delete),
+            Self::HeadBucket
             | Self::ListObjects
             | Self::ListObjectsV2
             | Self::ListObjectVersions
             | Self::ListMultipartUploads
-            | Self::ListParts => List,
+            | Self::ListParts => Forwarded(List),
+            Self::GetBucketAcl
+            | Self::GetBucketCors
+            | Self::GetBucketPolicy
+            | Self::GetBucketNotificationConfiguration => Withheld,
+            _ => NotThroughAccessPoints,
         }
     }
 
-    /// Whether apgate forwards this operation today.
-    pub fn support(self) -> Support {
-        match self {
-            Self::ListBuckets => Support::Synthesized,
-            Self::BucketManagement => Support::NotThroughAccessPoints,
-            Self::Unknown => Support::NotThroughAccessPoints,
-            _ => Support::Forwarded,
+    /// The class a route must allow, for operations that are routed.
+    pub fn class(self) -> Option<OperationClass> {
+        match self.support() {
+            Support::Forwarded(class) | Support::Synthesized(Some(class)) => Some(class),
+            _ => None,
         }
     }
 
-    /// The key prefix a bucket-level listing is confined to, if the operation has one.
-    pub fn list_prefix(self, target: &S3Target) -> Option<&str> {
+    /// The query parameter a listing is confined by, for operations that list keys.
+    pub fn list_prefix_param(self) -> Option<&'static str> {
         match self {
             Self::ListObjects | Self::ListObjectsV2 | Self::ListObjectVersions | Self::ListMultipartUploads => {
-                Some(target.param("prefix").unwrap_or(""))
+                Some("prefix")
             }
             _ => None,
         }
     }
 }
 
-/// SigV2 presigned-URL parameters (authentication, not sub-resources).
-const AUTH_V2_PARAMS: &[&str] = &["AWSAccessKeyId", "Expires", "Signature"];
+/// Whether `name` is an `x-amz-checksum-{algorithm}` header (the model's checksum algorithms).
+pub fn is_checksum_header(name: &str) -> bool {
+    model::CHECKSUM_ALGORITHMS.iter().any(|(_, h)| *h == name)
+}
 
-/// Bucket sub-resources that make a bucket-level GET something other than ListObjects.
-fn has_bucket_subresource(target: &S3Target) -> bool {
-    const LIST_PARAMS: &[&str] = &["prefix", "delimiter", "marker", "max-keys", "encoding-type", "x-id"];
-    target.query.iter().any(|p| {
-        !LIST_PARAMS.contains(&p.key.as_str())
-            && !p.key.starts_with("X-Amz-")
-            && !AUTH_V2_PARAMS.contains(&p.key.as_str())
-    })
+/// Whether `value` names a checksum algorithm (`x-amz-sdk-checksum-algorithm`).
+pub fn is_checksum_algorithm(value: &str) -> bool {
+    model::CHECKSUM_ALGORITHMS
+        .iter()
+        .any(|(a, _)| a.eq_ignore_ascii_case(value))
+}
+
+/// The metric and log label of an operation, `Unknown` when the request is none.
+pub fn label(op: Option<Operation>) -> &'static str {
+    op.map_or("Unknown", Operation::as_str)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::s3::addressing::parse_target;
 
-    fn check(method: &str, path: &str, query: &str, copy: bool, want: Operation) {
-        let t = parse_target(Some("h"), path, Some(query), &[]).unwrap();
-        let mut headers = HeaderMap::new();
-        if copy {
-            headers.insert("x-amz-copy-source", "src/k".parse().unwrap());
+    #[test]
+    fn the_table_is_in_enum_order_and_complete() {
+        for (i, op) in Operation::ALL.iter().enumerate() {
+            assert_eq!(model::SPECS[i].operation, *op, "{op:?}");
+            assert_eq!(op.spec().operation, *op);
         }
-        let m: Method = method.parse().unwrap();
-        assert_eq!(Operation::classify(&m, &t, &headers), want, "{method} {path}?{query}");
+        assert!(Operation::ALL.len() >= 100, "the whole model, not a hand-picked list");
     }
 
     #[test]
-    fn classifies_operations() {
-        use Operation::*;
-        let cases: &[(&str, &str, &str, bool, Operation)] = &[
-            ("GET", "/", "", false, ListBuckets),
-            ("HEAD", "/bkt", "", false, HeadBucket),
-            ("GET", "/bkt", "location", false, GetBucketLocation),
-            ("GET", "/bkt", "list-type=2&prefix=a", false, ListObjectsV2),
-            ("GET", "/bkt/", "prefix=a&delimiter=%2F", false, ListObjects),
-            ("GET", "/bkt", "versions", false, ListObjectVersions),
-            ("GET", "/bkt", "uploads", false, ListMultipartUploads),
-            ("GET", "/bkt", "policy", false, BucketManagement),
-            (
-                "GET",
-                "/bkt",
-                "prefix=a&X-Amz-Signature=00&X-Amz-Date=x",
-                false,
-                ListObjects,
-            ),
-            ("PUT", "/bkt", "", false, BucketManagement),
-            ("DELETE", "/bkt", "", false, BucketManagement),
-            ("POST", "/bkt", "delete", false, DeleteObjects),
-            ("GET", "/bkt/k", "", false, GetObject),
-            ("GET", "/bkt/k", "partNumber=1", false, GetObject),
-            ("HEAD", "/bkt/k", "", false, HeadObject),
-            ("PUT", "/bkt/k", "", false, PutObject),
-            ("PUT", "/bkt/k", "", true, CopyObject),
-            ("PUT", "/bkt/k", "partNumber=2&uploadId=u", false, UploadPart),
-            ("PUT", "/bkt/k", "partNumber=2&uploadId=u", true, UploadPartCopy),
-            ("POST", "/bkt/k", "uploads", false, CreateMultipartUpload),
-            ("POST", "/bkt/k", "uploadId=u", false, CompleteMultipartUpload),
-            ("DELETE", "/bkt/k", "uploadId=u", false, AbortMultipartUpload),
-            ("GET", "/bkt/k", "uploadId=u", false, ListParts),
-            ("DELETE", "/bkt/k", "", false, DeleteObject),
-            ("GET", "/bkt/k", "tagging", false, GetObjectTagging),
-            ("PUT", "/bkt/k", "tagging", false, PutObjectTagging),
-            ("DELETE", "/bkt/k", "tagging", false, DeleteObjectTagging),
-            ("GET", "/bkt/k", "acl", false, GetObjectAcl),
-            ("GET", "/bkt/k", "attributes", false, GetObjectAttributes),
-            ("POST", "/bkt/k", "restore", false, RestoreObject),
-            ("PATCH", "/bkt/k", "", false, Unknown),
-            ("POST", "/", "", false, Unknown),
+    fn every_operation_apgate_forwards_exists_in_the_model_as_an_object_or_bucket_operation() {
+        // The access point operations of PROTOCOL.md §2 (AWS's list).
+        let through_access_points = [
+            "AbortMultipartUpload",
+            "CompleteMultipartUpload",
+            "CreateMultipartUpload",
+            "CopyObject",
+            "DeleteObject",
+            "DeleteObjects",
+            "DeleteObjectTagging",
+            "GetBucketAcl",
+            "GetBucketCors",
+            "GetBucketLocation",
+            "GetBucketNotificationConfiguration",
+            "GetBucketPolicy",
+            "GetObject",
+            "GetObjectAcl",
+            "GetObjectAttributes",
+            "GetObjectLegalHold",
+            "GetObjectRetention",
+            "GetObjectTagging",
+            "HeadBucket",
+            "HeadObject",
+            "ListMultipartUploads",
+            "ListObjects",
+            "ListObjectsV2",
+            "ListObjectVersions",
+            "ListParts",
+            "PutObject",
+            "PutObjectAcl",
+            "PutObjectLegalHold",
+            "PutObjectRetention",
+            "PutObjectTagging",
+            "RestoreObject",
+            "UploadPart",
+            "UploadPartCopy",
         ];
-        for (m, p, q, c, want) in cases {
-            check(m, p, q, *c, *want);
+        for op in Operation::ALL {
+            let listed = through_access_points.contains(&op.as_str());
+            match op.support() {
+                Support::Forwarded(_) | Support::Withheld => assert!(listed, "{op:?}"),
+                Support::Synthesized(_) => assert!(listed || op == Operation::ListBuckets, "{op:?}"),
+                Support::NotThroughAccessPoints => assert!(!listed, "{op:?} is taken by access points"),
+            }
+            if let Support::Forwarded(_) = op.support() {
+                assert_ne!(op.spec().resource, Resource::Service, "{op:?}");
+            }
         }
-    }
-
-    #[test]
-    fn support_is_decided_per_operation() {
-        for op in [
-            Operation::CopyObject,
-            Operation::UploadPartCopy,
-            Operation::DeleteObjects,
-            Operation::GetBucketLocation,
-        ] {
-            assert_eq!(op.support(), Support::Forwarded, "{op:?}");
-        }
-        assert_eq!(Operation::ListBuckets.support(), Support::Synthesized);
-        assert_eq!(Operation::BucketManagement.support(), Support::NotThroughAccessPoints);
-        assert_eq!(Operation::GetObject.support(), Support::Forwarded);
+        assert_eq!(
+            Operation::ALL
+                .iter()
+                .filter(|op| through_access_points.contains(&op.as_str()))
+                .count(),
+            through_access_points.len(),
+            "every access point operation is in the model"
+        );
     }
 }

@@ -108,65 +108,269 @@ pub fn rewrite_response(body: &[u8], view: &ClientView<'_>) -> Result<Vec<u8>, X
     Ok(writer.into_inner())
 }
 
-/// One object named in a DeleteObjects request.
+/// The S3 namespace, the only one a request body may declare.
+pub const S3_NAMESPACE: &str = "http://s3.amazonaws.com/doc/2006-03-01/";
+
+/// The most elements, and the deepest nesting, a request body apgate reads may have (a 1000-key
+/// DeleteObjects body has about 2,000 elements, three deep).
+const MAX_ELEMENTS: usize = 8_000;
+const MAX_DEPTH: usize = 8;
+
+/// An element of a request body: its name, and either text or child elements.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Element {
+    pub name: String,
+    pub text: String,
+    pub children: Vec<Element>,
+}
+
+impl Element {
+    /// The children with this name.
+    pub fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Element> + 'a {
+        self.children.iter().filter(move |c| c.name == name)
+    }
+}
+
+/// Reads a request body apgate inspects, strictly: only what any XML parser reads the same way.
+/// One root element (optionally declaring the S3 namespace, no other attribute, no prefixes),
+/// optionally preceded by `<?xml version="1.0" encoding="UTF-8"?>`; no DTD, no processing
+/// instruction, no entity but the five predefined and character references to XML characters, no
+/// comment with `--` inside; text only in elements without children, none outside the root but
+/// white space; no raw carriage return inside text (XML turns it into a line feed, which would
+/// make the key S3 reads another than the one checked); no control character. Anything else is an
+/// error, never a guess.
+pub fn parse_strict(body: &[u8]) -> Result<Element, XmlError> {
+    if body.starts_with(&[0xEF, 0xBB, 0xBF]) {
+        return Err(xml_err("a byte order mark is not accepted"));
+    }
+    let mut reader = Reader::from_reader(body);
+    let config = reader.config_mut();
+    config.trim_text(false);
+    config.check_comments = true;
+    config.check_end_names = true;
+    config.allow_unmatched_ends = false;
+    config.allow_dangling_amp = false;
+    config.expand_empty_elements = true;
+    // Open elements: (element, whether it has seen text).
+    let mut stack: Vec<Element> = Vec::new();
+    let mut root: Option<Element> = None;
+    let mut elements = 0usize;
+    let mut first = true;
+    loop {
+        let event = reader.read_event().map_err(xml_err)?;
+        let at_start = std::mem::replace(&mut first, false);
+        match event {
+            Event::Eof => break,
+            Event::Decl(decl) => {
+                if !at_start {
+                    return Err(xml_err("the XML declaration must come first"));
+                }
+                let version = decl.version().map_err(xml_err)?;
+                if version.as_ref() != b"1.0" {
+                    return Err(xml_err("only XML 1.0 is accepted"));
+                }
+                if let Some(enc) = decl.encoding() {
+                    let enc = enc.map_err(xml_err)?;
+                    if !enc.as_ref().eq_ignore_ascii_case(b"UTF-8") {
+                        return Err(xml_err("only UTF-8 is accepted"));
+                    }
+                }
+            }
+            Event::DocType(_) => return Err(xml_err("a document type declaration is not accepted")),
+            Event::PI(_) => return Err(xml_err("a processing instruction is not accepted")),
+            Event::Comment(_) => {}
+            Event::Start(start) => {
+                if root.is_some() {
+                    return Err(xml_err("there is more than one root element"));
+                }
+                elements += 1;
+                if elements > MAX_ELEMENTS || stack.len() >= MAX_DEPTH {
+                    return Err(xml_err("the document is too large or too deep"));
+                }
+                let name = std::str::from_utf8(start.name().as_ref()).map_err(xml_err)?.to_owned();
+                if name.contains(':') {
+                    return Err(xml_err("namespace prefixes are not accepted"));
+                }
+                for attr in start.attributes() {
+                    let attr = attr.map_err(xml_err)?;
+                    let value = attr.unescape_value().map_err(xml_err)?;
+                    if !(stack.is_empty() && attr.key.as_ref() == b"xmlns" && value == S3_NAMESPACE) {
+                        return Err(xml_err(format!(
+                            "the attribute {} is not accepted",
+                            String::from_utf8_lossy(attr.key.as_ref())
+                        )));
+                    }
+                }
+                if let Some(parent) = stack.last() {
+                    if !parent.text.trim_matches(XML_SPACE).is_empty() {
+                        return Err(xml_err("an element holds both text and elements"));
+                    }
+                }
+                stack.push(Element {
+                    name,
+                    text: String::new(),
+                    children: Vec::new(),
+                });
+            }
+            Event::End(_) => {
+                let Some(mut done) = stack.pop() else {
+                    return Err(xml_err("an end tag without its start"));
+                };
+                if !done.children.is_empty() {
+                    done.text.clear();
+                }
+                match stack.last_mut() {
+                    Some(parent) => parent.children.push(done),
+                    None => root = Some(done),
+                }
+            }
+            Event::Empty(_) => return Err(xml_err("unexpected empty element")),
+            Event::Text(t) => {
+                let text = t.decode().map_err(xml_err)?;
+                push_text(&mut stack, &text, false)?;
+            }
+            Event::CData(t) => {
+                let text = t.decode().map_err(xml_err)?;
+                if stack.is_empty() {
+                    return Err(xml_err("text outside the root element"));
+                }
+                push_text(&mut stack, &text, false)?;
+            }
+            Event::GeneralRef(r) => {
+                let name: &[u8] = &r;
+                let text = resolve_ref(name, &r)?;
+                push_text(&mut stack, &text, true)?;
+            }
+        }
+    }
+    if !stack.is_empty() {
+        return Err(xml_err("the body ends inside an element"));
+    }
+    root.ok_or_else(|| xml_err("there is no root element"))
+}
+
+/// XML's white space.
+const XML_SPACE: &[char] = &[' ', '\t', '\n', '\r'];
+
+fn push_text(stack: &mut [Element], text: &str, from_reference: bool) -> Result<(), XmlError> {
+    let bad = text
+        .chars()
+        .find(|&c| (c.is_control() && !matches!(c, '\t' | '\n' | '\r')) || matches!(c, '\u{FFFE}' | '\u{FFFF}'));
+    if let Some(c) = bad {
+        return Err(xml_err(format!("the character U+{:04X} is not accepted", u32::from(c))));
+    }
+    match stack.last_mut() {
+        None if text.trim_matches(XML_SPACE).is_empty() && !from_reference => Ok(()),
+        None => Err(xml_err("text outside the root element")),
+        Some(open) => {
+            if !from_reference && text.contains('\r') && !text.trim_matches(XML_SPACE).is_empty() {
+                return Err(xml_err("a raw carriage return in text is not accepted (write &#13;)"));
+            }
+            if !open.children.is_empty() && !text.trim_matches(XML_SPACE).is_empty() {
+                return Err(xml_err("an element holds both text and elements"));
+            }
+            open.text.push_str(text);
+            Ok(())
+        }
+    }
+}
+
+/// One object of a DeleteObjects request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeleteEntry {
     pub key: String,
+    pub version_id: Option<String>,
 }
 
-/// The keys of a DeleteObjects request body (`<Delete><Object><Key>..</Key>..</Object>..</Delete>`).
-pub fn delete_objects_keys(body: &[u8]) -> Result<Vec<DeleteEntry>, XmlError> {
-    let mut reader = Reader::from_reader(body);
-    reader.config_mut().trim_text(false);
-    let mut path: Vec<Vec<u8>> = Vec::new();
-    let mut current: Option<String> = None;
-    let mut keys = Vec::new();
-    loop {
-        match reader.read_event().map_err(xml_err)? {
-            Event::Eof => break,
-            Event::Start(s) => {
-                path.push(s.local_name().as_ref().to_vec());
-                if path.len() == 1 && path[0] != b"Delete" {
-                    return Err(xml_err("the root element must be Delete"));
-                }
-                if path.len() == 3 && path[0] == b"Delete" && path[1] == b"Object" && path[2] == b"Key" {
-                    current = Some(String::new());
-                }
-            }
-            Event::Empty(s) if path.len() == 2 && path[1] == b"Object" && s.local_name().as_ref() == b"Key" => {
-                keys.push(DeleteEntry { key: String::new() });
-            }
-            Event::Text(t) => {
-                if let Some(k) = current.as_mut() {
-                    k.push_str(&t.decode().map_err(xml_err)?);
-                }
-            }
-            Event::CData(t) => {
-                if let Some(k) = current.as_mut() {
-                    k.push_str(&t.decode().map_err(xml_err)?);
-                }
-            }
-            Event::GeneralRef(r) => {
-                if let Some(k) = current.as_mut() {
-                    let name: &[u8] = &r;
-                    k.push_str(&resolve_ref(name, &r)?);
-                }
-            }
-            Event::End(_) => {
-                if path.len() == 3 {
-                    if let Some(k) = current.take() {
-                        keys.push(DeleteEntry { key: k });
+/// The objects of a DeleteObjects request body, read strictly ([`parse_strict`]) against the
+/// model's `Delete` shape: `<Delete><Object><Key/>[<VersionId/>][<ETag/>][<LastModifiedTime/>]
+/// [<Size/>]</Object>...[<Quiet/>]</Delete>`, each element where the shape has it and at most
+/// once, 1 to 1000 objects, every key non-empty.
+pub fn delete_objects(body: &[u8]) -> Result<Vec<DeleteEntry>, XmlError> {
+    let root = parse_strict(body)?;
+    if root.name != "Delete" {
+        return Err(xml_err("the root element must be Delete"));
+    }
+    let mut entries = Vec::new();
+    let mut quiet = 0;
+    for child in &root.children {
+        match child.name.as_str() {
+            "Object" => {
+                let mut key = None;
+                let mut version_id = None;
+                let mut seen: Vec<&str> = Vec::new();
+                for field in &child.children {
+                    let name = field.name.as_str();
+                    if !matches!(name, "Key" | "VersionId" | "ETag" | "LastModifiedTime" | "Size") {
+                        return Err(xml_err(format!("Object does not take {name}")));
+                    }
+                    if !field.children.is_empty() {
+                        return Err(xml_err(format!("{name} holds elements")));
+                    }
+                    if seen.contains(&name) {
+                        return Err(xml_err(format!("{name} is given twice in one Object")));
+                    }
+                    seen.push(name);
+                    match name {
+                        "Key" => key = Some(field.text.clone()),
+                        "VersionId" => version_id = Some(field.text.clone()),
+                        _ => {}
                     }
                 }
-                path.pop();
+                let key = key.ok_or_else(|| xml_err("an Object without a Key"))?;
+                if key.is_empty() {
+                    return Err(xml_err("an empty Key"));
+                }
+                entries.push(DeleteEntry { key, version_id });
             }
-            _ => {}
+            "Quiet" => {
+                quiet += 1;
+                if quiet > 1
+                    || !child.children.is_empty()
+                    || !matches!(child.text.trim_matches(XML_SPACE), "true" | "false")
+                {
+                    return Err(xml_err("Quiet must be given once, true or false"));
+                }
+            }
+            other => return Err(xml_err(format!("Delete does not take {other}"))),
         }
     }
-    if !path.is_empty() {
-        return Err(xml_err("the body ends inside an element"));
+    if entries.is_empty() || entries.len() > 1000 {
+        return Err(xml_err("DeleteObjects takes 1 to 1000 objects"));
     }
-    Ok(keys)
+    Ok(entries)
+}
+
+/// Checks a RestoreObject request body (`RestoreRequest`): a restore of an archived copy for a
+/// number of days at a retrieval tier. The SELECT form (`Type`, `SelectParameters`,
+/// `OutputLocation`) is refused: it writes query results to a location of its own choosing, which
+/// no route of apgate's covers.
+pub fn restore_request(body: &[u8]) -> Result<(), XmlError> {
+    let root = parse_strict(body)?;
+    if root.name != "RestoreRequest" {
+        return Err(xml_err("the root element must be RestoreRequest"));
+    }
+    let mut seen: Vec<&str> = Vec::new();
+    for child in &root.children {
+        let name = child.name.as_str();
+        match name {
+            "Days" | "Tier" | "Description" if child.children.is_empty() => {}
+            "GlacierJobParameters"
+                if child.children.iter().all(|c| c.name == "Tier" && c.children.is_empty())
+                    && child.children.len() == 1 => {}
+            "Type" | "SelectParameters" | "OutputLocation" => {
+                return Err(xml_err(format!(
+                    "{name}: restores with SELECT write to a location of their own, which apgate does not route"
+                )))
+            }
+            _ => return Err(xml_err(format!("RestoreRequest does not take {name} here"))),
+        }
+        if seen.contains(&name) {
+            return Err(xml_err(format!("{name} is given twice")));
+        }
+        seen.push(name);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -229,17 +433,77 @@ mod tests {
         assert!(rewrite_response(b"<a><b></a>", &view()).is_err());
     }
 
+    fn keys(body: &[u8]) -> Result<Vec<String>, XmlError> {
+        delete_objects(body).map(|e| e.into_iter().map(|e| e.key).collect())
+    }
+
     #[test]
     fn reads_delete_objects_keys_with_escapes() {
         let body = br#"<?xml version="1.0" encoding="UTF-8"?>
 <Delete xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Object><Key>Bob/a &amp; b&lt;c&gt;</Key><VersionId>v1</VersionId></Object><Object><Key>Bob/&#252;&#x2B;</Key></Object><Object><Key><![CDATA[Bob/cdata]]></Key></Object><Quiet>true</Quiet></Delete>"#;
-        let keys: Vec<String> = delete_objects_keys(body).unwrap().into_iter().map(|e| e.key).collect();
-        assert_eq!(keys, ["Bob/a & b<c>", "Bob/ü+", "Bob/cdata"]);
-        assert!(delete_objects_keys(b"<Other><Object><Key>x</Key></Object></Other>").is_err());
-        assert!(
-            delete_objects_keys(b"<Delete><Object><Key>x</Key></Object>").is_err(),
-            "truncated"
+        assert_eq!(keys(body).unwrap(), ["Bob/a & b<c>", "Bob/ü+", "Bob/cdata"]);
+        let with_comment =
+            b"<!-- a well-formed comment --><Delete><Object><!-- x --><Key>Bob/a</Key></Object></Delete>\r\n";
+        assert_eq!(keys(with_comment).unwrap(), ["Bob/a"]);
+        assert_eq!(
+            keys(b"<Delete><Object><Key>Bob/&#13;x</Key></Object></Delete>").unwrap(),
+            ["Bob/\rx"]
         );
-        assert!(delete_objects_keys(b"<Delete><Object><Key>a &bogus; b</Key></Object></Delete>").is_err());
+    }
+
+    /// Issue 15: whatever an XML parser might read differently from apgate is refused.
+    #[test]
+    fn refuses_what_parsers_may_read_differently() {
+        let cases: &[(&str, &[u8])] = &[
+            ("other root", b"<Other><Object><Key>x</Key></Object></Other>"),
+            ("truncated", b"<Delete><Object><Key>x</Key></Object>"),
+            ("unknown entity", b"<Delete><Object><Key>a &bogus; b</Key></Object></Delete>"),
+            (
+                "doctype",
+                b"<!DOCTYPE d [<!ENTITY e \"ro/x\">]><Delete><Object><Key>&e;</Key></Object></Delete>",
+            ),
+            ("doctype alone", b"<!DOCTYPE Delete><Delete><Object><Key>Bob/x</Key></Object></Delete>"),
+            ("processing instruction", b"<?pi x?><Delete><Object><Key>Bob/x</Key></Object></Delete>"),
+            ("late declaration", b" <?xml version=\"1.0\"?><Delete><Object><Key>Bob/x</Key></Object></Delete>"),
+            ("utf-16", b"<?xml version=\"1.0\" encoding=\"UTF-16\"?><Delete><Object><Key>Bob/x</Key></Object></Delete>"),
+            ("bom", b"\xEF\xBB\xBF<Delete><Object><Key>Bob/x</Key></Object></Delete>"),
+            ("bad comment", b"<Delete><!-- a -- b --><Object><Key>Bob/x</Key></Object></Delete>"),
+            ("unterminated comment", b"<Delete><Object><Key>Bob/x</Key></Object><!-- <Object><Key>ro/y</Key></Object></Delete>"),
+            ("text outside the root", b"<Delete><Object><Key>Bob/x</Key></Object></Delete>tail"),
+            ("two roots", b"<Delete><Object><Key>Bob/x</Key></Object></Delete><Delete/>"),
+            ("mixed content", b"<Delete>x<Object><Key>Bob/x</Key></Object></Delete>"),
+            ("prefix", b"<s3:Delete xmlns:s3=\"http://s3.amazonaws.com/doc/2006-03-01/\"><s3:Object><s3:Key>Bob/x</s3:Key></s3:Object></s3:Delete>"),
+            ("other attribute", b"<Delete a=\"1\"><Object><Key>Bob/x</Key></Object></Delete>"),
+            ("other namespace", b"<Delete xmlns=\"urn:x\"><Object><Key>Bob/x</Key></Object></Delete>"),
+            ("raw carriage return", b"<Delete><Object><Key>Bob\r/x</Key></Object></Delete>"),
+            ("control character", b"<Delete><Object><Key>Bob/\x01</Key></Object></Delete>"),
+            ("control reference", b"<Delete><Object><Key>Bob/&#1;</Key></Object></Delete>"),
+            ("two keys", b"<Delete><Object><Key>Bob/x</Key><Key>ro/y</Key></Object></Delete>"),
+            ("unknown element", b"<Delete><Object><Key>Bob/x</Key><Bucket>b</Bucket></Object></Delete>"),
+            ("key with elements", b"<Delete><Object><Key><K>ro/y</K></Key></Object></Delete>"),
+            ("empty key", b"<Delete><Object><Key></Key></Object></Delete>"),
+            ("no object", b"<Delete><Quiet>true</Quiet></Delete>"),
+            ("bad quiet", b"<Delete><Object><Key>Bob/x</Key></Object><Quiet>yes</Quiet></Delete>"),
+        ];
+        for (what, body) in cases {
+            assert!(keys(body).is_err(), "{what}: {:?}", keys(body));
+        }
+        let many = format!("<Delete>{}</Delete>", "<Object><Key>Bob/x</Key></Object>".repeat(1001));
+        assert!(keys(many.as_bytes()).is_err(), "1001 objects");
+        let deep = format!("<Delete>{}{}</Delete>", "<a>".repeat(20), "</a>".repeat(20));
+        assert!(keys(deep.as_bytes()).is_err(), "deep");
+    }
+
+    #[test]
+    fn restore_requests_without_select() {
+        assert!(restore_request(b"<RestoreRequest><Days>2</Days><GlacierJobParameters><Tier>Bulk</Tier></GlacierJobParameters></RestoreRequest>").is_ok());
+        for bad in [
+            &b"<RestoreRequest><Type>SELECT</Type></RestoreRequest>"[..],
+            b"<RestoreRequest><OutputLocation><S3><BucketName>x</BucketName></S3></OutputLocation></RestoreRequest>",
+            b"<RestoreRequest><Days>2</Days><Days>3</Days></RestoreRequest>",
+            b"<Other/>",
+        ] {
+            assert!(restore_request(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
     }
 }

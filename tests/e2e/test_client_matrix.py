@@ -465,11 +465,14 @@ def test_s3cmd_cp_and_mv(s3cmd_any, moto, moto_s3):
     s3cmd_any("cp", f"s3://{BUCKET}/{base}src a+b.bin", f"s3://{BUCKET}/{base}copy ü.bin")
     upstream = moto.log_since(mark)
     assert_via_bob_ap(upstream)
-    # s3cmd copies the ACL too (GET ?acl of the source, PUT ?acl of the copy); the data moves with
-    # one CopyObject (a PUT of the destination), the source is never downloaded
+    # s3cmd copies the ACL too (GET ?acl of the source, then PUT ?acl of the copy). An ACL change
+    # needs a route that allows "acl" (issue 15): apgate answers that PUT with 501 NotImplemented,
+    # which s3cmd takes as "ACLs not supported" and carries on, so only the GET reaches the upstream
+    # and the copy keeps the default ACL. The data moves with one CopyObject (a PUT of the
+    # destination); the source is never downloaded.
     assert object_calls(upstream) == [("PUT", base + "copy ü.bin")], upstream
     assert [(e["method"], key_of(e)) for e in upstream if e["raw_uri"].endswith("?acl")] == \
-        [("GET", base + "src a+b.bin"), ("PUT", base + "copy ü.bin")], upstream
+        [("GET", base + "src a+b.bin")], upstream
     assert stored(moto_s3, base + "copy ü.bin") == data
 
     mark = moto.log_mark()

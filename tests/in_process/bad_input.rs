@@ -606,10 +606,11 @@ fn cases() -> Vec<Case> {
             Forwarded(200),
         ),
         case(
-            "control: no Host at all (HTTP/1.0) goes to the access point",
+            // Issue 15: a request without a Host is refused, HTTP/1.0 or not.
+            "no Host at all (HTTP/1.0)",
             Src,
             raw_v("GET", "/shared/Bob/k", "HTTP/1.0", &vec![], b""),
-            Forwarded(200),
+            S3(400, "InvalidRequest"),
         ),
         case(
             "control: source aws-chunked PUT",
@@ -1351,6 +1352,14 @@ fn cases() -> Vec<Case> {
             name: "huge Content-Length, body cut short",
             listener: Src,
             bytes: src("PUT", "/shared/Bob/k", &[("content-length", "1000000000000")], b"hello"),
+            half_close: true,
+            // Issue 15: over S3's 5 GiB limit for one PUT, refused from the head at once.
+            expect: S3(400, "EntityTooLarge"),
+        },
+        Case {
+            name: "a body just under 5 GiB, cut short",
+            listener: Src,
+            bytes: src("PUT", "/shared/Bob/k", &[("content-length", "5368709120")], b"hello"),
             half_close: true,
             expect: Aborted(400, "IncompleteBody"),
         },

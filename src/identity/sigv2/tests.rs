@@ -4,6 +4,7 @@ use http::HeaderValue;
 
 use super::*;
 use crate::s3::addressing::parse_target;
+use crate::s3::amzdate::parse_http_date;
 
 const AKID: &str = "AKIAIOSFODNN7EXAMPLE";
 const SECRET: &str = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";

@@ -1,0 +1,462 @@
+//! The decision, table-driven: what is refused, and what is forwarded (judged by the outbound head
+//! the upstream would receive). Issue 15's findings each have a row.
+
+use std::sync::Arc;
+
+use http::HeaderMap;
+
+use super::*;
+use crate::config::Config;
+use crate::identity::SourceMap;
+
+const CONFIG: &str = r#"
+[admin]
+address = "127.0.0.1:9090"
+[[listeners]]
+name = "shared"
+address = "127.0.0.1:8080"
+identity_methods = ["source"]
+[[listeners.sources]]
+cidr = "127.0.0.0/8"
+identity = "bob"
+[upstream]
+region = "us-east-1"
+[credentials]
+type = "default"
+[[identities]]
+name = "bob"
+[[routes]]
+identity = "bob"
+bucket = "shared"
+prefix = "Bob/"
+access_point = "arn:aws:s3:us-east-1:123456789012:accesspoint/bob-ap"
+[[routes]]
+identity = "bob"
+bucket = "shared"
+prefix = "lo/"
+operations = ["list"]
+access_point = "arn:aws:s3:us-east-1:123456789012:accesspoint/bob-ap"
+[[routes]]
+identity = "bob"
+bucket = "shared"
+prefix = "ro/"
+operations = ["read"]
+access_point = "arn:aws:s3:us-east-1:123456789012:accesspoint/ro-ap"
+[[routes]]
+identity = "bob"
+bucket = "shared"
+prefix = "Bob/open/"
+access_point = "arn:aws:s3:us-east-1:123456789012:accesspoint/bob-ap"
+allow = ["acl", "bypass-governance-retention"]
+"#;
+
+struct World {
+    config: Config,
+    router: Router,
+    listener: ListenerIdentity,
+    verifier: SigV4Verifier,
+}
+
+fn world() -> World {
+    let config = Config::from_toml(CONFIG).unwrap();
+    let router = Router::new(&config.routes);
+    let listener = ListenerIdentity {
+        methods: vec![crate::config::IdentityMethod::Source],
+        sources: SourceMap::new(vec![("127.0.0.0/8".parse().unwrap(), Arc::from("bob"))]),
+        certificates: Default::default(),
+    };
+    let verifier = SigV4Verifier::new(
+        Vec::new(),
+        vec!["us-east-1".to_owned()],
+        std::time::Duration::from_secs(900),
+    );
+    World {
+        config,
+        router,
+        listener,
+        verifier,
+    }
+}
+
+/// Decides `METHOD target` with `headers` (Host `h` unless given) and passes the result to `check`.
+fn with_decision(method: &str, target: &str, headers: &[(&str, &str)], check: impl FnOnce(&Decision<'_>)) {
+    let w = world();
+    let policy = Policy {
+        domains: &w.config.addressing.virtual_host_domains,
+        verifier: &w.verifier,
+        router: &w.router,
+        listener: &w.listener,
+    };
+    let mut h = HeaderMap::new();
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        h.insert(header::HOST, HeaderValue::from_static("h"));
+    }
+    for (k, v) in headers {
+        h.append(
+            HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            HeaderValue::from_str(v).unwrap(),
+        );
+    }
+    let method: Method = method.parse().unwrap();
+    let uri: Uri = target.parse().unwrap();
+    let head = Head {
+        method: &method,
+        uri: &uri,
+        headers: &h,
+        remote: "127.0.0.1".parse().unwrap(),
+        client_certificate: None,
+    };
+    let d = decide(&head, &policy, SystemTime::now());
+    check(&d);
+}
+
+/// The code of a refusal, or `Forward <path_and_query>`.
+fn verdict(method: &str, target: &str, headers: &[(&str, &str)]) -> String {
+    let mut out = String::new();
+    with_decision(method, target, headers, |d| {
+        out = match &d.outcome {
+            Err(e) => e.code().as_str().to_owned(),
+            Ok(Outcome::Forward(f)) => format!("Forward {}", f.head.path_and_query),
+            Ok(Outcome::ListBuckets(_)) => "ListBuckets".to_owned(),
+            Ok(Outcome::BucketLocation(_)) => "BucketLocation".to_owned(),
+        }
+    });
+    out
+}
+
+#[test]
+fn refuses_each_finding_of_issue_15_from_the_head() {
+    let cases: &[(&str, &str, &[(&str, &str)], &str)] = &[
+        // 2: a list-only route reading bucket configuration through a second sub-resource.
+        ("GET", "/shared?list-type=2&prefix=lo/&tagging", &[], "InvalidRequest"),
+        ("GET", "/shared?list-type=2&prefix=lo/&acl", &[], "InvalidRequest"),
+        ("GET", "/shared?list-type=2&prefix=lo/&cors", &[], "InvalidRequest"),
+        (
+            "GET",
+            "/shared?list-type=2&prefix=lo/&versioning",
+            &[],
+            "InvalidRequest",
+        ),
+        ("GET", "/shared?list-type=2&prefix=lo/&policy", &[], "InvalidRequest"),
+        ("GET", "/shared?versions&prefix=lo/&policy", &[], "InvalidRequest"),
+        ("GET", "/shared?uploads&prefix=lo/&acl", &[], "InvalidRequest"),
+        ("GET", "/shared?list-type=2&prefix=lo/&%74agging", &[], "InvalidRequest"),
+        // 3: an encoded sub-resource is the sub-resource S3 reads.
+        (
+            "PUT",
+            "/shared/Bob/k?%74agging",
+            &[("content-length", "0")],
+            "Forward /Bob/k?tagging",
+        ),
+        (
+            "PUT",
+            "/shared/ro/k?%74agging",
+            &[("content-length", "0")],
+            "AccessDenied",
+        ),
+        // 4: the multi-byte query key that once panicked.
+        ("GET", "/shared/Bob/x?abcde%C3%A9=1", &[], "InvalidArgument"),
+        // 5: a copy source outside the copies; duplicated parameters; widening headers.
+        (
+            "GET",
+            "/shared/Bob/k",
+            &[("x-amz-copy-source", "shared/ro/secret")],
+            "InvalidArgument",
+        ),
+        (
+            "PUT",
+            "/shared/Bob/k?tagging",
+            &[("x-amz-copy-source", "shared/ro/secret"), ("content-length", "0")],
+            "InvalidRequest",
+        ),
+        (
+            "GET",
+            "/shared?list-type=2&prefix=lo/&prefix=ro/",
+            &[],
+            "InvalidArgument",
+        ),
+        (
+            "PUT",
+            "/shared/Bob/k",
+            &[("x-amz-acl", "public-read"), ("content-length", "0")],
+            "AccessDenied",
+        ),
+        (
+            "PUT",
+            "/shared/Bob/k",
+            &[
+                (
+                    "x-amz-grant-read",
+                    "uri=\"http://acs.amazonaws.com/groups/global/AllUsers\"",
+                ),
+                ("content-length", "0"),
+            ],
+            "AccessDenied",
+        ),
+        ("PUT", "/shared/Bob/k?acl", &[("content-length", "0")], "NotImplemented"),
+        (
+            "PUT",
+            "/shared/Bob/open/k?acl",
+            &[("content-length", "0")],
+            "Forward /Bob/open/k?acl",
+        ),
+        (
+            "DELETE",
+            "/shared/Bob/k",
+            &[("x-amz-bypass-governance-retention", "true")],
+            "AccessDenied",
+        ),
+        // 6: the fidelity rules of the head.
+        (
+            "GET",
+            "/shared/Bob/k",
+            &[("host", "a"), ("host", "b")],
+            "InvalidRequest",
+        ),
+        (
+            "PUT",
+            "/shared/Bob/k",
+            &[("content-length", "6442450944")],
+            "EntityTooLarge",
+        ),
+        (
+            "PUT",
+            "/shared/Bob/k?partNumber=1&uploadId=u",
+            &[("content-length", "5368709121")],
+            "EntityTooLarge",
+        ),
+        ("PUT", "/shared/Bob/k", &[], "MissingContentLength"),
+        (
+            "PUT",
+            "/shared/Bob/k",
+            &[("transfer-encoding", "chunked")],
+            "MissingContentLength",
+        ),
+        ("GET", "/shared", &[], "AccessDenied"), // a listing outside every prefix
+        ("GET", "/shared?acl", &[], "NotImplemented"),
+        ("GET", "/shared?cors", &[], "NotImplemented"),
+        ("GET", "/shared?policy", &[], "NotImplemented"),
+        ("GET", "/shared?notification", &[], "NotImplemented"),
+        ("PUT", "/shared?policy", &[("content-length", "0")], "NotImplemented"),
+        ("DELETE", "/shared", &[], "NotImplemented"),
+        ("PATCH", "/shared/Bob/k", &[], "MethodNotAllowed"),
+        // Headers that would be quietly dropped, or would name the account.
+        (
+            "GET",
+            "/shared/Bob/k",
+            &[("range", "bytes=0-7"), ("connection", "range")],
+            "InvalidRequest",
+        ),
+        (
+            "GET",
+            "/shared/Bob/k",
+            &[("x-amz-expected-bucket-owner", "123456789012")],
+            "InvalidArgument",
+        ),
+        ("GET", "/shared/Bob/k", &[("content-length", "5")], "InvalidRequest"),
+        ("GET", "/shared/Bob/k?Signature=x", &[], "InvalidArgument"),
+        ("GET", "/shared/Bob/k?x-id=PutObject", &[], "InvalidArgument"),
+    ];
+    for (method, target, headers, want) in cases {
+        assert_eq!(verdict(method, target, headers), *want, "{method} {target} {headers:?}");
+    }
+}
+
+#[test]
+fn a_missing_host_is_refused() {
+    with_decision("GET", "/shared/Bob/k", &[], |_| {});
+    let w = world();
+    let policy = Policy {
+        domains: &w.config.addressing.virtual_host_domains,
+        verifier: &w.verifier,
+        router: &w.router,
+        listener: &w.listener,
+    };
+    let (method, uri, headers) = (Method::GET, "/shared/Bob/k".parse::<Uri>().unwrap(), HeaderMap::new());
+    let head = Head {
+        method: &method,
+        uri: &uri,
+        headers: &headers,
+        remote: "127.0.0.1".parse().unwrap(),
+        client_certificate: None,
+    };
+    let d = decide(&head, &policy, SystemTime::now());
+    assert_eq!(d.outcome.err().map(|e| e.code()), Some(S3ErrorCode::InvalidRequest));
+}
+
+#[test]
+fn forwards_only_what_was_decided() {
+    let cases: &[(&str, &str, &[(&str, &str)], &str, &[&str])] = &[
+        // (method, target, headers, outbound path and query, outbound header names)
+        (
+            "GET",
+            "/shared/Bob/a%20b?x-id=GetObject&response-content-type=text%2Fplain",
+            &[
+                ("range", "bytes=0-7"),
+                ("user-agent", "curl"),
+                ("x-forwarded-for", "10.0.0.1"),
+                ("accept", "*/*"),
+                ("x-amz-checksum-mode", "ENABLED"),
+            ],
+            "/Bob/a%20b?response-content-type=text%2Fplain",
+            &["range", "x-amz-checksum-mode"],
+        ),
+        (
+            "GET",
+            "/shared?list-type=2&prefix=lo%2F&delimiter=%2F&encoding-type=url",
+            &[],
+            "/?list-type=2&prefix=lo%2F&delimiter=%2F&encoding-type=url",
+            &[],
+        ),
+        (
+            "PUT",
+            "/shared/Bob/k",
+            &[
+                ("content-length", "5"),
+                ("content-type", "text/plain"),
+                ("x-amz-meta-a", "b"),
+                ("x-amz-acl", "private"),
+                ("content-md5", "XUFAKrxLKna5cZ2REBfFkg=="),
+                ("expect", "100-continue"),
+                ("cookie", "x=1"),
+            ],
+            "/Bob/k",
+            &[
+                "content-length",
+                "content-md5",
+                "content-type",
+                "x-amz-acl",
+                "x-amz-meta-a",
+            ],
+        ),
+        (
+            "PUT",
+            "/shared/Bob/open/k",
+            &[("content-length", "0"), ("x-amz-acl", "public-read")],
+            "/Bob/open/k",
+            &["content-length", "x-amz-acl"],
+        ),
+        (
+            "PUT",
+            "/shared/Bob/copy",
+            &[("content-length", "0"), ("x-amz-copy-source", "shared/ro/src%20x")],
+            "/Bob/copy",
+            &["content-length", "x-amz-copy-source"],
+        ),
+        (
+            "PUT",
+            "/shared/Bob/k?partNumber=2&uploadId=u%2F1",
+            &[
+                ("content-encoding", "aws-chunked"),
+                ("transfer-encoding", "chunked"),
+                ("x-amz-content-sha256", "STREAMING-UNSIGNED-PAYLOAD-TRAILER"),
+                ("x-amz-decoded-content-length", "5"),
+                ("x-amz-trailer", "x-amz-checksum-crc32"),
+                ("x-amz-sdk-checksum-algorithm", "CRC32"),
+            ],
+            "/Bob/k?partNumber=2&uploadId=u%2F1",
+            &[
+                "content-encoding",
+                "x-amz-decoded-content-length",
+                "x-amz-sdk-checksum-algorithm",
+                "x-amz-trailer",
+            ],
+        ),
+        (
+            "DELETE",
+            "/shared/Bob//lead",
+            &[("x-amz-bypass-governance-retention", "false")],
+            "/Bob//lead",
+            &["x-amz-bypass-governance-retention"],
+        ),
+    ];
+    for (method, target, headers, want_pq, want_headers) in cases {
+        with_decision(method, target, headers, |d| {
+            let Ok(Outcome::Forward(f)) = &d.outcome else {
+                panic!("{method} {target}: {:?}", d.outcome.as_ref().err());
+            };
+            assert_eq!(f.head.path_and_query, *want_pq, "{method} {target}");
+            let mut names: Vec<&str> = f.head.headers.keys().map(HeaderName::as_str).collect();
+            names.sort_unstable();
+            assert_eq!(names, *want_headers, "{method} {target}");
+        });
+    }
+    with_decision(
+        "PUT",
+        "/shared/Bob/copy",
+        &[("content-length", "0"), ("x-amz-copy-source", "shared/ro/src%20x")],
+        |d| {
+            let Ok(Outcome::Forward(f)) = &d.outcome else { panic!() };
+            assert_eq!(
+                f.head.headers["x-amz-copy-source"],
+                "arn%3Aaws%3As3%3Aus-east-1%3A123456789012%3Aaccesspoint/ro-ap/object/ro/src%20x"
+            );
+            assert_eq!(f.copy_source.map(|r| r.prefix.as_str()), Some("ro/"));
+        },
+    );
+}
+
+/// Issue 15, finding 1: a DeleteObjects body is checked as the payload it carries, never as its
+/// framing; what is forwarded is what was checked.
+#[test]
+fn delete_objects_bodies_are_checked_decoded_key_by_key() {
+    fn inspect(headers: &[(&str, &str)], wire: &[u8]) -> Result<Vec<String>, String> {
+        let mut out = Err(String::new());
+        with_decision("POST", "/shared?delete", headers, |d| {
+            let Ok(Outcome::Forward(f)) = &d.outcome else {
+                out = Err(format!("head refused: {:?}", d.outcome.as_ref().err()));
+                return;
+            };
+            let announced = headers.iter().find(|(n, _)| *n == "x-amz-trailer").map(|(_, v)| *v);
+            out = inspect_body(
+                f,
+                Operation::DeleteObjects,
+                &world().router,
+                d.caller.as_ref().unwrap(),
+                announced,
+                wire,
+            )
+            .map(|i| i.keys)
+            .map_err(|e| e.code().as_str().to_owned());
+        });
+        out
+    }
+    let xml = "<Delete><Object><Key>Bob/a</Key></Object><!-- x --><Object><Key>ro/b</Key></Object></Delete>";
+    let plain = [("content-length", xml.len().to_string())];
+    let plain: Vec<(&str, &str)> = plain.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    assert_eq!(inspect(&plain, xml.as_bytes()), Err("AccessDenied".to_owned()));
+    // The attack: a chunk boundary inside `-->` (aws-chunked, unsigned trailer). Decoded first, the
+    // comment closes and `ro/b` is seen and refused.
+    let split = xml.find("-->").unwrap() + 1;
+    let (a, b) = xml.as_bytes().split_at(split);
+    let mut wire = Vec::new();
+    for part in [a, b] {
+        wire.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
+        wire.extend_from_slice(part);
+        wire.extend_from_slice(b"\r\n");
+    }
+    wire.extend_from_slice(b"0\r\nx-amz-checksum-crc32:AAAAAA==\r\n\r\n");
+    let len = xml.len().to_string();
+    let chunked = [
+        ("transfer-encoding", "chunked"),
+        ("content-encoding", "aws-chunked"),
+        ("x-amz-content-sha256", "STREAMING-UNSIGNED-PAYLOAD-TRAILER"),
+        ("x-amz-decoded-content-length", len.as_str()),
+        ("x-amz-trailer", "x-amz-checksum-crc32"),
+    ];
+    assert_eq!(inspect(&chunked, &wire), Err("AccessDenied".to_owned()));
+    let ok = "<Delete><Object><Key>Bob/a</Key></Object><Object><Key>Bob/b</Key></Object></Delete>";
+    let len = ok.len().to_string();
+    let ok_headers = [("content-length", len.as_str())];
+    assert_eq!(
+        inspect(&ok_headers, ok.as_bytes()),
+        Ok(vec!["Bob/a".to_owned(), "Bob/b".to_owned()])
+    );
+    // A DTD is refused whatever it declares.
+    let dtd = "<!DOCTYPE d [<!ENTITY e \"ro/b\">]><Delete><Object><Key>&e;</Key></Object></Delete>";
+    let len = dtd.len().to_string();
+    assert_eq!(
+        inspect(&[("content-length", len.as_str())], dtd.as_bytes()),
+        Err("MalformedXML".to_owned())
+    );
+}
