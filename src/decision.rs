@@ -584,7 +584,17 @@ fn outbound_head(
     let mut pq = String::with_capacity(target.raw_path.len() + target.raw_query.len() + 8);
     pq.push('/');
     if let Some(key) = &target.key {
-        uri_encode_into(&mut pq, key.as_bytes(), Slash::Keep);
+        // A key's own leading `/` goes out as `%2F` (S3 reads the same key): a request target
+        // starting `//` is read as a network path by URL parsers on the way (moto's server), and
+        // no S3 reading of it differs.
+        let rest = match key.strip_prefix('/') {
+            Some(rest) => {
+                pq.push_str("%2F");
+                rest
+            }
+            None => key,
+        };
+        uri_encode_into(&mut pq, rest.as_bytes(), Slash::Keep);
     }
     let mut first = true;
     for p in target.query.iter().filter(|p| spec.takes_param(&p.key)) {
@@ -627,6 +637,12 @@ fn outbound_head(
     for (name, value) in headers {
         let n = name.as_str();
         if consumed(n) || *name == X_AMZ_COPY_SOURCE {
+            continue;
+        }
+        if *name == header::CONTENT_TYPE && value.is_empty() {
+            // An empty Content-Type is no media type (RFC 9110 §8.3): S3 applies its default
+            // either way, and WSGI servers (moto) cannot tell it from a missing one, so a signature
+            // over it would not verify there.
             continue;
         }
         let forwarded = if n == "content-encoding" {

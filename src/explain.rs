@@ -206,7 +206,7 @@ impl<'c> Explainer<'c> {
         }
         let outcome = match &d.outcome {
             Ok(o) => o,
-            Err(e) => return out.deny(e.code().as_str(), e.message()),
+            Err(e) => return out.deny_with(e),
         };
         let forward = match outcome {
             Outcome::ListBuckets(buckets) => {
@@ -226,10 +226,20 @@ impl<'c> Explainer<'c> {
         };
         out.route(forward.route);
         if let Some(source) = forward.copy_source {
+            let copied = headers
+                .get("x-amz-copy-source")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| crate::s3::copy_source::CopySource::parse(v).ok());
+            let key = copied.as_ref().map_or("", |c| c.key.as_str());
             out.line(
                 "copy from:",
-                &format!("routes[{}] (access point {})", source.index, source.access_point.arn()),
+                &format!(
+                    "{key:?} through routes[{}] (access point {})",
+                    source.index,
+                    source.access_point.arn()
+                ),
             );
+            out.json.insert("copy_source_key".into(), key.into());
         }
         let ap = &forward.route.access_point;
         let upstream = format!(
@@ -291,7 +301,7 @@ impl<'c> Explainer<'c> {
                                 out.line("body:", "checked");
                             }
                         }
-                        Err(e) => return out.deny(e.code().as_str(), e.message()),
+                        Err(e) => return out.deny_with(&e),
                     }
                 }
             }
@@ -354,6 +364,11 @@ impl Out {
             allowed: false,
             json: self.json.into(),
         }
+    }
+
+    fn deny_with(mut self, e: &crate::error::GatewayError) -> Explanation {
+        self.json.insert("status".into(), e.code().status().as_u16().into());
+        self.deny(e.code().as_str(), e.message())
     }
 
     fn deny_early(self, why: String) -> Explanation {

@@ -45,6 +45,12 @@ access_point = "arn:aws:s3:us-east-1:123456789012:accesspoint/ro-ap"
 [[routes]]
 identity = "bob"
 bucket = "shared"
+prefix = "/"
+operations = ["read"]
+access_point = "arn:aws:s3:us-east-1:123456789012:accesspoint/bob-ap"
+[[routes]]
+identity = "bob"
+bucket = "shared"
 prefix = "Bob/open/"
 access_point = "arn:aws:s3:us-east-1:123456789012:accesspoint/bob-ap"
 allow = ["acl", "bypass-governance-retention"]
@@ -362,6 +368,7 @@ fn forwards_only_what_was_decided() {
                 "x-amz-trailer",
             ],
         ),
+        ("GET", "/shared//lead//x", &[], "/%2Flead//x", &[]),
         (
             "DELETE",
             "/shared/Bob//lead",

@@ -184,6 +184,8 @@ class Moto:
     request_log: Path
     process_log: Path
     region: str = REGION
+    # What moto's backend executed, one S3 operation a line (moto_launcher.py --exec-log).
+    exec_log: Path | None = None
 
     @property
     def endpoint(self) -> str:
@@ -203,6 +205,18 @@ class Moto:
             fh.seek(mark)
             return [json.loads(line) for line in fh.read().decode("utf-8").splitlines() if line]
 
+    def exec_mark(self) -> int:
+        """Position in the execution log; pass to executed_since()."""
+        return self.exec_log.stat().st_size if self.exec_log else 0
+
+    def executed_since(self, mark: int) -> list[dict]:
+        """The S3 operations moto's backend executed after exec_mark() returned mark."""
+        if self.exec_log is None:
+            return []
+        with open(self.exec_log, "rb") as fh:
+            fh.seek(mark)
+            return [json.loads(line) for line in fh.read().decode("utf-8").splitlines() if line]
+
 
 @pytest.fixture(scope="module")
 def moto(tmp_path_factory) -> Moto:
@@ -210,12 +224,14 @@ def moto(tmp_path_factory) -> Moto:
     port = free_port()
     request_log = tmp / "requests.jsonl"
     request_log.touch()
+    exec_log = tmp / "executed.jsonl"
+    exec_log.touch()
     process_log = tmp / "moto.log"
     extra = shlex.split(os.environ.get("E2E_MOTO_LAUNCHER_ARGS", ""))
     with open(process_log, "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, str(HERE / "moto_launcher.py"), "--host", "127.0.0.1",
-             "--port", str(port), "--request-log", str(request_log), *extra],
+             "--port", str(port), "--request-log", str(request_log), "--exec-log", str(exec_log), *extra],
             stdout=out, stderr=subprocess.STDOUT, cwd=tmp,
         )
     try:
@@ -227,7 +243,7 @@ def moto(tmp_path_factory) -> Moto:
             access_key_id=creds["access_key_id"],
             secret_access_key=creds["secret_access_key"],
             account=creds["account"],
-            request_log=request_log, process_log=process_log,
+            request_log=request_log, process_log=process_log, exec_log=exec_log,
         )
         # Whatever STS sessions this module's apgates used (test_credentials.py) are secrets too.
         register_moto_session_secrets(f"http://127.0.0.1:{port}", request_log)

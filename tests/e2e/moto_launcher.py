@@ -257,6 +257,74 @@ def install_access_point_copy_source_fix() -> None:
     S3Response.upload_part_copy = with_translated_copy_source(S3Response.upload_part_copy)  # type: ignore[method-assign]
 
 
+# ------------------------------------------------------------ what moto executes
+
+def install_exec_log(path: str) -> None:
+    """Log every S3 operation moto's backend executes, one JSON line each: the operation (the S3
+    API name whose snake_case is the backend method's, from botocore's S3 model), the bucket, the
+    key (the destination's, for copies), the copy source, a listing's prefix, DeleteObjects' keys.
+    Only the outermost backend call of a thread is logged (one backend method calling another is
+    the same operation). For the differential test: what an independent S3 implementation
+    executed for a request, to compare with what apgate decided it was."""
+    import gzip
+    import inspect
+
+    import botocore
+    from botocore import xform_name
+    from moto.s3.models import S3Backend
+
+    model_path = os.path.join(os.path.dirname(botocore.__file__), "data", "s3", "2006-03-01", "service-2.json.gz")
+    with open(model_path, "rb") as f:
+        model = json.loads(gzip.decompress(f.read()))
+    local = threading.local()
+    lock = threading.Lock()
+    fh = open(path, "a", encoding="utf-8")
+
+    def name_of(value: Any) -> str | None:
+        if value is None:
+            return None
+        return str(getattr(value, "name", value))
+
+    def wrap(op: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        sig = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+            depth = getattr(local, "depth", 0)
+            if depth == 0:
+                try:
+                    bound = sig.bind(self, *args, **kwargs).arguments
+                except TypeError:
+                    bound = {}
+                entry: dict[str, Any] = {"op": op}
+                for arg, field in (("bucket_name", "bucket"), ("dest_bucket_name", "bucket"), ("bucket", "bucket"),
+                                   ("key_name", "key"), ("dest_key_name", "key"), ("key", "key"),
+                                   ("src_key", "source"), ("src_key_name", "source"), ("prefix", "prefix"),
+                                   ("multipart_id", "upload_id")):
+                    if arg in bound:
+                        entry[field] = name_of(bound[arg])
+                if "objects" in bound:
+                    entry["objects"] = [o.get("Key") for o in bound["objects"]]
+                with lock:
+                    fh.write(json.dumps(entry, ensure_ascii=False) + "\n")
+                    fh.flush()
+            local.depth = depth + 1
+            try:
+                return fn(self, *args, **kwargs)
+            finally:
+                local.depth = depth
+
+        return wrapper
+
+    for op in model["operations"]:
+        method = xform_name(op)
+        fn = getattr(S3Backend, method, None)
+        if callable(fn) and not getattr(fn, "_apgate_exec_logged", False):
+            wrapped = wrap(op, fn)
+            wrapped._apgate_exec_logged = True  # type: ignore[attr-defined]
+            setattr(S3Backend, method, wrapped)
+
+
 _CREDENTIAL_AKID = re.compile(r"Credential=([^/,\s]+)/")
 _SIGNATURE = re.compile(r"Signature=([0-9a-f]{64})")
 
@@ -315,6 +383,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--request-log", help="append one JSON line per request to this file")
+    parser.add_argument("--exec-log", help="append one JSON line per S3 operation moto executes to this file")
     parser.add_argument(
         "--without-sigv4-fix",
         action="store_true",
@@ -337,6 +406,8 @@ def main(argv: list[str] | None = None) -> None:
         install_sigv4_raw_uri_fix()
     if not args.without_copy_source_ap_fix:
         install_access_point_copy_source_fix()
+    if args.exec_log:
+        install_exec_log(args.exec_log)
 
     app: Any = DomainDispatcherApplication(create_backend_app)
     app.debug = True
