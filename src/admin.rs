@@ -13,8 +13,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::app::Gateway;
 use crate::body::{self, ResponseBody};
+use crate::state::Gateway;
 
 pub(crate) async fn serve(gateway: Arc<Gateway>, socket: TcpListener, mut stop: watch::Receiver<bool>) {
     if let Ok(addr) = socket.local_addr() {

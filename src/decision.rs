@@ -24,7 +24,7 @@ use crate::s3::copy_source::CopySource;
 use crate::s3::encoding::{uri_encode_into, Slash};
 use crate::s3::headers::{X_AMZ_COPY_SOURCE, X_AMZ_DECODED_CONTENT_LENGTH};
 use crate::s3::operation::{self, Payload, Spec};
-use crate::s3::request::{self, RequestError, AUTH_PARAMS, FRAMING_HEADERS};
+use crate::s3::request::{self, is_auth_param, RequestError, FRAMING_HEADERS};
 use crate::s3::{BucketName, Operation, OperationClass, PayloadHash, S3Target, Support};
 
 /// The largest object one PUT may carry (S3's limit; larger uploads are multipart).
@@ -305,7 +305,7 @@ fn check_auth_params(caller: &CallerIdentity, target: &S3Target) -> Result<(), G
     match target
         .query
         .iter()
-        .find(|p| AUTH_PARAMS.contains(&p.key.as_str()) && !used.contains(&p.key.as_str()))
+        .find(|p| is_auth_param(&p.key) && !used.contains(&p.key.as_str()))
     {
         Some(p) => Err(GatewayError::client(
             S3ErrorCode::InvalidArgument,
@@ -821,14 +821,6 @@ fn capitalized(s: &str) -> String {
     c.next()
         .map(|f| f.to_uppercase().chain(c).collect())
         .unwrap_or_default()
-}
-
-/// Headers a request names as hop-by-hop, by name (for the forward phase's answers).
-pub fn is_hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection" | "keep-alive" | "proxy-connection" | "te" | "trailer" | "upgrade"
-    )
 }
 
 #[cfg(test)]

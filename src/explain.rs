@@ -74,28 +74,11 @@ pub struct Explainer<'c> {
 
 impl<'c> Explainer<'c> {
     pub fn new(config: &'c Config) -> Self {
-        let keys = config.identities.iter().flat_map(|i| {
-            let name: Arc<str> = Arc::from(i.name.as_str());
-            i.keys
-                .iter()
-                .map(move |k| (k.access_key_id.clone(), name.clone(), k.secret_access_key.clone()))
-        });
-        let verifier = SigV4Verifier::new(keys, config.sigv4.accepted_regions.clone(), config.sigv4.max_clock_skew);
+        let verifier = SigV4Verifier::from_config(config);
         let listeners = config
             .listeners
             .iter()
-            .map(|l| {
-                let identity = ListenerIdentity {
-                    methods: l.identity_methods.clone(),
-                    sources: SourceMap::new(l.sources.iter().map(|(n, id)| (*n, Arc::from(id.as_str()))).collect()),
-                    certificates: l
-                        .client_certificates
-                        .iter()
-                        .map(|(subject, id)| (subject.clone(), Arc::from(id.as_str())))
-                        .collect(),
-                };
-                (l.name.clone(), identity)
-            })
+            .map(|l| (l.name.clone(), ListenerIdentity::from_config(l)))
             .collect();
         Self {
             config,

@@ -67,6 +67,26 @@ pub struct ListenerIdentity {
     pub certificates: HashMap<String, Arc<str>>,
 }
 
+impl ListenerIdentity {
+    /// A listener's identity chain, from its configuration.
+    pub fn from_config(l: &crate::config::ListenerConfig) -> Self {
+        Self {
+            methods: l.identity_methods.clone(),
+            sources: SourceMap::new(
+                l.sources
+                    .iter()
+                    .map(|(net, id)| (*net, Arc::from(id.as_str())))
+                    .collect(),
+            ),
+            certificates: l
+                .client_certificates
+                .iter()
+                .map(|(subject, id)| (subject.clone(), Arc::from(id.as_str())))
+                .collect(),
+        }
+    }
+}
+
 /// What identity methods look at: the request head and where it came from.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestHead<'a> {

@@ -273,7 +273,7 @@ pub fn canonical_query(raw_query: &str, exclude: &[&str]) -> String {
     if raw_query.is_empty() {
         return String::new();
     }
-    let mut pairs: Vec<(String, String)> = raw_query
+    let pairs: Vec<(String, String)> = raw_query
         .split('&')
         .filter(|p| !p.is_empty())
         .filter_map(|p| {
@@ -282,23 +282,13 @@ pub fn canonical_query(raw_query: &str, exclude: &[&str]) -> String {
             (!exclude.contains(&k.as_str())).then(|| (k, reencode(v)))
         })
         .collect();
-    pairs.sort();
-    let mut out = String::with_capacity(raw_query.len() + 16);
-    for (i, (k, v)) in pairs.iter().enumerate() {
-        if i > 0 {
-            out.push('&');
-        }
-        out.push_str(k);
-        out.push('=');
-        out.push_str(v);
-    }
-    out
+    join_sorted(pairs)
 }
 
 /// The canonical query string of decoded parameters: names and values S3-`UriEncode`d, sorted by
 /// name then value; those named in `exclude` left out.
 pub fn canonical_query_of(params: &[QueryParam], exclude: &[&str]) -> String {
-    let mut pairs: Vec<(String, String)> = params
+    let pairs: Vec<(String, String)> = params
         .iter()
         .filter(|p| !exclude.contains(&p.key.as_str()))
         .map(|p| {
@@ -309,6 +299,11 @@ pub fn canonical_query_of(params: &[QueryParam], exclude: &[&str]) -> String {
             (k, v)
         })
         .collect();
+    join_sorted(pairs)
+}
+
+/// Encoded (name, value) pairs sorted by name then value and joined as `k=v&k=v`.
+fn join_sorted(mut pairs: Vec<(String, String)>) -> String {
     pairs.sort();
     let mut out = String::with_capacity(pairs.iter().map(|(k, v)| k.len() + v.len() + 2).sum());
     for (i, (k, v)) in pairs.iter().enumerate() {

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::decision::Policy;
-use crate::identity::{ListenerIdentity, SigV4Verifier, SourceMap};
+use crate::identity::{ListenerIdentity, SigV4Verifier};
 use crate::metrics::Metrics;
 use crate::routing::Router;
 use crate::signing::credentials::{CredentialCache, CredentialSet, ExpiryCollector, RefreshMetrics};
@@ -98,28 +98,11 @@ impl State {
     /// once here so `/readyz` can tell; a failure is logged, not fatal: the credential source may
     /// come up later). The credential refreshers run until the state is dropped.
     pub async fn build(config: Config, metrics: &Metrics) -> Result<Self, StartError> {
-        let keys = config.identities.iter().flat_map(|i| {
-            let name: Arc<str> = Arc::from(i.name.as_str());
-            i.keys
-                .iter()
-                .map(move |k| (k.access_key_id.clone(), name.clone(), k.secret_access_key.clone()))
-        });
-        let verifier = SigV4Verifier::new(keys, config.sigv4.accepted_regions.clone(), config.sigv4.max_clock_skew);
+        let verifier = SigV4Verifier::from_config(&config);
         let router = Router::new(&config.routes);
         let upstream = Upstream::new(&config.upstream).map_err(StartError::Upstream)?;
         let mut listeners = HashMap::new();
         for l in &config.listeners {
-            let sources = SourceMap::new(
-                l.sources
-                    .iter()
-                    .map(|(net, id)| (*net, Arc::from(id.as_str())))
-                    .collect(),
-            );
-            let certificates = l
-                .client_certificates
-                .iter()
-                .map(|(subject, id)| (subject.clone(), Arc::from(id.as_str())))
-                .collect();
             let tls = match &l.tls {
                 None => None,
                 Some(t) => {
@@ -133,11 +116,7 @@ impl State {
             let scheme = if tls.is_some() { "https" } else { "http" };
             let state = ListenerState {
                 name: Arc::from(l.name.as_str()),
-                identity: ListenerIdentity {
-                    methods: l.identity_methods.clone(),
-                    sources,
-                    certificates,
-                },
+                identity: ListenerIdentity::from_config(l),
                 tls,
                 scheme,
             };

@@ -797,7 +797,7 @@ pub fn addressing(data: &[u8]) {
         }
         for p in &t.query {
             assert!(
-                spec.takes_param(&p.key) || request::AUTH_PARAMS.contains(&p.key.as_str()) || p.key == "x-id",
+                spec.takes_param(&p.key) || request::is_auth_param(&p.key) || p.key == "x-id",
                 "{op:?} with a parameter it does not take: {}",
                 p.key
             );
@@ -918,14 +918,7 @@ fn decider() -> &'static Decider {
     static D: OnceLock<Decider> = OnceLock::new();
     D.get_or_init(|| {
         let config = Config::from_toml(DECIDE_CONFIG).unwrap_or_else(|e| panic!("decide config: {e}"));
-        let l = &config.listeners[0];
-        let listener = apgate::identity::ListenerIdentity {
-            methods: l.identity_methods.clone(),
-            sources: apgate::identity::SourceMap::new(
-                l.sources.iter().map(|(n, id)| (*n, Arc::from(id.as_str()))).collect(),
-            ),
-            certificates: Default::default(),
-        };
+        let listener = apgate::identity::ListenerIdentity::from_config(&config.listeners[0]);
         Decider {
             router: Router::new(&config.routes),
             listener,

@@ -67,8 +67,7 @@ pub const SUBRESOURCES: &[&str] = &[
     "website",
 ];
 
-/// The query parameters of a SigV2 presigned URL (never forwarded).
-pub const PRESIGN_V2_PARAMS: &[&str] = &["AWSAccessKeyId", "Expires", "Signature"];
+pub use crate::s3::request::PRESIGN_V2_PARAMS;
 
 /// Whether the request carries a SigV2 `Authorization` header.
 pub fn is_header_v2(headers: &HeaderMap) -> bool {

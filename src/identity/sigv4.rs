@@ -101,6 +101,17 @@ impl SigV4Verifier {
         }
     }
 
+    /// The verifier of a configuration: the keys of its identities, its accepted regions and skew.
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        let keys = config.identities.iter().flat_map(|i| {
+            let name: Arc<str> = Arc::from(i.name.as_str());
+            i.keys
+                .iter()
+                .map(move |k| (k.access_key_id.clone(), name.clone(), k.secret_access_key.clone()))
+        });
+        Self::new(keys, config.sigv4.accepted_regions.clone(), config.sigv4.max_clock_skew)
+    }
+
     /// Verifies a request from its head alone (the body is never touched).
     pub fn verify(
         &self,
@@ -224,16 +235,7 @@ impl SigV4Verifier {
     }
 }
 
-/// The query parameters of a presigned (query-authenticated) SigV4 request.
-pub const PRESIGN_PARAMS: &[&str] = &[
-    "X-Amz-Algorithm",
-    "X-Amz-Credential",
-    "X-Amz-Date",
-    "X-Amz-Expires",
-    "X-Amz-SignedHeaders",
-    "X-Amz-Signature",
-    "X-Amz-Security-Token",
-];
+pub use crate::s3::request::PRESIGN_PARAMS;
 
 /// The longest validity S3 accepts for a presigned URL (7 days).
 pub const MAX_PRESIGN_EXPIRES_SECONDS: u64 = 604_800;

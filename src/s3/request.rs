@@ -19,9 +19,8 @@ use http::{HeaderMap, Method};
 use super::addressing::S3Target;
 use super::operation::{self, Checksum, HttpMethod, Operation, Resource, Spec};
 
-/// The query parameters of request authentication (SigV4 and SigV2 presigned URLs): checked by
-/// apgate, never part of an operation, never forwarded.
-pub const AUTH_PARAMS: &[&str] = &[
+/// The query parameters of a SigV4 presigned (query-authenticated) request.
+pub const PRESIGN_PARAMS: &[&str] = &[
     "X-Amz-Algorithm",
     "X-Amz-Credential",
     "X-Amz-Date",
@@ -29,10 +28,16 @@ pub const AUTH_PARAMS: &[&str] = &[
     "X-Amz-SignedHeaders",
     "X-Amz-Signature",
     "X-Amz-Security-Token",
-    "AWSAccessKeyId",
-    "Expires",
-    "Signature",
 ];
+
+/// The query parameters of a SigV2 presigned URL.
+pub const PRESIGN_V2_PARAMS: &[&str] = &["AWSAccessKeyId", "Expires", "Signature"];
+
+/// Whether a query parameter belongs to request authentication (SigV4 or SigV2 presigned URLs):
+/// checked by apgate, never part of an operation, never forwarded.
+pub fn is_auth_param(name: &str) -> bool {
+    PRESIGN_PARAMS.contains(&name) || PRESIGN_V2_PARAMS.contains(&name)
+}
 
 /// The parameter SDKs generated from Smithy models add to name the operation (`?x-id=GetObject`).
 /// S3 ignores it; apgate checks it names the operation it classified, and does not forward it.
@@ -194,7 +199,7 @@ fn selection_score(spec: &Spec, target: &S3Target, headers: &HeaderMap) -> Optio
 fn check_params(spec: &Spec, target: &S3Target) -> Result<(), RequestError> {
     for p in &target.query {
         let name = p.key.as_str();
-        if AUTH_PARAMS.contains(&name) || spec.takes_param(name) {
+        if is_auth_param(name) || spec.takes_param(name) {
             continue;
         }
         if name == OPERATION_ID_PARAM {

@@ -242,3 +242,61 @@ async fn a_caller_over_its_concurrency_limit_gets_slow_down() {
     assert_eq!(status, 200);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Issue 15: the upstream receives the decided request, built from the decision: the parameters
+/// and headers the operation takes, the body's framing, apgate's signature over all of it; nothing
+/// else of the client's request (no `x-id`, no unknown headers, no `user-agent`, no cookie).
+#[tokio::test]
+async fn the_upstream_receives_exactly_the_decided_request() {
+    let (up, seen) = scripted_upstream().await;
+    let gw = gateway(up).await;
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let req = Request::builder()
+        .method(Method::GET)
+        .uri(format!(
+            "http://{}/shared/Bob/a?x-id=GetObject&response-content-type=text%2Fplain&versionId=v1",
+            gw.addr
+        ))
+        .header("host", format!("{}", gw.addr))
+        .header("range", "bytes=0-3")
+        .header("if-match", "\"etag\"")
+        .header("user-agent", "legacy/1.0")
+        .header("cookie", "session=1")
+        .header("x-forwarded-for", "10.1.2.3")
+        .header("x-amz-checksum-mode", "ENABLED")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let first = seen.lock().unwrap()[0].clone();
+    assert_eq!(
+        first.path_and_query,
+        "/Bob/a?response-content-type=text%2Fplain&versionId=v1"
+    );
+    let mut names: Vec<&str> = first.headers.keys().map(|n| n.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "authorization",
+            "host",
+            "if-match",
+            "range",
+            "x-amz-checksum-mode",
+            "x-amz-content-sha256",
+            "x-amz-date"
+        ]
+    );
+    let ok = verify_upstream_signature(&first.method, &first.path_and_query, &first.headers).unwrap();
+    assert_eq!(&*ok.identity, "apgate");
+    // A request that carries what its operation does not take reaches nothing.
+    for path in [
+        "/shared/Bob/a?tagging&acl",
+        "/shared?list-type=2&prefix=Bob%2F&tagging",
+        "/shared/Bob/a?prefix=x&prefix=y",
+    ] {
+        let (status, _, _) = send(gw.addr, Method::GET, path).await;
+        assert_eq!(status, 400, "{path}");
+    }
+    assert_eq!(seen.lock().unwrap().len(), 1);
+}

@@ -585,3 +585,42 @@ fn debug_output_never_shows_key_material() {
         "{shown}"
     );
 }
+
+/// AWS's original SigV4 test suite (aws4_testsuite, 2011), `get-vanilla`: a request dated by its
+/// `Date` header alone, which the string to sign carries in ISO 8601 basic form. Service `host`
+/// (the suite's), so the pieces are checked rather than `verify`, which only takes `s3`.
+#[test]
+fn example_get_vanilla_dated_by_the_date_header() {
+    let mut headers = HeaderMap::new();
+    headers.insert("date", HeaderValue::from_static("Mon, 09 Sep 2011 23:36:00 GMT"));
+    headers.insert("host", HeaderValue::from_static("host.foo.com"));
+    let dated = RequestDate::of(&headers).unwrap();
+    assert_eq!((dated.header, dated.amz_date.as_str()), ("date", "20110909T233600Z"));
+    let creq = canonical_request_of("GET", "/", &[], &headers, &["date", "host"], EMPTY.as_bytes());
+    assert_eq!(
+        String::from_utf8(creq.clone()).unwrap(),
+        "GET\n/\n\ndate:Mon, 09 Sep 2011 23:36:00 GMT\nhost:host.foo.com\n\ndate;host\n".to_owned() + EMPTY
+    );
+    let sts = string_to_sign(&dated.amz_date, "20110909/us-east-1/host/aws4_request", &creq);
+    assert!(
+        sts.ends_with("366b91fb121d72a00f46bbe8d395f53a102b06dfb7e79636515208ed3fa606b1"),
+        "{sts}"
+    );
+    let key = signing_key(
+        &Secret::new("wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"),
+        "20110909",
+        "us-east-1",
+        "host",
+    );
+    assert_eq!(
+        crate::s3::encoding::hex32(&hmac(&key, sts.as_bytes())),
+        *b"b27ccfbfa7df52a200ff74193ca6e32d4b48b8856fab7ebf1c595d0670a7e470"
+    );
+    // x-amz-date wins over Date when both are present.
+    headers.insert("x-amz-date", HeaderValue::from_static("20110909T233700Z"));
+    let dated = RequestDate::of(&headers).unwrap();
+    assert_eq!(
+        (dated.header, dated.amz_date.as_str()),
+        ("x-amz-date", "20110909T233700Z")
+    );
+}
