@@ -187,7 +187,7 @@ fn decide_into<'p>(
         parse_target(Some(host), head.uri.path(), head.uri.query(), policy.domains).map_err(addressing_error)?;
     let selected = request::select(head.method, &target, headers);
     d.operation = selected.as_ref().ok().map(|s| s.operation);
-    let classified = request::classify(head.method, &target, headers);
+    let classified = selected.and_then(|spec| request::check(spec, &target, headers).map(|()| spec.operation));
     let target = &*d.target.insert(target);
 
     // Authenticate, from the head alone.

@@ -128,9 +128,14 @@ pub fn resource(target: &S3Target) -> Resource {
 /// does not take. (Authentication parameters are left to authentication.)
 pub fn classify(method: &Method, target: &S3Target, headers: &HeaderMap) -> Result<Operation, RequestError> {
     let spec = select(method, target, headers)?;
-    check_params(spec, target)?;
-    check_headers(spec, headers)?;
+    check(spec, target, headers)?;
     Ok(spec.operation)
+}
+
+/// Whether the request carries only what the selected operation takes.
+pub fn check(spec: &Spec, target: &S3Target, headers: &HeaderMap) -> Result<(), RequestError> {
+    check_params(spec, target)?;
+    check_headers(spec, headers)
 }
 
 /// The operation whose markers and required members the request carries, the most of them.
