@@ -286,10 +286,13 @@ fn push_str_field(out: &mut String, name: &str, value: &str) {
     out.push('"');
 }
 
-/// JSON string escaping (RFC 8259 §7): quote, backslash and control characters.
+/// JSON string escaping (RFC 8259 §7): quote, backslash and control characters, and also every
+/// character a reader may take for a line or paragraph break (the C1 controls, NEL U+0085 among
+/// them, and U+2028, U+2029), so a log line stays one line for any consumer.
 pub fn push_json_escaped(out: &mut String, s: &str) {
-    // Most values need no escaping: one pass over the bytes, then a single copy.
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\' && b != 0x7f) {
+    // Most values need no escaping: one pass over the bytes, then a single copy. Non-ASCII text
+    // takes the careful path, which escapes only what it must.
+    if s.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\') {
         out.push_str(s);
         return;
     }
@@ -301,7 +304,7 @@ pub fn push_json_escaped(out: &mut String, s: &str) {
             '\n' => "\\n",
             '\r' => "\\r",
             '\t' => "\\t",
-            c if (c as u32) < 0x20 || c == '\u{7f}' => "",
+            c if (c as u32) < 0x20 || ('\u{7f}'..='\u{9f}').contains(&c) || matches!(c, '\u{2028}' | '\u{2029}') => "",
             _ => continue,
         };
         out.push_str(&s[plain..i]);
@@ -411,10 +414,18 @@ mod tests {
             "\",\"identity\":\"admin",
             "unicode é € 😀",
             "",
+            // Issue 16: Unicode line and paragraph separators, NEL and the other C1 controls.
+            "line\u{2028}sep",
+            "para\u{2029}sep",
+            "next\u{85}line\u{80}\u{9f}",
         ];
         for key in cases {
             let line = record(key, "bob").json_line(UNIX_EPOCH);
             assert_eq!(line.matches('\n').count(), 1, "{line:?}");
+            assert_eq!(line.lines().count(), 1, "{line:?}");
+            for sep in ['\u{85}', '\u{2028}', '\u{2029}'] {
+                assert!(!line.contains(sep), "{line:?}");
+            }
             let doc: serde_json::Value = serde_json::from_str(&line).unwrap();
             assert_eq!(doc["key"], key, "{line}");
             assert_eq!(doc["identity"], "bob", "{line}");
