@@ -210,3 +210,43 @@ fn keygen_completions_and_help() {
         assert!(text(&o).contains(cmd), "{cmd} missing from --help:\n{}", text(&o));
     }
 }
+
+/// Issue 16, item 6: a config error names the key path and the problem, never a value from a
+/// secret position nor a line that holds one, in `check` and in `explain` (the reload log prints
+/// the same error).
+#[test]
+fn config_errors_never_echo_a_secret() {
+    const SECRET: &str = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
+    let broken = [
+        // A plain string where a secret source belongs.
+        format!("\"{SECRET}\""),
+        // A syntax error on an insecure_inline line.
+        format!("{{ insecure_inline = \"{SECRET} }}"),
+        format!("{{ insecure_inline = \"{SECRET}\", }}"),
+        format!("{{ insecure_inline = {SECRET} }}"),
+        format!("{{ insecure_inline = \"{SECRET}\" \"x\" }}"),
+    ];
+    for (i, secret) in broken.iter().enumerate() {
+        let path = tmp(&format!("secret-{i}.toml"));
+        std::fs::write(&path, BASE.replacen("{ env = \"APGATE_BOB_SECRET\" }", secret, 1)).unwrap();
+        let p = path.to_str().unwrap();
+        for args in [vec!["check", "-c", p], vec!["explain", "-c", p, "--identity", "bob", "GET", "/x"]] {
+            let o = apgate(&args);
+            assert_eq!(o.status.code(), Some(64), "case {i} {args:?}: {}", text(&o));
+            let out = text(&o);
+            assert!(out.contains("invalid TOML at line"), "case {i}: {out}");
+            for piece in [SECRET, &SECRET[..12], &SECRET[20..]] {
+                assert!(!out.contains(piece), "case {i} {args:?} echoes the secret:\n{out}");
+            }
+        }
+    }
+    // A config path that leads to another file: none of its lines is printed.
+    let other = tmp("shadow");
+    std::fs::write(&other, format!("root:{SECRET}:19000:0:99999:7:::\n")).unwrap();
+    let link = tmp("linked.toml");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&other, &link).unwrap();
+    let o = apgate(&["check", "-c", link.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(64), "{}", text(&o));
+    assert!(!text(&o).contains(&SECRET[..12]), "{}", text(&o));
+}

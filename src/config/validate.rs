@@ -170,13 +170,76 @@ impl Checker<'_> {
 }
 
 pub(super) fn from_toml(text: &str, env: &dyn Env) -> Result<Config, ConfigError> {
-    let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::single("", toml_message(&e)))?;
+    let raw: RawConfig = toml::from_str(text).map_err(|e| toml_error(&e, text))?;
     validate(raw, env)
 }
 
-/// toml's message carries the line, a snippet and the offending key; keep it on one paragraph.
-fn toml_message(e: &toml::de::Error) -> String {
-    format!("invalid TOML: {}", e.to_string().trim_end())
+/// A TOML error by its position and the key there, never by the text: toml's own rendering quotes
+/// the offending line (which may hold a secret, or be a line of whatever file the path led to), and
+/// serde's messages quote string values (`invalid type: string "wJalr...", expected ...`), so quoted
+/// values are left out too.
+fn toml_error(e: &toml::de::Error, text: &str) -> ConfigError {
+    let (path, at) = match e.span() {
+        Some(span) => {
+            let start = span.start.min(text.len());
+            let before = text.get(..start).unwrap_or("");
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            (key_path_at(text, start), format!(" at line {line}, column {column}"))
+        }
+        None => (String::new(), String::new()),
+    };
+    let message = without_quoted_values(e.message()).replace(
+        "struct RawSecret",
+        "a secret source: { env = \"NAME\" }, { file = \"/path\" } or { insecure_inline = \"...\" }",
+    );
+    ConfigError::single(path, format!("invalid TOML{at}: {message}"))
+}
+
+/// The key a byte offset of a TOML text is at, as `table.key` from the last table header above it
+/// and the key of its line (best effort: `""` when there is none).
+fn key_path_at(text: &str, offset: usize) -> String {
+    let before = text.get(..offset).unwrap_or("");
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].split('\n').next().unwrap_or("");
+    let key = line
+        .split_once('=')
+        .map(|(k, _)| k.trim())
+        .filter(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b)));
+    let table = text[..line_start + line.len()]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim())
+        .filter(|t| t.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b)));
+    match (table, key) {
+        (Some(t), Some(k)) => format!("{t}.{k}"),
+        (None, Some(k)) => k.to_owned(),
+        (Some(t), None) => t.to_owned(),
+        (None, None) => String::new(),
+    }
+}
+
+/// A message with the contents of its double-quoted parts left out (`"…"`).
+fn without_quoted_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut inside = false;
+    for c in message.trim_end().chars() {
+        match (c, inside) {
+            ('"', false) => {
+                out.push_str("\"…");
+                inside = true;
+            }
+            ('"', true) => {
+                out.push('"');
+                inside = false;
+            }
+            (_, true) => {}
+            (c, false) => out.push(c),
+        }
+    }
+    out
 }
 
 fn validate(raw: RawConfig, env: &dyn Env) -> Result<Config, ConfigError> {
