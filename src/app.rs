@@ -336,8 +336,8 @@ async fn accept_loop(
                         .get_ref()
                         .1
                         .peer_certificates()
-                        .and_then(|chain| chain.first())
-                        .map(|cert| Arc::<str>::from(client_subject(cert, source).unwrap_or_default().as_str()));
+                        .filter(|chain| !chain.is_empty())
+                        .map(|chain| Arc::<str>::from(client_subject(chain, source).unwrap_or_default().as_str()));
                     Box::pin(conn.serve(subject, TokioIo::new(tls), drain_watch)).await;
                 }
             }

@@ -156,23 +156,50 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     Ok(certs)
 }
 
-/// The subject of a (verified) client certificate, as the listener is configured to read it.
-pub fn client_subject(cert: &CertificateDer<'_>, source: SubjectSource) -> Option<String> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
-    match source {
-        SubjectSource::CommonName => parsed
-            .subject()
-            .iter_common_name()
-            .next()
-            .and_then(|cn| cn.as_str().ok())
-            .map(str::to_owned),
+/// The subject of a verified client certificate chain (the leaf first, then the intermediates the
+/// client sent), as the listener is configured to read it; `None` when it is missing or ambiguous.
+///
+/// Unambiguous means exactly one: a leaf with two CNs, two URI SANs or two DNS SANs names no
+/// identity (X.509 stacks disagree on which of several they take). And a CN is only taken when no
+/// intermediate carries name constraints: constraints bind SANs, never the CN, so a constrained
+/// intermediate could otherwise mint any CN (the roots' constraints are refused by `check`).
+pub fn client_subject(chain: &[CertificateDer<'_>], source: SubjectSource) -> Option<String> {
+    let (leaf, intermediates) = chain.split_first()?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+    let names: Vec<String> = match source {
+        SubjectSource::CommonName => {
+            if intermediates.iter().any(|c| has_name_constraints(c.as_ref())) {
+                return None;
+            }
+            parsed
+                .subject()
+                .iter_common_name()
+                .map(|cn| cn.as_str().map(str::to_owned))
+                .collect::<Result<_, _>>()
+                .ok()?
+        }
         SubjectSource::UriSan | SubjectSource::DnsSan => {
             let san = parsed.subject_alternative_name().ok().flatten()?;
-            san.value.general_names.iter().find_map(|name| match (name, source) {
-                (GeneralName::URI(uri), SubjectSource::UriSan) => Some((*uri).to_owned()),
-                (GeneralName::DNSName(dns), SubjectSource::DnsSan) => Some((*dns).to_owned()),
-                _ => None,
-            })
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|name| match (name, source) {
+                    (GeneralName::URI(uri), SubjectSource::UriSan) => Some((*uri).to_owned()),
+                    (GeneralName::DNSName(dns), SubjectSource::DnsSan) => Some((*dns).to_owned()),
+                    _ => None,
+                })
+                .collect()
         }
+    };
+    match <[String; 1]>::try_from(names) {
+        Ok([name]) => Some(name),
+        Err(_) => None,
     }
+}
+
+/// Whether a certificate (DER) carries the name constraints extension.
+pub fn has_name_constraints(der: &[u8]) -> bool {
+    x509_parser::parse_x509_certificate(der)
+        .ok()
+        .is_some_and(|(_, c)| !matches!(c.name_constraints(), Ok(None)))
 }

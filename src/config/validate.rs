@@ -781,10 +781,24 @@ fn validate_tls(c: &mut Checker<'_>, p: &str, l: &super::raw::RawListener) -> Op
     };
     let client_ca = t.client_ca_file.as_deref().map(|f| (f, auth));
     match crate::tls::TlsMaterial::load(&t.certificate_chain_file, &t.private_key_file, client_ca) {
-        Ok(material) => Some(ListenerTls {
-            material,
-            identity_from,
-        }),
+        Ok(material) => {
+            let constrained = material
+                .client_roots
+                .as_ref()
+                .is_some_and(|(roots, _)| roots.iter().any(|r| crate::tls::has_name_constraints(r.as_ref())));
+            if identity_from == crate::tls::SubjectSource::CommonName && constrained {
+                // Name constraints bind SANs, never the CN: a CA limited to some names could
+                // still issue any CN.
+                c.problem(
+                    format!("{p}.tls.client_identity_from"),
+                    "\"common_name\" with a client CA that carries name constraints: they do not cover the CN; use \"uri_san\" or \"dns_san\"",
+                );
+            }
+            Some(ListenerTls {
+                material,
+                identity_from,
+            })
+        }
         Err(e) => {
             c.problem(format!("{p}.tls"), e.to_string());
             None

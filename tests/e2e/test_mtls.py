@@ -464,6 +464,72 @@ def test_dns_san_mode(gw, pki, moto):
     assert moto.log_since(mark) == []
 
 
+# ----------------------------------------------------------------------------- 6b. ambiguous identities (issue 16)
+
+def test_a_common_name_under_a_name_constrained_intermediate_names_nobody(gw, pki, moto, tmp_path):
+    """Name constraints bind SANs, never the CN: an intermediate limited to team-a names could mint
+    any CN, so a CN is not taken from a chain with a constrained intermediate. The same CN under an
+    unconstrained intermediate is the control."""
+    constrained = certs.make_intermediate(tmp_path, "team-a", pki.ca, cn="team-a CA",
+                                          name_constraints="permitted;DNS:.team-a.example.org")
+    open_ca = certs.make_intermediate(tmp_path, "open", pki.ca, cn="open CA")
+    minted = certs.make_leaf(tmp_path, "minted", constrained, cn=APP_CN, sans=["DNS:x.team-a.example.org"])
+    control = certs.make_leaf(tmp_path, "control", open_ca, cn=APP_CN)
+    mark = moto.log_mark()
+    r = curl(seed_url(gw, "cn"), pki, certs.with_chain(tmp_path, "minted", minted, constrained))
+    assert (r.rc, r.status) == (0, "403") and b"<Code>AccessDenied</Code>" in r.body, r
+    assert moto.log_since(mark) == []
+    r = curl(seed_url(gw, "cn"), pki, certs.with_chain(tmp_path, "control", control, open_ca))
+    assert (r.rc, r.status, r.body) == (0, "200", SEED_BODY), r
+
+
+def test_several_common_names_or_uri_sans_name_nobody(gw, pki, moto, tmp_path):
+    """Stacks disagree on which of several CNs or URI SANs they take: apgate takes none."""
+    two_cns = [certs.make_leaf(tmp_path, "cn-first", pki.ca, cn=APP_CN, subject=f"/CN={APP_CN}/CN=other"),
+               certs.make_leaf(tmp_path, "cn-last", pki.ca, cn=APP_CN, subject=f"/CN=other/CN={APP_CN}")]
+    two_uris = certs.make_leaf(tmp_path, "two-uris", pki.ca, cn="two-uris",
+                               sans=[f"URI:{APP_SPIFFE}", f"URI:{UNMAPPED_SPIFFE}"])
+    mark = moto.log_mark()
+    for listener, client in [("cn", two_cns[0]), ("cn", two_cns[1]), ("required", two_uris)]:
+        r = curl(seed_url(gw, listener), pki, client)
+        assert (r.rc, r.status) == (0, "403") and b"<Code>AccessDenied</Code>" in r.body, (listener, r)
+    assert moto.log_since(mark) == []
+
+
+def test_check_refuses_common_name_with_a_name_constrained_client_ca(pki, tmp_path):
+    constrained_root = certs.make_ca(tmp_path, "constrained-root", "constrained root",
+                                     name_constraints="permitted;DNS:.team-a.example.org")
+    binary = Path(os.environ.get("APGATE_BIN", REPO / "target" / "release" / "apgate"))
+    config = tmp_path / "cn.toml"
+    for identity_from, want in [("common_name", 64), ("dns_san", 0)]:
+        config.write_text(f"""\
+[admin]
+address = "127.0.0.1:19090"
+[[listeners]]
+name = "cn"
+address = "127.0.0.1:18443"
+identity_methods = ["mtls"]
+[listeners.tls]
+certificate_chain_file = "{pki.server.cert}"
+private_key_file = "{pki.server.key}"
+client_ca_file = "{constrained_root.cert}"
+client_identity_from = "{identity_from}"
+[[listeners.client_certificates]]
+subject = "{APP_CN}"
+identity = "app"
+[upstream]
+region = "us-east-1"
+[credentials]
+type = "default"
+[[identities]]
+name = "app"
+""")
+        r = subprocess.run([str(binary), "check", "-c", str(config)], capture_output=True, text=True, timeout=30)
+        assert r.returncode == want, r.stdout + r.stderr
+        if want:
+            assert "listeners[0].tls.client_identity_from" in r.stderr and "name constraints" in r.stderr, r.stderr
+
+
 # ----------------------------------------------------------------------------- 7. plain HTTP
 
 @pytest.mark.parametrize("listener", ["mtls", "required"])
