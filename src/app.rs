@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::{Config, ServerConfig};
-use crate::tls::{client_subject, TlsListener};
+use crate::tls::{client_subject, PeerCertificate, TlsListener};
 
 pub use crate::state::{Gateway, ListenerState, ReloadError, StartError, State};
 
@@ -315,6 +315,7 @@ async fn accept_loop(
                 Some(TlsListener {
                     acceptor,
                     identity_from: source,
+                    ..
                 }) => {
                     let handshake =
                         Box::pin(tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream))).await;
@@ -332,13 +333,17 @@ async fn accept_loop(
                     // A verified certificate without the configured kind of subject still counts as
                     // a certificate: its subject is empty, which no mapping names, so the `mtls`
                     // method refuses it rather than letting another method decide.
-                    let subject = tls
+                    let peer = tls
                         .get_ref()
                         .1
                         .peer_certificates()
                         .filter(|chain| !chain.is_empty())
-                        .map(|chain| Arc::<str>::from(client_subject(chain, source).unwrap_or_default().as_str()));
-                    Box::pin(conn.serve(subject, TokioIo::new(tls), drain_watch)).await;
+                        .map(|chain| {
+                            let subject = Arc::<str>::from(client_subject(chain, source).unwrap_or_default().as_str());
+                            let owned = chain.iter().map(|c| c.clone().into_owned()).collect();
+                            Arc::new(PeerCertificate::new(owned, state.generation, subject))
+                        });
+                    Box::pin(conn.serve(peer, TokioIo::new(tls), drain_watch)).await;
                 }
             }
         });
@@ -366,7 +371,7 @@ struct Conn {
 
 impl Conn {
     /// Serves HTTP/1.1 on the connection (plain or TLS).
-    async fn serve<I>(self, client_certificate: Option<Arc<str>>, io: TokioIo<I>, mut drain: DrainWatch)
+    async fn serve<I>(self, client_certificate: Option<Arc<PeerCertificate>>, io: TokioIo<I>, mut drain: DrainWatch)
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {

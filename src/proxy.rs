@@ -35,6 +35,7 @@ use crate::body::{BodyEnd, Metered, ResponseBody};
 use crate::decision::{decide, Head, Outcome};
 use crate::error::GatewayError;
 use crate::state::{Gateway, ListenerState, State};
+use crate::tls::PeerCertificate;
 use admission::Slots;
 use forward::ClientBody;
 use record::Record;
@@ -44,7 +45,7 @@ pub async fn handle(
     gateway: Arc<Gateway>,
     listener_name: Arc<str>,
     remote: SocketAddr,
-    client_certificate: Option<Arc<str>>,
+    peer: Option<Arc<PeerCertificate>>,
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     // The state as of this request's start: a reload during it does not change it.
@@ -52,6 +53,16 @@ pub async fn handle(
     let Some(listener) = state.listeners.get(&*listener_name).cloned() else {
         let error = GatewayError::internal("the listener is no longer configured");
         return Ok(error.into_response("0000000000000000", req.method() == Method::HEAD));
+    };
+    // A connection's client certificate, checked again when the configuration changed since it
+    // was: one the listener no longer trusts names nobody, and the connection is closed after
+    // the answer.
+    let (client_certificate, untrusted) = match &peer {
+        None => (None, false),
+        Some(peer) => match peer.subject(state.generation, listener.tls.as_ref()) {
+            Some(subject) => (Some(subject), false),
+            None => (Some(Arc::<str>::from("")), true),
+        },
     };
     let (slots, admitted) = Slots::arrive(&state);
     let mut record = Record::open(
@@ -108,7 +119,7 @@ pub async fn handle(
             resp
         }
     };
-    if gateway.is_draining() {
+    if gateway.is_draining() || untrusted {
         // Shutting down: the client learns from this answer not to send another request on the
         // connection, which closes after it (app::Conn::serve).
         close(&mut resp);

@@ -40,6 +40,9 @@ pub struct Gateway {
 /// same code as start-up; a request keeps the one it started with.
 #[derive(Debug)]
 pub struct State {
+    /// Which configuration this is: 0 at start, one more at each reload (what a connection's
+    /// client certificate was last checked under).
+    pub generation: u64,
     pub config: Config,
     pub verifier: SigV4Verifier,
     pub router: Router,
@@ -110,6 +113,7 @@ impl State {
                     Some(TlsListener {
                         acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
                         identity_from: t.identity_from,
+                        client_verifier: t.material.client_verifier().map_err(StartError::Tls)?,
                     })
                 }
             };
@@ -141,6 +145,7 @@ impl State {
             .map(|i| (Arc::from(i.name.as_str()), std::sync::atomic::AtomicUsize::new(0)))
             .collect();
         Ok(Self {
+            generation: 0,
             identity_inflight,
             signing_keys: crate::sigv4::SigningKeyCache::new(256),
             verifier,
@@ -233,7 +238,8 @@ impl Gateway {
         let _one_at_a_time = self.reload_lock.lock().await;
         let running = self.state.load_full();
         check_addresses(&running.config, &config)?;
-        let state = State::build(config, &self.metrics).await?;
+        let mut state = State::build(config, &self.metrics).await?;
+        state.generation = running.generation + 1;
         self.caches.store(Arc::new(state.credentials.all().cloned().collect()));
         self.state.store(Arc::new(state));
         self.metrics.config_reloads.with_label_values(&["success"]).inc();

@@ -11,7 +11,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use x509_parser::extensions::GeneralName;
@@ -43,12 +44,56 @@ impl SubjectSource {
 pub struct TlsListener {
     pub acceptor: tokio_rustls::TlsAcceptor,
     pub identity_from: SubjectSource,
+    /// What client certificates are verified against (listeners with a client CA): kept to check
+    /// the certificate of a connection opened under an earlier configuration again.
+    pub client_verifier: Option<Arc<dyn ClientCertVerifier>>,
+}
+
+/// A TLS connection's verified client certificate chain (leaf first), and the subject it names
+/// under the configuration it was last checked against. A reload that changes the trust applies
+/// to open connections too: at their next request the chain is checked against the listener's
+/// verifier as it now is.
+#[derive(Debug)]
+pub struct PeerCertificate {
+    chain: Vec<CertificateDer<'static>>,
+    /// (the state generation it was checked under, the subject; `None` when it no longer verifies).
+    checked: std::sync::Mutex<(u64, Option<Arc<str>>)>,
+}
+
+impl PeerCertificate {
+    /// A chain the handshake verified under state `generation`, naming `subject` (empty when it
+    /// has no subject of the configured kind).
+    pub fn new(chain: Vec<CertificateDer<'static>>, generation: u64, subject: Arc<str>) -> Self {
+        Self {
+            chain,
+            checked: std::sync::Mutex::new((generation, Some(subject))),
+        }
+    }
+
+    /// The subject under state `generation`, checking the chain again when the state changed
+    /// since the last check; `None` when the listener no longer trusts it.
+    pub fn subject(&self, generation: u64, listener: Option<&TlsListener>) -> Option<Arc<str>> {
+        let mut checked = self.checked.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if checked.0 != generation {
+            let verified = listener.and_then(|l| {
+                let verifier = l.client_verifier.as_ref()?;
+                let (leaf, intermediates) = self.chain.split_first()?;
+                verifier
+                    .verify_client_cert(leaf, intermediates, UnixTime::now())
+                    .ok()
+                    .map(|_| Arc::<str>::from(client_subject(&self.chain, l.identity_from).unwrap_or_default()))
+            });
+            *checked = (generation, verified);
+        }
+        checked.1.clone()
+    }
 }
 
 impl fmt::Debug for TlsListener {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TlsListener")
             .field("identity_from", &self.identity_from)
+            .field("client_verifier", &self.client_verifier.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -113,29 +158,34 @@ impl TlsMaterial {
         Ok(material)
     }
 
+    /// The verifier of client certificates, for listeners with a client CA bundle.
+    pub fn client_verifier(&self) -> Result<Option<Arc<dyn ClientCertVerifier>>, TlsError> {
+        let Some((roots, auth)) = &self.client_roots else {
+            return Ok(None);
+        };
+        let mut store = RootCertStore::empty();
+        for cert in roots {
+            store
+                .add(cert.clone())
+                .map_err(|e| TlsError(format!("client CA bundle: {e}")))?;
+        }
+        let verifier = WebPkiClientVerifier::builder(Arc::new(store));
+        let verifier = match auth {
+            ClientAuth::Required => verifier,
+            ClientAuth::Optional => verifier.allow_unauthenticated(),
+        };
+        let verifier = verifier
+            .build()
+            .map_err(|e| TlsError(format!("client CA bundle: {e}")))?;
+        Ok(Some(verifier))
+    }
+
     /// The rustls server configuration (HTTP/1.1 over TLS).
     pub fn server_config(&self) -> Result<ServerConfig, TlsError> {
         let builder = ServerConfig::builder();
-        let builder = match &self.client_roots {
+        let builder = match self.client_verifier()? {
             None => builder.with_no_client_auth(),
-            Some((roots, auth)) => {
-                let mut store = RootCertStore::empty();
-                for cert in roots {
-                    store
-                        .add(cert.clone())
-                        .map_err(|e| TlsError(format!("client CA bundle: {e}")))?;
-                }
-                let verifier = WebPkiClientVerifier::builder(Arc::new(store));
-                let verifier = match auth {
-                    ClientAuth::Required => verifier,
-                    ClientAuth::Optional => verifier.allow_unauthenticated(),
-                };
-                builder.with_client_cert_verifier(
-                    verifier
-                        .build()
-                        .map_err(|e| TlsError(format!("client CA bundle: {e}")))?,
-                )
-            }
+            Some(verifier) => builder.with_client_cert_verifier(verifier),
         };
         let mut config = builder
             .with_single_cert(self.chain.clone(), self.key.clone_key())

@@ -230,7 +230,10 @@ fn config_errors_never_echo_a_secret() {
         let path = tmp(&format!("secret-{i}.toml"));
         std::fs::write(&path, BASE.replacen("{ env = \"APGATE_BOB_SECRET\" }", secret, 1)).unwrap();
         let p = path.to_str().unwrap();
-        for args in [vec!["check", "-c", p], vec!["explain", "-c", p, "--identity", "bob", "GET", "/x"]] {
+        for args in [
+            vec!["check", "-c", p],
+            vec!["explain", "-c", p, "--identity", "bob", "GET", "/x"],
+        ] {
             let o = apgate(&args);
             assert_eq!(o.status.code(), Some(64), "case {i} {args:?}: {}", text(&o));
             let out = text(&o);

@@ -14,9 +14,13 @@ apgate runs in front of the module's moto with four HTTPS listeners:
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import os
 import secrets
+import signal
 import socket
+import ssl
 import subprocess
 import time
 import uuid
@@ -111,6 +115,8 @@ class TlsGateway:
     bob_secret: str
     log_path: Path
     moto: Moto
+    config_path: Path | None = None
+    proc: subprocess.Popen | None = None
 
     def url(self, listener: str, path: str = "") -> str:
         return f"https://127.0.0.1:{self.ports[listener]}{path}"
@@ -121,10 +127,16 @@ class TlsGateway:
 
 @pytest.fixture(scope="module")
 def gw(moto: Moto, pki: Pki, tmp_path_factory) -> TlsGateway:
+    with tls_gateway(moto, pki, tmp_path_factory.mktemp("apgate-tls")) as g:
+        yield g
+
+
+@contextlib.contextmanager
+def tls_gateway(moto: Moto, pki: Pki, tmp: Path):
+    """An apgate with the four TLS listeners of this module, in front of ``moto``."""
     binary = Path(os.environ.get("APGATE_BIN", REPO / "target" / "release" / "apgate"))
     if not binary.is_file():
         pytest.fail(f"apgate binary not found at {binary} (cargo build --release)")
-    tmp = tmp_path_factory.mktemp("apgate-tls")
     names = ["admin", "mtls", "required", "cn", "dns"]
     ports: dict[str, int] = {}
     while len(set(ports.values()) | {moto.port}) != len(names) + 1:
@@ -205,7 +217,8 @@ access_point = "arn:aws:s3:{REGION}:{ACCOUNT}:accesspoint/{APP_AP}"
             if time.monotonic() > deadline:
                 pytest.fail(f"apgate /readyz not 200 after 30s:\n{_tail(log_path)}")
             time.sleep(0.1)
-        yield TlsGateway(ports=ports, bob_secret=bob_secret, log_path=log_path, moto=moto)
+        yield TlsGateway(ports=ports, bob_secret=bob_secret, log_path=log_path, moto=moto,
+                         config_path=config_path, proc=proc)
     finally:
         stop(proc)
 
@@ -528,6 +541,47 @@ name = "app"
         assert r.returncode == want, r.stdout + r.stderr
         if want:
             assert "listeners[0].tls.client_identity_from" in r.stderr and "name constraints" in r.stderr, r.stderr
+
+
+def reload_and_wait(g: TlsGateway, config: str) -> None:
+    """Writes the configuration, sends SIGHUP and waits for apgate to say it reloaded."""
+    mark = g.log_path.stat().st_size
+    g.config_path.write_text(config)
+    g.proc.send_signal(signal.SIGHUP)
+    log = wait_for_log(g, "Configuration reloaded.", mark, timeout=15)
+    assert "Configuration reloaded." in log, log
+
+
+def test_a_reload_that_changes_the_trust_applies_to_open_connections(moto, pki, tmp_path):
+    """Issue 16: a connection opened with a certificate of the old CA does not keep its identity
+    once the client CA is replaced: its next request names nobody, and the connection closes."""
+    (tmp_path / "gw").mkdir()
+    with tls_gateway(moto, pki, tmp_path / "gw") as g:
+        context = ssl.create_default_context(cafile=str(pki.ca.cert))
+        context.load_cert_chain(str(pki.app.cert), str(pki.app.key))
+        conn = http.client.HTTPSConnection("127.0.0.1", g.ports["required"], context=context, timeout=10)
+        try:
+            conn.request("GET", f"/{BUCKET}/{SEED_KEY}", headers={"Host": f"127.0.0.1:{g.ports['required']}"})
+            first = conn.getresponse()
+            assert (first.status, first.read()) == (200, SEED_BODY)
+            original = g.config_path.read_text()
+            # A reload that keeps the trust keeps the connection's identity.
+            reload_and_wait(g, original + "\n# the same trust\n")
+            conn.request("GET", f"/{BUCKET}/{SEED_KEY}", headers={"Host": f"127.0.0.1:{g.ports['required']}"})
+            kept = conn.getresponse()
+            assert (kept.status, kept.read()) == (200, SEED_BODY)
+            # The client CA replaced by another: the open connection's certificate no longer verifies.
+            reload_and_wait(g, original.replace(f'client_ca_file = "{pki.ca.cert}"',
+                                                f'client_ca_file = "{pki.rogue_ca.cert}"'))
+            mark = moto.log_mark()
+            conn.request("GET", f"/{BUCKET}/{SEED_KEY}", headers={"Host": f"127.0.0.1:{g.ports['required']}"})
+            refused = conn.getresponse()
+            body = refused.read()
+            assert refused.status == 403 and b"<Code>AccessDenied</Code>" in body, (refused.status, body)
+            assert refused.getheader("connection") == "close"
+            assert moto.log_since(mark) == []
+        finally:
+            conn.close()
 
 
 # ----------------------------------------------------------------------------- 7. plain HTTP
