@@ -659,7 +659,7 @@ fn outbound_head(
             spec.takes_header(n)
         };
         if forwarded {
-            out.append(name.clone(), value.clone());
+            out.append(name.clone(), canonical_value(value));
         }
     }
     if let Some(value) = copy_source {
@@ -684,6 +684,26 @@ fn outbound_head(
         headers: out,
         payload: payload.clone(),
     })
+}
+
+/// A forwarded header value that holds a tab, with its runs of spaces and tabs made one space and
+/// its ends trimmed. SigV4 canonicalizations disagree on tabs only (botocore collapses every run of
+/// white space, aws-sigv4 runs of spaces): without tabs they read a value alike, with them they
+/// would not, and a client could make the upstream refuse apgate's own signature (issue 16).
+/// Values without a tab go as they came (a double space in metadata stays).
+fn canonical_value(value: &HeaderValue) -> HeaderValue {
+    let bytes = value.as_bytes();
+    if !bytes.contains(&b'\t') {
+        return value.clone();
+    }
+    let mut out = Vec::with_capacity(bytes.len());
+    for word in bytes.split(|b| *b == b' ' || *b == b'\t').filter(|w| !w.is_empty()) {
+        if !out.is_empty() {
+            out.push(b' ');
+        }
+        out.extend_from_slice(word);
+    }
+    HeaderValue::from_bytes(&out).unwrap_or_else(|_| value.clone())
 }
 
 /// The content of an inspected body, decoded and checked.

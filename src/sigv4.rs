@@ -433,3 +433,41 @@ impl ChunkKey {
         crate::s3::encoding::hex_lower(&mac.finalize().into_bytes())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use http::HeaderValue;
+
+    use super::*;
+
+    /// AWS's SigV4 test suite (aws-signing-test-suite, as shipped with aws-sigv4 1.6.4),
+    /// `get-header-value-trim`: leading spaces trimmed, runs of spaces inside a value made one.
+    /// Both trimming rules read it alike.
+    #[test]
+    fn example_get_header_value_trim() {
+        let mut h = HeaderMap::new();
+        h.insert("host", HeaderValue::from_static("example.amazonaws.com"));
+        h.insert("my-header1", HeaderValue::from_static(" value1"));
+        h.insert("my-header2", HeaderValue::from_static("\"a   b   c\""));
+        h.insert("x-amz-date", HeaderValue::from_static("20150830T123600Z"));
+        let want = "GET\n/\n\nhost:example.amazonaws.com\nmy-header1:value1\nmy-header2:\"a b c\"\n\
+                    x-amz-date:20150830T123600Z\n\nhost;my-header1;my-header2;x-amz-date\n\
+                    e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        let signed = ["host", "my-header1", "my-header2", "x-amz-date"];
+        for trim in [Trim::Whitespace, Trim::Spaces] {
+            let creq = canonical_request_with_query("GET", "/", "", &h, &signed, EMPTY_SHA256.as_bytes(), trim);
+            assert_eq!(String::from_utf8(creq).unwrap(), want, "{trim:?}");
+        }
+    }
+
+    /// The rules differ on tabs only: botocore's collapses them, aws-sigv4's keeps them.
+    #[test]
+    fn the_trimming_rules_differ_on_tabs_only() {
+        let mut h = HeaderMap::new();
+        h.insert("a", HeaderValue::from_static(" x  y \t z\t"));
+        let canonical =
+            |trim| String::from_utf8(canonical_request_with_query("GET", "/", "", &h, &["a"], b"-", trim)).unwrap();
+        assert!(canonical(Trim::Whitespace).contains("\na:x y z\n"));
+        assert!(canonical(Trim::Spaces).contains("\na:x y \t z\t\n"));
+    }
+}

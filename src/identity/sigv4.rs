@@ -203,19 +203,26 @@ impl SigV4Verifier {
             .and_then(PayloadHash::parse)
             .ok_or_else(|| GatewayError::client(S3ErrorCode::InvalidArgument, "x-amz-content-sha256 must be UNSIGNED-PAYLOAD, STREAMING-UNSIGNED-PAYLOAD-TRAILER, STREAMING-AWS4-HMAC-SHA256-PAYLOAD[-TRAILER], or a valid sha256 value."))?;
 
-        let creq = canonical_request_of(
-            method.as_str(),
-            &target.raw_path,
-            &target.query,
-            headers,
-            &auth.signed_headers,
-            payload_value.as_bytes(),
-        );
+        let query = canonical_query_of(&target.query, &[]);
         let scope = credential_scope(auth.date, auth.region, auth.service);
-        let sts = string_to_sign(amz_date, &scope, &creq);
         let signing_key = self.derived_key(auth.access_key_id, &key.secret, auth.date, auth.region);
-        let expected = crate::s3::encoding::hex32(&hmac(&signing_key, sts.as_bytes()));
-        if !ct_eq(&expected, auth.signature.as_bytes()) {
+        let signed_with = |trim: Trim| {
+            let creq = canonical_request_with_query(
+                method.as_str(),
+                &target.raw_path,
+                &query,
+                headers,
+                &auth.signed_headers,
+                payload_value.as_bytes(),
+                trim,
+            );
+            let sts = string_to_sign(amz_date, &scope, &creq);
+            ct_eq(
+                &crate::s3::encoding::hex32(&hmac(&signing_key, sts.as_bytes())),
+                auth.signature.as_bytes(),
+            )
+        };
+        if !(signed_with(Trim::Whitespace) || (has_tab(headers, &auth.signed_headers) && signed_with(Trim::Spaces))) {
             return Err(GatewayError::client(
                 S3ErrorCode::SignatureDoesNotMatch,
                 "The request signature we calculated does not match the signature you provided. Check your key and signing method.",
@@ -346,22 +353,26 @@ impl SigV4Verifier {
         )?;
 
         let payload = PayloadHash::Unsigned;
-        let creq = canonical_request_with_query(
-            method.as_str(),
-            &target.raw_path,
-            &canonical_query_of(&target.query, &["X-Amz-Signature"]),
-            headers,
-            &signed_headers,
-            payload.as_str().as_bytes(),
-            Trim::Whitespace,
-        );
+        let query = canonical_query_of(&target.query, &["X-Amz-Signature"]);
         let scope = format!("{date}/{region}/{service}/aws4_request");
-        let sts = string_to_sign(amz_date, &scope, &creq);
-        let expected = crate::s3::encoding::hex_lower(&hmac(
-            &self.derived_key(akid, &key.secret, date, region),
-            sts.as_bytes(),
-        ));
-        if !ct_eq(expected.as_bytes(), signature.as_bytes()) {
+        let signing_key = self.derived_key(akid, &key.secret, date, region);
+        let signed_with = |trim: Trim| {
+            let creq = canonical_request_with_query(
+                method.as_str(),
+                &target.raw_path,
+                &query,
+                headers,
+                &signed_headers,
+                payload.as_str().as_bytes(),
+                trim,
+            );
+            let sts = string_to_sign(amz_date, &scope, &creq);
+            ct_eq(
+                crate::s3::encoding::hex_lower(&hmac(&signing_key, sts.as_bytes())).as_bytes(),
+                signature.as_bytes(),
+            )
+        };
+        if !(signed_with(Trim::Whitespace) || (has_tab(headers, &signed_headers) && signed_with(Trim::Spaces))) {
             return Err(GatewayError::client(
                 S3ErrorCode::SignatureDoesNotMatch,
                 "The request signature we calculated does not match the signature you provided. Check your key and signing method.",
@@ -375,6 +386,17 @@ impl SigV4Verifier {
             chunks: None,
         })
     }
+}
+
+/// Whether a signed header's value holds a tab. Signers disagree on tabs: botocore collapses every
+/// run of white space (what moto checks), aws-sigv4 only runs of spaces (what the smithy SDKs send,
+/// and, they say, S3 checks). A signature made either way is accepted; both need the secret, and the
+/// two readings differ only in white space apgate does not forward as received (the outbound value
+/// has its runs made one space).
+fn has_tab(headers: &HeaderMap, signed: &[&str]) -> bool {
+    signed
+        .iter()
+        .any(|name| headers.get_all(*name).iter().any(|v| v.as_bytes().contains(&b'\t')))
 }
 
 /// When a SigV4 request was made: `x-amz-date`, or else the `Date` header ("If AWS can't find a

@@ -86,9 +86,12 @@ def canonical_query(query: str) -> str:
 
 
 def signed_headers(gw, method: str, target: str, headers: list[tuple[str, str]], payload: str,
-                   *, date_header: str = "x-amz-date", secret: str | None = None) -> list[tuple[str, str]]:
+                   *, date_header: str = "x-amz-date", secret: str | None = None,
+                   trim: str = "whitespace") -> list[tuple[str, str]]:
     """SigV4 (Authorization header) as bob over exactly these headers, plus Host, the date and
-    x-amz-content-sha256 (unless given)."""
+    x-amz-content-sha256 (unless given). Header values are trimmed as botocore does (runs of any
+    white space become one space), or with ``trim="spaces"`` as aws-sigv4 (the Rust SDK) does
+    (runs of spaces only)."""
     now = datetime.datetime.now(datetime.timezone.utc)
     amz_date = now.strftime("%Y%m%dT%H%M%SZ")
     hdrs = [("Host", host(gw))]
@@ -103,7 +106,8 @@ def signed_headers(gw, method: str, target: str, headers: list[tuple[str, str]],
     signed = sorted({k.lower() for k, _ in hdrs} - {"content-length", "transfer-encoding", "expect"})
     by_name: dict[str, list[str]] = {}
     for k, v in hdrs:
-        by_name.setdefault(k.lower(), []).append(" ".join(v.split()))
+        value = " ".join(v.split()) if trim == "whitespace" else " ".join(p for p in v.strip(" ").split(" ") if p)
+        by_name.setdefault(k.lower(), []).append(value)
     lines = "".join(f"{n}:{','.join(by_name[n])}\n" for n in signed)
     canonical = "\n".join([method, path, canonical_query(query), lines, ";".join(signed), payload])
     scope = ac.credential_scope(amz_date[:8], REGION)
@@ -537,3 +541,25 @@ def test_connection_may_not_name_a_header_the_request_carries(gw, moto, moto_s3)
         assert out.status in (200, 206, 412), (method, target, out)
     # The write-once PUT never overwrote: not with its condition stripped, not with it kept.
     assert moto_s3.get_object(Bucket=BUCKET, Key=key)["Body"].read() == b"original"
+
+
+# ------------------------------------------------------------------------------ issue 16, item 3
+
+@pytest.mark.parametrize("trim", ["whitespace", "spaces"], ids=["botocore-rule", "aws-sigv4-rule"])
+def test_a_tab_in_a_signed_header_value_does_not_break_apgates_own_signature(gw, moto, moto_s3, trim):
+    """Signers disagree on tabs (botocore collapses every run of white space, aws-sigv4 only runs
+    of spaces). apgate accepts a client's signature made either way, and forwards a value that holds
+    a tab with its white space runs made one space, which every rule canonicalizes alike: a client
+    cannot make the upstream refuse apgate's own signature (moto checks it with botocore's rule)."""
+    key = unique() + "tab-" + trim
+    headers = [("x-amz-meta-note", "a\tb  \t c"), ("Content-Type", "text/plain;\tcharset=utf-8")]
+    payload = hashlib.sha256(b"data").hexdigest()
+    target = t(key)
+    signed = signed_headers(gw, "PUT", target, headers + [("Content-Length", "4")], payload, trim=trim)
+    mark = moto.log_mark()
+    out = exchange(gw.shared, "PUT", target, signed, b"data")
+    assert out.status == 200, out
+    assert len(moto.log_since(mark)) == 1
+    head = moto_s3.head_object(Bucket=BUCKET, Key=key)
+    assert head["Metadata"] == {"note": "a b c"}, head
+    assert head["ContentType"] == "text/plain; charset=utf-8", head

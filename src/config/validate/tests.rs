@@ -152,7 +152,7 @@ fn reports_retry_problems_with_their_key_paths() {
             "must be at least initial_backoff_ms (500)",
         ),
         ("deadline_seconds = 0", "upstream.retry.deadline_seconds", "above 0"),
-        ("attempts = 2", "", "unknown field `attempts`"),
+        ("attempts = 2", "upstream.retry.attempts", "unknown field `attempts`"),
     ];
     for (table, path, message) in cases {
         let text = BASE.replacen(
