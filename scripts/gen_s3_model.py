@@ -7,7 +7,11 @@ take. The table that decides this comes from the AWS API model botocore ships
 HTTP method, the resource its URI template names (service, bucket or object), the literal marker
 sub-resources of the template (`?tagging`, `?list-type=2`), and its input members by location
 (`querystring` names, `header` names, `headers` prefixes), which of them are required, whether the
-request carries a checksum, and what the body is.
+request carries a checksum, and what the body is; of its answer, the headers the model gives it,
+whether its body is the object's bytes or an XML document, and the names of the elements that
+document may hold (apgate drops any other). And S3's error codes with their documented messages,
+from the documentation of the model's `Error.Code` member (apgate writes every error answer itself,
+with these messages, so nothing an upstream message names reaches a client).
 
 Left out, each for a reason the table could not express:
 - deprecated operations (GetBucketLifecycle, GetBucketNotification, PutBucketLifecycle,
@@ -26,6 +30,8 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import html
+import re
 import json
 import sys
 from pathlib import Path
@@ -76,6 +82,50 @@ def rust_str(s: str) -> str:
     return json.dumps(s)
 
 
+def element_names(shapes: dict, shape_name: str, out: set[str], seen: frozenset = frozenset()) -> None:
+    """The local names of every element an XML document of this shape may hold (not its root)."""
+    shape = shapes[shape_name]
+    if shape_name in seen:
+        return
+    seen = seen | {shape_name}
+    if shape["type"] == "structure":
+        for member, spec in shape["members"].items():
+            if "location" in spec or spec.get("xmlAttribute"):
+                continue
+            out.add(spec.get("locationName", member))
+            element_names(shapes, spec["shape"], out, seen)
+    elif shape["type"] == "list":
+        member = shape["member"]
+        if not shape.get("flattened"):
+            out.add(member.get("locationName", "member"))
+        element_names(shapes, member["shape"], out, seen)
+
+
+# Codes the documentation lists more than once, each time with a message of one particular case:
+# the message apgate answers them with instead.
+GENERIC_MESSAGES = {"InvalidRequest": "The request is not valid."}
+
+
+def error_messages(shapes: dict) -> list[tuple[str, str]]:
+    """S3's error codes and messages, from the documentation of the model's `Error.Code`."""
+    doc = shapes["Error"]["members"]["Code"]["documentation"]
+    seen: dict[str, list[str]] = {}
+    for item in re.findall(r"<li>\s*<ul>(.*?)</ul>\s*</li>", doc, re.S):
+        fields: dict[str, list[str]] = {}
+        for key, value in re.findall(r"<i>([^<]*):</i>(.*?)</p>", item, re.S):
+            text = " ".join(html.unescape(re.sub(r"<[^>]+>", "", value)).split())
+            fields.setdefault(key.strip(), []).append(text)
+        code = (fields.get("Code") or [""])[0].split(" ")[0]
+        message = (fields.get("Description") or [""])[0]
+        # "For more information, see ..." points into documentation the text here does not carry.
+        message = message.split(" For more information")[0].strip()
+        if re.fullmatch(r"[A-Za-z0-9]{1,64}", code) and message:
+            seen.setdefault(code, []).append(message)
+    if len(seen) < 50:
+        raise SystemExit(f"only {len(seen)} error codes found in the Error.Code documentation")
+    return sorted((c, GENERIC_MESSAGES.get(c, m[0]) if len(m) > 1 else m[0]) for c, m in seen.items())
+
+
 def generate(model: dict, source: str) -> str:
     ops = model["operations"]
     shapes = model["shapes"]
@@ -91,7 +141,7 @@ def generate(model: dict, source: str) -> str:
         f"//! ({model['metadata'].get('apiVersion', '?')}, {len(kept)} operations). Do not edit: run the script. The e2e suite",
         "//! (tests/e2e/test_s3_model.py) fails when this file differs from what the script generates.",
         "",
-        "use super::{Checksum, HttpMethod, Marker, Payload, Resource, Spec};",
+        "use super::{Answer, Checksum, HttpMethod, Marker, Payload, Resource, Spec};",
         "",
         "/// An S3 operation, by its API name.",
         "#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]",
@@ -168,6 +218,29 @@ def generate(model: dict, source: str) -> str:
             payload = f"Payload::Xml({rust_str(name + 'Request')})"
         else:
             payload = "Payload::None"
+        out_shape = shapes[op["output"]["shape"]] if "output" in op else {"members": {}}
+        out_headers, out_prefixes = [], []
+        for member, spec in out_shape.get("members", {}).items():
+            wire = spec.get("locationName", member).lower()
+            if spec.get("location") == "header":
+                out_headers.append(wire)
+            elif spec.get("location") == "headers":
+                out_prefixes.append(wire)
+        out_headers.sort()
+        out_prefixes.sort()
+        out_payload = out_shape.get("payload")
+        if out_payload and shapes[out_shape["members"][out_payload]["shape"]]["type"] != "structure":
+            answer = "Answer::Blob"
+        elif out_payload or any("location" not in s for s in out_shape.get("members", {}).values()):
+            answer = "Answer::Xml"
+        else:
+            answer = "Answer::None"
+        elements: set[str] = set()
+        if answer == "Answer::Xml":
+            if out_payload:
+                element_names(shapes, out_shape["members"][out_payload]["shape"], elements)
+            else:
+                element_names(shapes, op["output"]["shape"], elements)
         pairs = lambda xs: ", ".join(f"({rust_str(n)}, {'true' if r else 'false'})" for n, r in xs)
         lines += [
             "    Spec {",
@@ -180,6 +253,10 @@ def generate(model: dict, source: str) -> str:
             f"        header_prefixes: &[{', '.join(rust_str(p) for p in prefixes)}],",
             f"        checksum: {cs},",
             f"        payload: {payload},",
+            f"        response_headers: &[{', '.join(rust_str(h) for h in out_headers)}],",
+            f"        response_header_prefixes: &[{', '.join(rust_str(p) for p in out_prefixes)}],",
+            f"        answer: {answer},",
+            f"        response_elements: &[{', '.join(rust_str(e) for e in sorted(elements))}],",
             "    },",
         ]
     lines += ["];", ""]
@@ -190,6 +267,14 @@ def generate(model: dict, source: str) -> str:
         "pub(super) static CHECKSUM_ALGORITHMS: &[(&str, &str)] = &[",
     ]
     lines += [f"    ({rust_str(a)}, {rust_str('x-amz-checksum-' + a.lower())})," for a in algorithms]
+    lines += ["];", ""]
+    messages = error_messages(shapes)
+    lines += [
+        "/// S3's error codes and their documented messages (the model's `Error.Code` documentation), by",
+        "/// code: the messages of the errors apgate answers in place of the upstream's.",
+        "pub(crate) static ERROR_MESSAGES: &[(&str, &str)] = &[",
+    ]
+    lines += [f"    ({rust_str(c)}, {rust_str(m)})," for c, m in messages]
     lines += ["];", ""]
     return "\n".join(lines)
 

@@ -196,48 +196,104 @@ impl GatewayError {
 
     /// The S3 XML error response. HEAD responses carry no body, as in S3.
     pub fn into_response(self, request_id: &str, head: bool) -> Response<ResponseBody> {
-        let status = self.code.status();
-        let xml = self.to_xml(request_id);
-        let len = xml.len();
-        let body = if head {
-            body::empty()
+        let xml = error_xml(self.code.as_str(), &self.message, &self.extra, request_id);
+        error_response(self.code.status(), xml, request_id, head)
+    }
+}
+
+/// An upstream's error, answered by apgate in its own words: the upstream's status and code (when
+/// it is a plain identifier), S3's documented message for the code, and only the details apgate
+/// checked against the client's own request (proxy/respond.rs); never the upstream's message or
+/// other fields.
+#[derive(Debug)]
+pub struct RelayedError {
+    status: StatusCode,
+    code: String,
+    message: &'static str,
+    details: Vec<(&'static str, String)>,
+}
+
+impl RelayedError {
+    /// `code` must be a plain identifier ([`crate::s3::xml::is_plain_code`]); anything else
+    /// becomes `InternalError`.
+    pub fn new(status: StatusCode, code: &str, message: &'static str) -> Self {
+        let code = if crate::s3::xml::is_plain_code(code) {
+            code.to_owned()
         } else {
-            body::full(Bytes::from(xml))
+            S3ErrorCode::InternalError.as_str().to_owned()
         };
-        let mut resp = Response::new(body);
-        *resp.status_mut() = status;
-        let h = resp.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/xml"));
-        if !head {
-            h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        Self {
+            status,
+            code,
+            message,
+            details: Vec::new(),
         }
-        if let Ok(v) = HeaderValue::from_str(request_id) {
-            h.insert("x-amz-request-id", v);
-        }
-        resp
     }
 
-    fn to_xml(&self, request_id: &str) -> String {
-        let mut s = String::with_capacity(256);
-        s.push_str("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>");
-        s.push_str(self.code.as_str());
-        s.push_str("</Code><Message>");
-        xml_escape_into(&mut s, &self.message);
-        s.push_str("</Message>");
-        for (name, value) in &self.extra {
-            s.push('<');
-            s.push_str(name);
-            s.push('>');
-            xml_escape_into(&mut s, value);
-            s.push_str("</");
-            s.push_str(name);
-            s.push('>');
-        }
-        s.push_str("<RequestId>");
-        xml_escape_into(&mut s, request_id);
-        s.push_str("</RequestId></Error>");
-        s
+    /// Adds a detail element (its value checked by the caller).
+    #[must_use]
+    pub fn with_detail(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.details.push((name, value.into()));
+        self
     }
+
+    pub fn code(&self) -> &str {
+        &self.code
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The S3 XML error response (no body for HEAD).
+    pub fn into_response(self, request_id: &str, head: bool) -> Response<ResponseBody> {
+        let xml = error_xml(&self.code, self.message, &self.details, request_id);
+        error_response(self.status, xml, request_id, head)
+    }
+}
+
+/// An S3 error document.
+fn error_xml(code: &str, message: &str, extra: &[(&'static str, String)], request_id: &str) -> String {
+    let mut s = String::with_capacity(256);
+    s.push_str("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>");
+    xml_escape_into(&mut s, code);
+    s.push_str("</Code><Message>");
+    xml_escape_into(&mut s, message);
+    s.push_str("</Message>");
+    for (name, value) in extra {
+        s.push('<');
+        s.push_str(name);
+        s.push('>');
+        xml_escape_into(&mut s, value);
+        s.push_str("</");
+        s.push_str(name);
+        s.push('>');
+    }
+    s.push_str("<RequestId>");
+    xml_escape_into(&mut s, request_id);
+    s.push_str("</RequestId></Error>");
+    s
+}
+
+/// An error answer: the document, its type and length, and apgate's request id.
+fn error_response(status: StatusCode, xml: String, request_id: &str, head: bool) -> Response<ResponseBody> {
+    let len = xml.len();
+    let body = if head {
+        body::empty()
+    } else {
+        body::full(Bytes::from(xml))
+    };
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/xml"));
+    if !head {
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    }
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        h.insert("x-amz-request-id", v);
+    }
+    resp
 }
 
 impl fmt::Display for GatewayError {
@@ -290,12 +346,27 @@ mod tests {
     fn xml_body_is_escaped_and_carries_the_request_id() {
         let e =
             GatewayError::client(S3ErrorCode::AccessDenied, "no <route> for \"x\" & y").with_detail("Resource", "/b/k");
-        let xml = e.to_xml("req-1");
+        let xml = error_xml(e.code.as_str(), &e.message, &e.extra, "req-1");
         assert_eq!(
             xml,
             "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>AccessDenied</Code>\
              <Message>no &lt;route&gt; for &quot;x&quot; &amp; y</Message>\
              <Resource>/b/k</Resource><RequestId>req-1</RequestId></Error>"
         );
+    }
+
+    #[test]
+    fn relayed_errors_keep_only_plain_codes() {
+        let cases = [
+            ("NoSuchKey", "NoSuchKey"),
+            ("", "InternalError"),
+            ("Access Denied", "InternalError"),
+            ("arn:aws:iam::123456789012:role/x", "InternalError"),
+            (&*"A".repeat(65), "InternalError"),
+        ];
+        for (code, want) in cases {
+            let e = RelayedError::new(StatusCode::NOT_FOUND, code, "m");
+            assert_eq!(e.code(), want, "{code:?}");
+        }
     }
 }

@@ -204,6 +204,7 @@ async fn proxy(
         target,
         bucket: &forward.route.bucket,
         host: parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()),
+        range: parts.headers.get(header::RANGE).and_then(|h| h.to_str().ok()),
     };
     respond::upstream_answer(state, ctx, client_side, up_resp).await
 }

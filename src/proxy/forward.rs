@@ -516,7 +516,17 @@ const MAX_DRAINED_ERROR: usize = 64 << 10;
 async fn drain_error(body: UpstreamBody) -> Option<String> {
     let limited = http_body_util::Limited::new(body, MAX_DRAINED_ERROR);
     match tokio::time::timeout(std::time::Duration::from_secs(1), limited.collect()).await {
-        Ok(Ok(collected)) => super::respond::s3_error_code(&collected.to_bytes()),
+        Ok(Ok(collected)) => crate::s3::xml::error_fields(&collected.to_bytes())
+            .ok()?
+            .into_iter()
+            .find(|(name, _)| name == "Code")
+            .map(|(_, code)| {
+                if crate::s3::xml::is_plain_code(code.trim()) {
+                    code.trim().to_owned()
+                } else {
+                    "Other".to_owned()
+                }
+            }),
         _ => None,
     }
 }

@@ -75,7 +75,17 @@ pub enum Payload {
     Xml(&'static str),
 }
 
-/// What the model says of an operation's request.
+/// What the body of an operation's answer is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    None,
+    /// The object's bytes (GetObject): never read, never rewritten.
+    Blob,
+    /// An XML document of S3's (listings, multipart, ACLs, ...).
+    Xml,
+}
+
+/// What the model says of an operation's request and answer.
 #[derive(Debug)]
 pub struct Spec {
     pub operation: Operation,
@@ -90,6 +100,13 @@ pub struct Spec {
     pub header_prefixes: &'static [&'static str],
     pub checksum: Checksum,
     pub payload: Payload,
+    /// Headers the model gives the operation's answer (lower case).
+    pub response_headers: &'static [&'static str],
+    /// Header name prefixes of the answer (`x-amz-meta-`).
+    pub response_header_prefixes: &'static [&'static str],
+    pub answer: Answer,
+    /// The local names of the elements the model gives an XML answer (its root excepted).
+    pub response_elements: &'static [&'static str],
 }
 
 impl Spec {
@@ -107,7 +124,56 @@ impl Spec {
     pub fn has_body(&self) -> bool {
         self.payload != Payload::None
     }
+
+    /// Whether a client may see this (lower-case) header of the operation's answer: one the model
+    /// gives the answer or one of HTTP's own, and not one that names the upstream side.
+    pub fn shows_response_header(&self, name: &str) -> bool {
+        let answer = self.response_headers.contains(&name)
+            || self.response_header_prefixes.iter().any(|p| name.starts_with(p))
+            || is_http_response_header(name);
+        answer && !WITHHELD_RESPONSE_HEADERS.contains(&name)
+    }
 }
+
+/// S3's documented message for an error code, if the model documents the code.
+pub fn error_message(code: &str) -> Option<&'static str> {
+    model::ERROR_MESSAGES
+        .binary_search_by(|(c, _)| (*c).cmp(code))
+        .ok()
+        .map(|i| model::ERROR_MESSAGES[i].1)
+}
+
+/// Whether a (lower-case) header is one of HTTP's own a client may see of any answer.
+pub fn is_http_response_header(name: &str) -> bool {
+    HTTP_RESPONSE_HEADERS.contains(&name)
+}
+
+/// Headers of any HTTP answer a client may see (the entity's, and the date).
+const HTTP_RESPONSE_HEADERS: &[&str] = &[
+    "accept-ranges",
+    "cache-control",
+    "content-disposition",
+    "content-encoding",
+    "content-language",
+    "content-length",
+    "content-range",
+    "content-type",
+    "date",
+    "etag",
+    "expires",
+    "last-modified",
+    "location",
+];
+
+/// Headers of the model's answers that name the upstream side, never shown (docs/SEMANTICS.md):
+/// a KMS key's ARN (its account), an encryption context (which holds the real bucket's ARN), the
+/// bucket's ARN, and whether the bucket is an access point alias.
+const WITHHELD_RESPONSE_HEADERS: &[&str] = &[
+    "x-amz-server-side-encryption-aws-kms-key-id",
+    "x-amz-server-side-encryption-context",
+    "x-amz-bucket-arn",
+    "x-amz-access-point-alias",
+];
 
 /// What a route may allow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -120,6 +120,11 @@ impl CredentialCache {
         self.fetch().await
     }
 
+    /// The credentials held now, valid or not, without fetching (to keep them out of logs).
+    pub fn held(&self) -> Option<Arc<Credentials>> {
+        self.current.load_full().map(|f| f.credentials.clone())
+    }
+
     /// Fetches new credentials now (single flight with `get`).
     pub async fn refresh(&self) -> Result<Arc<Credentials>, CredentialsUnavailable> {
         let _flight = self.refresh.lock().await;

@@ -75,9 +75,10 @@ class Gw:
 
 
 @contextlib.contextmanager
-def run_apgate(moto, tmp: Path, *, upstream_port: int | None = None, extra: str = ""):
+def run_apgate(moto, tmp: Path, *, upstream_port: int | None = None, extra: str = "",
+               session_token: str | None = None):
     """An apgate of the test's own (conftest's configuration, plus ``extra``), in front of moto or
-    of ``upstream_port``."""
+    of ``upstream_port``, signing with moto's keys (and ``session_token``, if given)."""
     binary = Path(os.environ.get("APGATE_BIN", REPO / "target" / "release" / "apgate"))
     if not binary.is_file():
         pytest.fail(f"apgate binary not found at {binary} (cargo build --release)")
@@ -89,10 +90,15 @@ def run_apgate(moto, tmp: Path, *, upstream_port: int | None = None, extra: str 
     text = apgate_config(admin, shared, sidecar, moto.port)
     if upstream_port is not None:
         text = text.replace(f'url = "http://127.0.0.1:{moto.port}"', f'url = "http://127.0.0.1:{upstream_port}"')
+    if session_token is not None:
+        line = 'secret_access_key = { env = "APGATE_UPSTREAM_SECRET_ACCESS_KEY" }\n'
+        assert line in text
+        text = text.replace(line, line + 'session_token = { env = "APGATE_UPSTREAM_SESSION_TOKEN" }\n')
     config = tmp / f"apgate-{admin}.toml"
     config.write_text(text + extra)
     bob_secret = secrets.token_urlsafe(30)
-    SECRETS_GIVEN_TO_APGATE.update({bob_secret, moto.secret_access_key})
+    given = {bob_secret, moto.secret_access_key} | ({session_token} if session_token else set())
+    SECRETS_GIVEN_TO_APGATE.update(given)
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and not k.startswith("APGATE_")}
     env.update({
         "APGATE_UPSTREAM_ACCESS_KEY_ID": moto.access_key_id,
@@ -100,9 +106,11 @@ def run_apgate(moto, tmp: Path, *, upstream_port: int | None = None, extra: str 
         "APGATE_TEST_BOB_SECRET": bob_secret,
         "AWS_EC2_METADATA_DISABLED": "true",
     })
+    if session_token is not None:
+        env["APGATE_UPSTREAM_SESSION_TOKEN"] = session_token
     env.update(conftest.apgate_log_env())
     log_path = tmp / f"apgate-{admin}.log"
-    conftest.register_apgate(log_path, bob_secret, moto.secret_access_key)
+    conftest.register_apgate(log_path, *given)
     with open(log_path, "wb") as out:
         proc = subprocess.Popen([str(binary), "serve", "-c", str(config)],
                                 stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp)

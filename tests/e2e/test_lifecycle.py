@@ -412,8 +412,6 @@ def test_reload_during_a_running_upload(start_apgate, upstream: FakeUpstream):
     print(f"\n[lifecycle] upload: {json.dumps(figures)}")
     assert "error" not in result, (result, ap.tail())
     assert result["status"] == 200, (result, ap.tail())
-    assert result["headers"].get("x-fake-received-bytes") == str(UPLOAD), result["headers"]
-    assert result["headers"].get("x-fake-pattern-ok") == "true", result["headers"]
     seen = [r for r in upstream.requests_after(mark, 1) if r["method"] == "PUT"]
     assert len(seen) == 1 and seen[0]["path"] == "/app/upload.bin", seen
     assert seen[0]["received_bytes"] == UPLOAD and seen[0]["pattern_ok"], seen[0]

@@ -262,8 +262,9 @@ def test_1gib_put_and_get_stream_without_buffering(streaming_apgate: StreamingAp
     put_body = resp.read()
     put_s = time.perf_counter() - t0
     assert resp.status == 200, (resp.status, put_body[:2000], _tail(ap.log_path))
-    assert resp.getheader("x-fake-received-bytes") == str(SIZE)
-    assert resp.getheader("x-fake-pattern-ok") == "true"
+    # What the upstream received is judged from its request log below (apgate shows a client only
+    # the headers the model gives the answer, so the stand-in's own x-fake-* headers stay behind).
+    assert resp.getheader("x-fake-received-bytes") is None
     assert resp.getheader("ETag", "").startswith('"')
     after_put_hwm = vm_hwm_kib(ap.pid)
 
