@@ -97,7 +97,12 @@ class Apgate:
 address = "127.0.0.1:{self.admin}"
 
 [server]
+# One identity, one source address, up to 10,000 connections: the per-caller defaults are for
+# a shared gateway, not for a benchmark.
 max_concurrent_requests = 20000
+max_concurrent_requests_per_identity = 20000
+max_connections = 20000
+max_connections_per_source = 20000
 
 [[listeners]]
 name = "bench"

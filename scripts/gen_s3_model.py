@@ -8,8 +8,8 @@ HTTP method, the resource its URI template names (service, bucket or object), th
 sub-resources of the template (`?tagging`, `?list-type=2`), and its input members by location
 (`querystring` names, `header` names, `headers` prefixes), which of them are required, whether the
 request carries a checksum, and what the body is; of its answer, the headers the model gives it,
-whether its body is the object's bytes or an XML document, and the names of the elements that
-document may hold (apgate drops any other). And S3's error codes with their documented messages,
+whether its body is the object's bytes or an XML document, and the elements that document may
+hold, as `parent/child` name pairs (apgate drops any other). And S3's error codes with their documented messages,
 from the documentation of the model's `Error.Code` member (apgate writes every error answer itself,
 with these messages, so nothing an upstream message names reaches a client).
 
@@ -82,8 +82,9 @@ def rust_str(s: str) -> str:
     return json.dumps(s)
 
 
-def element_names(shapes: dict, shape_name: str, out: set[str], seen: frozenset = frozenset()) -> None:
-    """The local names of every element an XML document of this shape may hold (not its root)."""
+def element_names(shapes: dict, shape_name: str, parent: str, out: set[str], seen: frozenset = frozenset()) -> None:
+    """Every `parent/child` pair of element names an XML document of this shape may hold, the
+    root's children with an empty parent (`/Contents`, `Contents/Key`, ...)."""
     shape = shapes[shape_name]
     if shape_name in seen:
         return
@@ -92,13 +93,21 @@ def element_names(shapes: dict, shape_name: str, out: set[str], seen: frozenset 
         for member, spec in shape["members"].items():
             if "location" in spec or spec.get("xmlAttribute"):
                 continue
-            out.add(spec.get("locationName", member))
-            element_names(shapes, spec["shape"], out, seen)
+            name = spec.get("locationName", member)
+            target = shapes[spec["shape"]]
+            if target["type"] == "list" and target.get("flattened"):
+                # A flattened list is its items, each named by the member.
+                item = target["member"].get("locationName", name)
+                out.add(f"{parent}/{item}")
+                element_names(shapes, target["member"]["shape"], item, out, seen)
+                continue
+            out.add(f"{parent}/{name}")
+            element_names(shapes, spec["shape"], name, out, seen)
     elif shape["type"] == "list":
         member = shape["member"]
-        if not shape.get("flattened"):
-            out.add(member.get("locationName", "member"))
-        element_names(shapes, member["shape"], out, seen)
+        item = member.get("locationName", "member")
+        out.add(f"{parent}/{item}")
+        element_names(shapes, member["shape"], item, out, seen)
 
 
 # Codes the documentation lists more than once, each time with a message of one particular case:
@@ -238,9 +247,9 @@ def generate(model: dict, source: str) -> str:
         elements: set[str] = set()
         if answer == "Answer::Xml":
             if out_payload:
-                element_names(shapes, out_shape["members"][out_payload]["shape"], elements)
+                element_names(shapes, out_shape["members"][out_payload]["shape"], "", elements)
             else:
-                element_names(shapes, op["output"]["shape"], elements)
+                element_names(shapes, op["output"]["shape"], "", elements)
         pairs = lambda xs: ", ".join(f"({rust_str(n)}, {'true' if r else 'false'})" for n, r in xs)
         lines += [
             "    Spec {",

@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::{Config, ServerConfig};
+use crate::connection::{Guard, GuardedIo, Signals};
 use crate::tls::{client_subject, PeerCertificate, TlsListener};
 
 pub use crate::state::{Gateway, ListenerState, ReloadError, StartError, State};
@@ -62,6 +63,7 @@ pub async fn serve(gateway: Arc<Gateway>, bound: Bound, shutdown: impl Future<Ou
     let threads = gateway.state().config.server.threads.max(1);
     let mut sockets = Vec::new();
     for (name, socket) in bound.data {
+        gateway.metrics.start_listener(&name);
         // Out of this runtime's reactor; each shard registers its own copy with its own.
         match socket.into_std() {
             Ok(socket) => sockets.push((Arc::<str>::from(name.as_str()), socket)),
@@ -297,11 +299,34 @@ async fn accept_loop(
             continue;
         };
         let server = state.config.server;
+        let admitted = match gateway.connections.admit(
+            &listener.name,
+            remote.ip(),
+            server.max_connections,
+            server.max_connections_per_source,
+        ) {
+            Ok(admitted) => admitted,
+            Err(reason) => {
+                // Over a limit: closed at once, before any byte is read.
+                gateway
+                    .metrics
+                    .client_connections_closed
+                    .with_label_values(&[&listener.name, reason.as_str()])
+                    .inc();
+                tracing::debug!(%remote, listener = %listener.name, reason = reason.as_str(), "Connection refused: over a connection limit.");
+                drop(stream);
+                continue;
+            }
+        };
+        let open = gateway.metrics.client_connections.with_label_values(&[&listener.name]);
+        open.inc();
         let gateway = gateway.clone();
         let drain_watch = drain.watcher();
         let live = shard.balance.hold(shard.index);
         tokio::spawn(async move {
             let _live = live;
+            let _admitted = admitted;
+            let _open = scopeguard_dec(open);
             let conn = Conn {
                 gateway,
                 listener: listener.name.clone(),
@@ -311,7 +336,7 @@ async fn accept_loop(
             match listener.tls.clone() {
                 // Each kind of connection boxes its own future, so a plain connection's task does
                 // not carry room for a TLS session (a task is as large as its largest state).
-                None => Box::pin(conn.serve(None, TokioIo::new(stream), drain_watch)).await,
+                None => Box::pin(conn.serve(None, stream, drain_watch)).await,
                 Some(TlsListener {
                     acceptor,
                     identity_from: source,
@@ -343,7 +368,7 @@ async fn accept_loop(
                             let owned = chain.iter().map(|c| c.clone().into_owned()).collect();
                             Arc::new(PeerCertificate::new(owned, state.generation, subject))
                         });
-                    Box::pin(conn.serve(peer, TokioIo::new(tls), drain_watch)).await;
+                    Box::pin(conn.serve(peer, tls, drain_watch)).await;
                 }
             }
         });
@@ -356,6 +381,17 @@ async fn accept_loop(
     if tokio::time::timeout(grace, drain.start_and_wait(grace)).await.is_err() {
         tracing::warn!(listener = %name, grace_seconds = grace.as_secs_f64(), "In-flight requests did not finish within the grace period.");
     }
+}
+
+/// Decrements a gauge when dropped (the connection ended).
+fn scopeguard_dec(gauge: prometheus::IntGauge) -> impl Drop {
+    struct Dec(prometheus::IntGauge);
+    impl Drop for Dec {
+        fn drop(&mut self) {
+            self.0.dec();
+        }
+    }
+    Dec(gauge)
 }
 
 /// How long a client may take to complete a TLS handshake.
@@ -371,7 +407,7 @@ struct Conn {
 
 impl Conn {
     /// Serves HTTP/1.1 on the connection (plain or TLS).
-    async fn serve<I>(self, client_certificate: Option<Arc<PeerCertificate>>, io: TokioIo<I>, mut drain: DrainWatch)
+    async fn serve<I>(self, client_certificate: Option<Arc<PeerCertificate>>, io: I, mut drain: DrainWatch)
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -381,6 +417,17 @@ impl Conn {
             remote,
             server,
         } = self;
+        let signals = Arc::new(Signals::default());
+        let io = TokioIo::new(GuardedIo::new(
+            io,
+            Guard {
+                signals: signals.clone(),
+                head_budget: server.max_header_bytes,
+                send_timeout: server.client_send_timeout,
+                listener: listener.clone(),
+                closed: gateway.metrics.client_connections_closed.clone(),
+            },
+        ));
         // Boxed: hyper keeps room for one in-flight service future per connection from the moment
         // it is accepted, and the proxy's future is large. Boxing it makes an idle connection cost
         // a pointer instead (docs/PERFORMANCE.md), for one allocation per request.
@@ -390,6 +437,7 @@ impl Conn {
                 listener.clone(),
                 remote,
                 client_certificate.clone(),
+                signals.clone(),
                 req,
             ))
         });
@@ -397,8 +445,8 @@ impl Conn {
         builder
             .timer(TokioTimer::new())
             .header_read_timeout(server.header_read_timeout)
-            // The read buffer also bounds how much of a head hyper takes in; apgate refuses a head
-            // over max_header_bytes itself (400 RequestHeaderSectionTooLarge).
+            // The read buffer grows to this for bodies; until a head is parsed, GuardedIo gives hyper
+            // at most max_header_bytes of it (400 RequestHeaderSectionTooLarge beyond).
             .max_buf_size(server.read_buffer_bytes.max(server.max_header_bytes))
             .keep_alive(true);
         let mut conn = std::pin::pin!(builder.serve_connection(io, svc));

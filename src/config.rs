@@ -46,7 +46,19 @@ pub struct ServerConfig {
     /// Requests handled at once, in all; more get `503 SlowDown`.
     pub max_concurrent_requests: usize,
     /// Requests handled at once for one identity; more get `503 SlowDown`.
-    pub max_concurrent_requests_per_identity: Option<usize>,
+    pub max_concurrent_requests_per_identity: usize,
+    /// Open client connections per listener; more are closed as they are accepted.
+    pub max_connections: usize,
+    /// Open client connections per source address, across listeners; more are closed as they are
+    /// accepted.
+    pub max_connections_per_source: usize,
+    /// A client that does not read its answer for this long is cut off (its slots go back).
+    pub client_send_timeout: Duration,
+    /// The most of a refused request body apgate reads and throws away so the client can read the
+    /// refusal; a longer body closes the connection instead.
+    pub max_discard_bytes: u64,
+    /// Refused bodies read and thrown away at once; more close their connection at once.
+    pub max_concurrent_discards: usize,
     /// A request body the client stops sending for this long fails the request with
     /// `400 RequestTimeout` (and aborts the upstream request).
     pub client_body_idle_timeout: Duration,

@@ -15,6 +15,7 @@ use std::time::SystemTime;
 
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Uri};
 
+use crate::chunked;
 use crate::config::AccessChange;
 use crate::error::{GatewayError, S3ErrorCode};
 use crate::identity::{self, sigv2, CallerIdentity, ListenerIdentity, RequestHead, SigV4Verifier};
@@ -109,8 +110,12 @@ pub enum BodyPlan {
     Empty,
     /// As received: `Content-Length` bytes, or aws-chunked with an unsigned checksum trailer.
     Stream,
-    /// Signed aws-chunked: each chunk verified against the caller's key and re-signed with apgate's.
-    SignedChunks { trailer: bool, decoded_length: u64 },
+    /// Signed aws-chunked: each chunk verified against the caller's key, the data sent again in
+    /// apgate's own signed chunks (`crate::chunked`), `Content-Length` [`chunked::outbound_length`].
+    SignedChunks {
+        ending: chunked::Ending,
+        decoded_length: u64,
+    },
     /// Read whole (at most [`MAX_INSPECTED_BODY`]), decoded, checked by [`check_inspected`], and
     /// forwarded as the checked content.
     Inspect { framing: Framing, length: u64 },
@@ -450,10 +455,24 @@ fn body_plan(
         return Ok(BodyPlan::Inspect { framing, length: size });
     }
     Ok(match payload {
-        PayloadHash::StreamingSigned { trailer } => BodyPlan::SignedChunks {
-            trailer: *trailer,
-            decoded_length: size,
-        },
+        PayloadHash::StreamingSigned { trailer } => {
+            BodyPlan::SignedChunks {
+                ending: if *trailer {
+                    // x-amz-trailer, if given, names one checksum header (checked above).
+                    chunked::Ending::Trailer(headers.get("x-amz-trailer").and_then(|v| v.to_str().ok()).and_then(
+                        |name| {
+                            Some(chunked::TrailerChecksum {
+                                header: operation::checksum_header(name)?,
+                                value_len: operation::checksum_value_len(name)?,
+                            })
+                        },
+                    ))
+                } else {
+                    chunked::Ending::Plain
+                },
+                decoded_length: size,
+            }
+        }
         _ if !has_body => BodyPlan::Empty,
         _ => BodyPlan::Stream,
     })
@@ -665,17 +684,23 @@ fn outbound_head(
     if let Some(value) = copy_source {
         out.insert(X_AMZ_COPY_SOURCE.clone(), value);
     }
-    if let Some(len) = headers.get(header::CONTENT_LENGTH) {
+    if let BodyPlan::SignedChunks { ending, decoded_length } = body {
+        // apgate's own chunks: a length of their own, whatever framing the client's had.
+        out.insert(
+            header::CONTENT_LENGTH,
+            HeaderValue::from(chunked::outbound_length(decoded_length, ending)),
+        );
+    } else if let Some(len) = headers.get(header::CONTENT_LENGTH) {
         match body {
-            BodyPlan::Stream | BodyPlan::SignedChunks { .. } => {
+            BodyPlan::Stream => {
                 out.insert(header::CONTENT_LENGTH, len.clone());
             }
             // An empty body said so (a PUT of nothing, a copy).
             BodyPlan::Empty => {
                 out.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
             }
-            // Set to the checked content's length once it is read.
-            BodyPlan::Inspect { .. } => {}
+            // Set to the checked content's length once it is read; SignedChunks above.
+            BodyPlan::Inspect { .. } | BodyPlan::SignedChunks { .. } => {}
         }
     }
     Ok(OutboundHead {

@@ -247,8 +247,13 @@ impl RelayedError {
 
     /// The S3 XML error response (no body for HEAD).
     pub fn into_response(self, request_id: &str, head: bool) -> Response<ResponseBody> {
-        let xml = error_xml(&self.code, self.message, &self.details, request_id);
+        let xml = self.to_xml(request_id);
         error_response(self.status, xml, request_id, head)
+    }
+
+    /// The S3 XML error document.
+    pub fn to_xml(&self, request_id: &str) -> String {
+        error_xml(&self.code, self.message, &self.details, request_id)
     }
 }
 

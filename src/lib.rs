@@ -26,6 +26,7 @@ pub mod body;
 pub mod chunked;
 pub mod cli;
 pub mod config;
+pub mod connection;
 pub mod decision;
 pub mod error;
 pub mod explain;

@@ -23,6 +23,9 @@ pub const CONFIG_LAST_RELOAD_SUCCESS: &str = "apgate_config_last_reload_success_
 pub const UPSTREAM_RESPONSES_TOTAL: &str = "apgate_upstream_responses_total";
 pub const CREDENTIAL_REFRESHES_TOTAL: &str = "apgate_credential_refreshes_total";
 pub const CREDENTIAL_REFRESH_DURATION_SECONDS: &str = "apgate_credential_refresh_duration_seconds";
+pub const CLIENT_CONNECTIONS: &str = "apgate_client_connections";
+pub const CLIENT_CONNECTIONS_CLOSED_TOTAL: &str = "apgate_client_connections_closed_total";
+pub const DISCARDED_BODIES_TOTAL: &str = "apgate_discarded_bodies_total";
 
 /// The label used when a request never got an identity or an access point.
 pub const NONE: &str = "-";
@@ -45,9 +48,21 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     pub config_last_reload_success: prometheus::Gauge,
     pub upstream_responses: IntCounterVec,
+    pub client_connections: IntGaugeVec,
+    pub client_connections_closed: IntCounterVec,
+    pub discarded_bodies: IntCounterVec,
 }
 
 impl Metrics {
+    /// A listener's connection series, at 0 until something happens (called when it is served).
+    pub fn start_listener(&self, listener: &str) {
+        self.client_connections.with_label_values(&[listener]);
+        for reason in crate::connection::CloseReason::ALL {
+            self.client_connections_closed
+                .with_label_values(&[listener, reason.as_str()]);
+        }
+    }
+
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let latency = exponential_buckets(0.001, 2.0, 16)?;
@@ -143,11 +158,34 @@ impl Metrics {
             &["access_point", "status", "code"],
         )?;
         let inflight = IntGauge::new(INFLIGHT_REQUESTS, "Requests being handled now.")?;
+        let client_connections = IntGaugeVec::new(
+            Opts::new(CLIENT_CONNECTIONS, "Client connections open now, by listener."),
+            &["listener"],
+        )?;
+        let client_connections_closed = IntCounterVec::new(
+            Opts::new(
+                CLIENT_CONNECTIONS_CLOSED_TOTAL,
+                "Client connections apgate closed on its own, by listener and reason (listener_limit, source_limit, head_too_large, not_reading).",
+            ),
+            &["listener", "reason"],
+        )?;
+        let discarded_bodies = IntCounterVec::new(
+            Opts::new(
+                DISCARDED_BODIES_TOTAL,
+                "Refused request bodies, by what apgate did with them (read: read and thrown away; closed: the connection closed instead).",
+            ),
+            &["outcome"],
+        )?;
         let build_info = IntGaugeVec::new(
             Opts::new(BUILD_INFO, "Always 1; the version label says which apgate runs."),
             &["version"],
         )?;
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        // Every series an alert or a rate() reads exists from the start, at 0, so the first event
+        // is an increase (docs/METRICS.md).
+        for outcome in ["read", "closed"] {
+            discarded_bodies.with_label_values(&[outcome]);
+        }
 
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
@@ -164,6 +202,9 @@ impl Metrics {
         registry.register(Box::new(config_reloads.clone()))?;
         registry.register(Box::new(config_last_reload_success.clone()))?;
         registry.register(Box::new(upstream_responses.clone()))?;
+        registry.register(Box::new(client_connections.clone()))?;
+        registry.register(Box::new(client_connections_closed.clone()))?;
+        registry.register(Box::new(discarded_bodies.clone()))?;
         Ok(Self {
             registry,
             requests,
@@ -180,6 +221,9 @@ impl Metrics {
             config_reloads,
             config_last_reload_success,
             upstream_responses,
+            client_connections,
+            client_connections_closed,
+            discarded_bodies,
         })
     }
 

@@ -29,9 +29,11 @@ use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
+pub(crate) use record::new_request_id;
 pub use record::CLIENT_CLOSED_REQUEST;
 
 use crate::body::{BodyEnd, Metered, ResponseBody};
+use crate::connection::Signals;
 use crate::decision::{decide, Head, Outcome};
 use crate::error::GatewayError;
 use crate::state::{Gateway, ListenerState, State};
@@ -46,8 +48,15 @@ pub async fn handle(
     listener_name: Arc<str>,
     remote: SocketAddr,
     peer: Option<Arc<PeerCertificate>>,
+    connection: Arc<Signals>,
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
+    let has_body = req.headers().contains_key(header::TRANSFER_ENCODING)
+        || req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
+    connection.request_started(has_body);
     // The state as of this request's start: a reload during it does not change it.
     let state = gateway.state();
     let Some(listener) = state.listeners.get(&*listener_name).cloned() else {
@@ -72,12 +81,8 @@ pub async fn handle(
         remote,
         req.method(),
         slots,
+        connection.clone(),
     );
-    let has_body = req.headers().contains_key(header::TRANSFER_ENCODING)
-        || req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .is_some_and(|v| v.as_bytes() != b"0");
     let expects_continue = req
         .headers()
         .get(header::EXPECT)
@@ -107,8 +112,8 @@ pub async fn handle(
                 Some(body) if has_body && !expects_continue => {
                     // The client is sending a body we refused. Closing now would make it fail with a
                     // broken pipe before it reads our answer; read and discard a bounded amount
-                    // first, then close.
-                    tokio::spawn(discard(body));
+                    // first (if it is short, and not too many are being read), then close.
+                    discard(&gateway, &state, body);
                     close(&mut resp);
                 }
                 // Expect: 100-continue: the client waits for our answer and sends nothing; or the
@@ -124,10 +129,19 @@ pub async fn handle(
         // connection, which closes after it (app::Conn::serve).
         close(&mut resp);
     }
+    if has_body && !connection.body_is_complete() {
+        // Answered before the body was read whole (the upstream answered early): what the client
+        // sends next is the rest of it, not a request head.
+        close(&mut resp);
+    }
+    let keep_alive = resp.headers().get(header::CONNECTION).is_none_or(|v| v != "close");
     // The record travels with the body and is written when it ends (or is dropped).
     let status = resp.status();
     let (resp_parts, resp_body) = resp.into_parts();
-    let metered = Metered::new(resp_body, move |n, end: BodyEnd| record.finish(status, n, end));
+    let metered = Metered::new(resp_body, move |n, end: BodyEnd| {
+        record.finish(status, n, end);
+        connection.request_finished(keep_alive && end == BodyEnd::Complete);
+    });
     Ok(Response::from_parts(resp_parts, metered.boxed_unsync()))
 }
 
@@ -209,28 +223,43 @@ async fn proxy(
     respond::upstream_answer(state, ctx, client_side, up_resp).await
 }
 
-/// The most of a refused body apgate reads (and throws away) before closing the connection.
-const MAX_DISCARD_BYTES: u64 = 64 << 20;
-const MAX_DISCARD_TIME: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long apgate reads a refused body before closing the connection anyway.
+const MAX_DISCARD_TIME: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Reads and drops a refused request body, bounded in bytes and time, so the client can finish
-/// writing and read the refusal.
-async fn discard(body: Incoming) {
-    if body.size_hint().lower() > MAX_DISCARD_BYTES {
-        // Announced larger than what would be read anyway: close at once.
+/// Reads and drops a refused request body in the background, so the client can finish writing
+/// and read the refusal: at most `server.max_discard_bytes` of it, for at most
+/// [`MAX_DISCARD_TIME`], and no more than `server.max_concurrent_discards` bodies at once. A body
+/// announced longer, or one over the concurrent limit, is not read: the connection closes after
+/// the answer (the client may see a reset instead of the refusal).
+fn discard(gateway: &Arc<Gateway>, state: &State, body: Incoming) {
+    let server = &state.config.server;
+    let counter = gateway.discards.clone();
+    let outcome = &gateway.metrics.discarded_bodies;
+    if body.size_hint().lower() > server.max_discard_bytes
+        || counter.fetch_add(1, std::sync::atomic::Ordering::AcqRel) >= server.max_concurrent_discards
+    {
+        if body.size_hint().lower() <= server.max_discard_bytes {
+            counter.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        }
+        outcome.with_label_values(&["closed"]).inc();
         return;
     }
-    let mut body = std::pin::pin!(body);
-    let mut read = 0u64;
-    let _ = tokio::time::timeout(MAX_DISCARD_TIME, async {
-        while let Some(Ok(frame)) = body.frame().await {
-            if let Some(data) = frame.data_ref() {
-                read += data.len() as u64;
-                if read > MAX_DISCARD_BYTES {
-                    break;
+    outcome.with_label_values(&["read"]).inc();
+    let limit = server.max_discard_bytes;
+    tokio::spawn(async move {
+        let mut body = std::pin::pin!(body);
+        let mut read = 0u64;
+        let _ = tokio::time::timeout(MAX_DISCARD_TIME, async {
+            while let Some(Ok(frame)) = body.frame().await {
+                if let Some(data) = frame.data_ref() {
+                    read += data.len() as u64;
+                    if read > limit {
+                        break;
+                    }
                 }
             }
-        }
-    })
-    .await;
+        })
+        .await;
+        counter.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    });
 }

@@ -34,6 +34,10 @@ pub struct Gateway {
     caches: Arc<ArcSwap<Vec<Arc<CredentialCache>>>>,
     /// Reloads are serialised.
     reload_lock: tokio::sync::Mutex<()>,
+    /// Open client connections per listener and per source (kept across reloads).
+    pub connections: Arc<crate::connection::Limits>,
+    /// Refused bodies being read and thrown away now (`server.max_concurrent_discards`).
+    pub discards: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Everything a request needs, built from one configuration. A reload builds a new one through the
@@ -191,6 +195,8 @@ impl Gateway {
             draining: AtomicBool::new(false),
             caches,
             reload_lock: tokio::sync::Mutex::new(()),
+            connections: Arc::default(),
+            discards: Arc::default(),
         }))
     }
 

@@ -12,7 +12,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use http::{HeaderMap, HeaderValue, Method};
 use http_body_util::BodyExt;
 
-use apgate::chunked::{ChunkKey, FailureSlot, Inbound, ResignChunks};
+use apgate::chunked::{ChunkKey, Ending, FailureSlot, Inbound, ResignChunks};
 use apgate::config::RouteConfig;
 use apgate::identity::sigv4::signing_key;
 use apgate::identity::SigV4Verifier;
@@ -156,7 +156,7 @@ fn chunked(c: &mut Criterion) {
                 Some(inbound),
                 key("apgate-secret-0123456789"),
                 "2".repeat(64),
-                false,
+                Ending::Plain,
                 data.len() as u64,
                 failure,
             );

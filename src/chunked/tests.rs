@@ -99,6 +99,11 @@ fn encode(key: &ChunkKey, seed: &str, data: &[u8], chunk: usize, trailer: Option
     }
     match trailer {
         None => out.extend_from_slice(b"\r\n"),
+        // A trailer with no checksum line: only its signature (over nothing).
+        Some("") => {
+            let sig = key.trailer_signature(&prev, b"");
+            out.extend_from_slice(format!("x-amz-trailer-signature:{sig}\r\n\r\n").as_bytes());
+        }
         Some(t) => {
             let sig = key.trailer_signature(&prev, format!("{t}\n").as_bytes());
             out.extend_from_slice(format!("{t}\r\nx-amz-trailer-signature:{sig}\r\n\r\n").as_bytes());
@@ -122,11 +127,18 @@ impl Body for Pieces {
     }
 }
 
+/// A trailer with a CRC32 (what `encode` writes with `CRC32`).
+const CRC32: Ending = Ending::Trailer(Some(TrailerChecksum {
+    header: "x-amz-checksum-crc32",
+    value_len: 8,
+}));
+const CRC32_LINE: &str = "x-amz-checksum-crc32:AAAAAA==";
+
 /// Runs a body through the re-signer in pieces of `piece` bytes.
 async fn resign(
     wire: Vec<u8>,
     decoded: u64,
-    trailer: bool,
+    ending: Ending,
     verify: bool,
     piece: usize,
 ) -> (Vec<u8>, Result<(), ChunkError>) {
@@ -141,10 +153,11 @@ async fn resign(
         inbound,
         key("apgate-secret-0123456789"),
         SEED_OUT.to_owned(),
-        trailer,
+        ending,
         decoded,
         failure.clone(),
     );
+    assert_eq!(body.size_hint().exact(), Some(outbound_length(decoded, ending)));
     let mut body = std::pin::pin!(body);
     let mut out = Vec::new();
     while let Some(frame) = body.frame().await {
@@ -161,41 +174,66 @@ fn data(n: usize) -> Vec<u8> {
 }
 
 #[tokio::test]
-async fn resigns_valid_bodies_to_the_same_length_with_apgate_signatures() {
+async fn resigns_valid_bodies_in_apgates_own_chunks_whatever_the_callers_were() {
     let client = key("client-secret-0123456789");
     let apgate = key("apgate-secret-0123456789");
-    let trailer = "x-amz-checksum-crc32:AAAAAA==";
-    for (n, chunk, with_trailer, piece) in [
-        (200_000, 65536, false, 7),
-        (200_000, 65536, true, 65536 + 90),
-        (9000, 8192, true, 1),
-        (0, 65536, false, 3),
+    for (n, chunk, ending, piece) in [
+        (200_000, 65536, Ending::Plain, 7),
+        (200_000, 65536, CRC32, 65536 + 90),
+        (9000, 8192, CRC32, 1),
+        (0, 65536, Ending::Plain, 3),
+        (200_000, 8192, Ending::Plain, 5000),
+        (300_000, 1 << 20, CRC32, 70_000),
+        (65536, 65536, Ending::Plain, 100),
+        (3 * 65536, 100_000, Ending::Trailer(None), 4096),
     ] {
         let body = data(n);
-        let t = with_trailer.then_some(trailer);
+        let t = (ending != Ending::Plain).then_some(if ending == CRC32 { CRC32_LINE } else { "" });
         let wire = encode(&client, SEED_IN, &body, chunk, t);
-        let (out, result) = resign(wire.clone(), n as u64, with_trailer, true, piece).await;
+        let (out, result) = resign(wire.clone(), n as u64, ending, true, piece).await;
         result.unwrap();
-        // What apgate sends is exactly what apgate's key would have produced: same framing, same
-        // data, its own signatures, and the same length.
+        // What apgate sends is exactly what apgate's key produces in 64 KiB chunks: the same data,
+        // its own signatures, and the length it announced.
         assert_eq!(
             out,
-            encode(&apgate, SEED_OUT, &body, chunk, t),
-            "n={n} trailer={with_trailer}"
+            encode(&apgate, SEED_OUT, &body, OUT_CHUNK, t),
+            "n={n} chunk={chunk} ending={ending:?}"
         );
-        assert_eq!(out.len(), wire.len());
+        assert_eq!(
+            out.len() as u64,
+            outbound_length(n as u64, ending),
+            "n={n} chunk={chunk}"
+        );
+    }
+}
+
+#[test]
+fn the_outbound_length_is_what_the_chunks_add_up_to() {
+    let apgate = key("apgate-secret-0123456789");
+    for n in [0usize, 1, 8191, 65535, 65536, 65537, 131_072, 1_000_000] {
+        for (ending, t) in [
+            (Ending::Plain, None),
+            (CRC32, Some(CRC32_LINE)),
+            (Ending::Trailer(None), Some("")),
+        ] {
+            let encoded = encode(&apgate, SEED_OUT, &data(n), OUT_CHUNK, t);
+            assert_eq!(
+                outbound_length(n as u64, ending),
+                encoded.len() as u64,
+                "n={n} {ending:?}"
+            );
+        }
     }
 }
 
 #[tokio::test]
-async fn trailer_lines_keep_their_spelling_so_the_length_is_kept() {
-    // Found by the `aws_chunked` fuzz target (fuzz/regressions/aws_chunked): trailer lines were
-    // re-emitted normalised (`Name:value`), so `x-amz-checksum-crc32: AAAA` came out a byte shorter
-    // than the Content-Length the client declared and apgate forwards.
+async fn trailer_lines_are_sent_as_apgate_writes_them() {
+    // The caller's spelling of its checksum line is its own; apgate sends `name:value`, the length
+    // it announced. Anything but the announced checksum, of its length, is refused.
     let client = key("client-secret-0123456789");
     let apgate = key("apgate-secret-0123456789");
     let body = data(100);
-    let spelled = |key: &ChunkKey, seed: &str| {
+    let spelled = |key: &ChunkKey, seed: &str, line: &str, canonical: &str| {
         let mut wire = encode(key, seed, &body, 65536, None);
         wire.truncate(wire.len() - 2); // the final CRLF of a body without trailer
         let last = encode(key, seed, &body, 65536, None);
@@ -204,17 +242,34 @@ async fn trailer_lines_keep_their_spelling_so_the_length_is_kept() {
             let at = text.rfind("chunk-signature=").unwrap() + "chunk-signature=".len();
             text[at..at + 64].to_owned()
         };
-        let sig = key.trailer_signature(&prev_sig, b"x-amz-checksum-crc32:AAAAAA==\n");
-        wire.extend_from_slice(
-            format!("X-Amz-Checksum-CRC32:  AAAAAA== \r\nx-amz-trailer-signature: {sig}\r\n\r\n").as_bytes(),
-        );
+        let sig = key.trailer_signature(&prev_sig, format!("{canonical}\n").as_bytes());
+        wire.extend_from_slice(format!("{line}\r\nx-amz-trailer-signature: {sig}\r\n\r\n").as_bytes());
         wire
     };
-    let wire = spelled(&client, SEED_IN);
-    let (out, result) = resign(wire.clone(), 100, true, true, 9).await;
+    let wire = spelled(&client, SEED_IN, "X-Amz-Checksum-CRC32:  AAAAAA== ", CRC32_LINE);
+    let (out, result) = resign(wire.clone(), 100, CRC32, true, 9).await;
     result.unwrap();
-    assert_eq!(out.len(), wire.len());
-    assert_eq!(out, spelled(&apgate, SEED_OUT));
+    assert_eq!(out, encode(&apgate, SEED_OUT, &body, OUT_CHUNK, Some(CRC32_LINE)));
+    for (line, canonical, why) in [
+        (
+            "x-amz-checksum-crc32:AAAA",
+            "x-amz-checksum-crc32:AAAA",
+            "a value of another length",
+        ),
+        (
+            "x-amz-checksum-sha1:AAAAAA==",
+            "x-amz-checksum-sha1:AAAAAA==",
+            "another checksum",
+        ),
+        (
+            "x-amz-meta-a:b",
+            "x-amz-meta-a:b",
+            "a line x-amz-trailer did not announce",
+        ),
+    ] {
+        let (_, result) = resign(spelled(&client, SEED_IN, line, canonical), 100, CRC32, true, 9).await;
+        assert!(matches!(result, Err(ChunkError::Malformed(_))), "{why}: {result:?}");
+    }
     // Two signature lines: refused, whichever is right.
     let mut twice = wire[..wire.len() - 2].to_vec();
     let sig_line = String::from_utf8_lossy(&wire)
@@ -223,8 +278,64 @@ async fn trailer_lines_keep_their_spelling_so_the_length_is_kept() {
         .unwrap()
         .to_owned();
     twice.extend_from_slice(format!("{sig_line}\r\n\r\n").as_bytes());
-    let (_, result) = resign(twice, 100, true, true, 9).await;
+    let (_, result) = resign(twice, 100, CRC32, true, 9).await;
     assert!(matches!(result, Err(ChunkError::Malformed(_))), "{result:?}");
+}
+
+/// A body that yields the given pieces, counting what it gave out.
+struct Counted {
+    rest: std::collections::VecDeque<Bytes>,
+    given: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Body for Counted {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let next = self.rest.pop_front();
+        if let Some(b) = &next {
+            self.given.fetch_add(b.len(), std::sync::atomic::Ordering::Relaxed);
+        }
+        Poll::Ready(next.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+#[tokio::test]
+async fn a_large_chunk_streams_through_without_being_held() {
+    // One 8 MiB chunk: apgate's first chunk goes out after about 64 KiB of it, and it never holds
+    // more than that (plus the frame being read) of it.
+    let client = key("client-secret-0123456789");
+    let body = data(8 << 20);
+    let wire = encode(&client, SEED_IN, &body, 8 << 20, None);
+    let given = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let inner = Counted {
+        rest: wire.chunks(16 * 1024).map(Bytes::copy_from_slice).collect(),
+        given: given.clone(),
+    };
+    let inbound = Inbound {
+        key: client.clone(),
+        seed: SEED_IN.to_owned(),
+    };
+    let resigned = ResignChunks::new(
+        inner,
+        Some(inbound),
+        key("apgate-secret-0123456789"),
+        SEED_OUT.to_owned(),
+        Ending::Plain,
+        body.len() as u64,
+        Arc::default(),
+    );
+    let mut resigned = std::pin::pin!(resigned);
+    let mut sent = 0usize;
+    while let Some(frame) = resigned.frame().await {
+        let data = frame.unwrap().into_data().unwrap();
+        sent += data.len();
+        // What came in minus what went out: what apgate holds (a chunk being filled, a frame).
+        let held = given.load(std::sync::atomic::Ordering::Relaxed).saturating_sub(sent);
+        assert!(held <= OUT_CHUNK + 16 * 1024 + 200, "holding {held} bytes");
+    }
+    assert_eq!(sent as u64, outbound_length(body.len() as u64, Ending::Plain));
 }
 
 #[tokio::test]
@@ -258,7 +369,7 @@ async fn refuses_bad_bodies_before_forwarding_the_bad_chunk() {
     let h = bad_hex.windows(6).position(|w| w == b"10000;").unwrap();
     bad_hex[h + 4] = b'g';
 
-    let with_trailer = encode(&client, SEED_IN, &body, 65536, Some("x-amz-checksum-crc32:AAAAAA=="));
+    let with_trailer = encode(&client, SEED_IN, &body, 65536, Some(CRC32_LINE));
     let mut flipped_trailer = with_trailer.clone();
     let t = flipped_trailer
         .windows(24)
@@ -274,74 +385,107 @@ async fn refuses_bad_bodies_before_forwarding_the_bad_chunk() {
         + 21;
     tampered_checksum[c] = b'B';
 
-    let cases: Vec<(&str, Vec<u8>, u64, bool, ChunkError)> = vec![
+    let cases: Vec<(&str, Vec<u8>, u64, Ending, ChunkError)> = vec![
         (
             "flipped chunk signature",
             flipped_sig,
             200_000,
-            false,
+            Ending::Plain,
             ChunkError::SignatureDoesNotMatch,
         ),
         (
             "flipped data byte",
             flipped_data,
             200_000,
-            false,
+            Ending::Plain,
             ChunkError::SignatureDoesNotMatch,
         ),
-        ("small non-final chunk", small, 20_000, false, ChunkError::ChunkTooSmall),
-        ("truncated", truncated, 200_000, false, ChunkError::Truncated),
+        (
+            "small non-final chunk",
+            small,
+            20_000,
+            Ending::Plain,
+            ChunkError::ChunkTooSmall,
+        ),
+        ("truncated", truncated, 200_000, Ending::Plain, ChunkError::Truncated),
         (
             "data after the end",
             extra,
             200_000,
-            false,
+            Ending::Plain,
             ChunkError::Malformed("data after the final chunk"),
         ),
         (
             "bad hex size",
             bad_hex,
             200_000,
-            false,
+            Ending::Plain,
             ChunkError::Malformed("bad chunk size"),
         ),
         (
             "decoded length too small",
             good.clone(),
             100_000,
-            false,
+            Ending::Plain,
             ChunkError::LengthMismatch,
         ),
         (
             "decoded length too large",
             good.clone(),
             300_000,
-            false,
+            Ending::Plain,
             ChunkError::LengthMismatch,
         ),
         (
             "flipped trailer signature",
             flipped_trailer,
             200_000,
-            true,
+            CRC32,
             ChunkError::TrailerSignatureDoesNotMatch,
         ),
         (
             "tampered trailer checksum",
             tampered_checksum,
             200_000,
-            true,
+            CRC32,
             ChunkError::TrailerSignatureDoesNotMatch,
         ),
     ];
-    for (what, wire, decoded, trailer, want) in cases {
-        let (out, result) = resign(wire, decoded, trailer, true, 4096).await;
+    for (what, wire, decoded, ending, want) in cases {
+        let (out, result) = resign(wire, decoded, ending, true, 4096).await;
         assert_eq!(result, Err(want), "{what}");
         if what.starts_with("flipped chunk") || what.starts_with("flipped data") {
-            // Only the first (valid) chunk went out: the bad chunk's data never did.
+            // The caller's 64 KiB chunks are apgate's: only the first (valid) one went out, the bad
+            // one's data never did.
             assert!(out.len() < 65536 + 200, "{what}: {} bytes forwarded", out.len());
         }
+        // Whatever went out, apgate's final chunk did not: the upstream request never completes.
+        assert!(
+            (out.len() as u64) < outbound_length(decoded, ending),
+            "{what}: the whole body went out"
+        );
+        if ["flipped chunk", "flipped data", "truncated", "small"]
+            .iter()
+            .any(|w| what.starts_with(w))
+        {
+            // A chunk failed: apgate's final chunk never went out. (A bad trailer, or data after
+            // the end, fail after it: then its closing bytes did not.)
+            assert!(
+                !out.windows(5).any(|w| w == b"\n0;ch") && !out.starts_with(b"0;"),
+                "{what}: a final chunk went out"
+            );
+        }
     }
+    // A chunk larger than apgate's: its data streams before its signature is checked at its end,
+    // but the body fails there, short of its length.
+    let big = encode(&client, SEED_IN, &body, 150_000, None);
+    let mut bad = big.clone();
+    let data_at = big.windows(16).position(|w| w == b"chunk-signature=").unwrap() + 16 + 64 + 2 + 140_000;
+    bad[data_at] ^= 1;
+    let (out, result) = resign(bad, 200_000, Ending::Plain, true, 4096).await;
+    assert_eq!(result, Err(ChunkError::SignatureDoesNotMatch));
+    assert!(out.len() >= 2 * 65536, "{} bytes went out", out.len());
+    assert!((out.len() as u64) < outbound_length(200_000, Ending::Plain));
 }
 
 #[tokio::test]
@@ -350,10 +494,10 @@ async fn trusted_callers_chunks_are_resigned_without_checking() {
     let stranger = key("some-other-secret-0123");
     let body = data(100_000);
     let wire = encode(&stranger, "3".repeat(64).as_str(), &body, 65536, None);
-    let (out, result) = resign(wire, 100_000, false, false, 1000).await;
+    let (out, result) = resign(wire, 100_000, Ending::Plain, false, 1000).await;
     result.unwrap();
     assert_eq!(
         out,
-        encode(&key("apgate-secret-0123456789"), SEED_OUT, &body, 65536, None)
+        encode(&key("apgate-secret-0123456789"), SEED_OUT, &body, OUT_CHUNK, None)
     );
 }

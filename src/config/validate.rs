@@ -266,7 +266,16 @@ fn validate(raw: RawConfig, env: &dyn Env) -> Result<Config, ConfigError> {
             30.0,
         ),
         max_concurrent_requests: raw.server.max_concurrent_requests.unwrap_or(10_000),
-        max_concurrent_requests_per_identity: raw.server.max_concurrent_requests_per_identity,
+        max_concurrent_requests_per_identity: raw.server.max_concurrent_requests_per_identity.unwrap_or(32),
+        max_connections: raw.server.max_connections.unwrap_or(4096),
+        max_connections_per_source: raw.server.max_connections_per_source.unwrap_or(512),
+        client_send_timeout: c.seconds(
+            "server.client_send_timeout_seconds",
+            raw.server.client_send_timeout_seconds,
+            30.0,
+        ),
+        max_discard_bytes: raw.server.max_discard_bytes.unwrap_or(16 << 20),
+        max_concurrent_discards: raw.server.max_concurrent_discards.unwrap_or(32),
         client_body_idle_timeout: c.seconds(
             "server.client_body_idle_timeout_seconds",
             raw.server.client_body_idle_timeout_seconds,
@@ -284,10 +293,22 @@ fn validate(raw: RawConfig, env: &dyn Env) -> Result<Config, ConfigError> {
     if server.max_concurrent_requests == 0 {
         c.problem("server.max_concurrent_requests", "must be at least 1");
     }
-    if server.max_concurrent_requests_per_identity == Some(0) {
-        c.problem(
+    for (key, value) in [
+        (
             "server.max_concurrent_requests_per_identity",
-            "must be at least 1 (omit it for no limit)",
+            server.max_concurrent_requests_per_identity,
+        ),
+        ("server.max_connections", server.max_connections),
+        ("server.max_connections_per_source", server.max_connections_per_source),
+    ] {
+        if value == 0 {
+            c.problem(key, "must be at least 1");
+        }
+    }
+    if server.max_discard_bytes > 64 << 20 {
+        c.problem(
+            "server.max_discard_bytes",
+            format!("{}: want 0 to 67108864", server.max_discard_bytes),
         );
     }
     let access_log = AccessLogConfig {

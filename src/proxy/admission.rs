@@ -69,12 +69,10 @@ impl Slots {
         (slots, admitted)
     }
 
-    /// Takes a slot of the identity's limit, if it has one.
+    /// Takes a slot of the identity's limit.
     pub(crate) fn authenticated(&mut self, identity: &Arc<str>) -> Result<(), GatewayError> {
         let state = &self.global.0;
-        let Some(limit) = state.config.server.max_concurrent_requests_per_identity else {
-            return Ok(());
-        };
+        let limit = state.config.server.max_concurrent_requests_per_identity;
         let Some(counter) = state.identity_inflight.get(identity) else {
             return Ok(());
         };

@@ -125,10 +125,7 @@ pub(crate) async fn forward(
             let idle = state.config.server.client_body_idle_timeout;
             let metered = metered_client_body(ctx, incoming, idle, client, received);
             match fwd.body {
-                BodyPlan::SignedChunks {
-                    trailer,
-                    decoded_length,
-                } => {
+                BodyPlan::SignedChunks { ending, decoded_length } => {
                     let failure: FailureSlot = Arc::default();
                     // Every chunk is checked against the caller's key and re-signed with apgate's,
                     // chained from the seed signature put on the upstream request's head.
@@ -151,7 +148,7 @@ pub(crate) async fn forward(
                         caller.chunks.clone(),
                         outbound_key,
                         seed,
-                        trailer,
+                        ending,
                         decoded_length,
                         failure.clone(),
                     )
@@ -312,12 +309,15 @@ fn metered_client_body(
 ) -> Metered<crate::body::IdleTimeout<Incoming>, impl FnOnce(u64, BodyEnd)> {
     let failed = client.failed.clone();
     let bytes_in = ctx.bytes_in.clone();
+    let connection = ctx.connection.clone();
     let body = crate::body::IdleTimeout::new(body, idle).flagging(client.idle.clone());
     Metered::new(body, move |n, end| {
         received.inc_by(n);
         bytes_in.fetch_add(n, Ordering::Relaxed);
-        if end == BodyEnd::Failed {
-            failed.store(true, Ordering::Relaxed);
+        match end {
+            BodyEnd::Complete => connection.body_completed(),
+            BodyEnd::Failed => failed.store(true, Ordering::Relaxed),
+            BodyEnd::Aborted => {}
         }
     })
 }

@@ -41,6 +41,9 @@ pub(crate) struct Ctx {
     key_logging: KeyLogging,
     /// The S3 error code of the answer, apgate's own or the upstream's.
     pub(crate) error_code: Option<String>,
+    /// The S3 error code of an answer found in its body after its head was sent (a 200 error
+    /// document of CopyObject or CompleteMultipartUpload): set by the body, read by the record.
+    pub(crate) late_error_code: Arc<std::sync::OnceLock<String>>,
     /// Request body bytes received so far (shared with the body as it streams).
     pub(crate) bytes_in: Arc<AtomicU64>,
     /// Upstream attempts made (0: nothing was sent upstream).
@@ -48,6 +51,8 @@ pub(crate) struct Ctx {
     pub(crate) upstream_ms: Option<f64>,
     pub(crate) upstream_request_id: Option<HeaderValue>,
     pub(crate) upstream_id2: Option<HeaderValue>,
+    /// The connection's signals: the request's body was read whole (connection.rs).
+    pub(crate) connection: Arc<crate::connection::Signals>,
 }
 
 impl Ctx {
@@ -91,6 +96,7 @@ impl Record {
         remote: SocketAddr,
         method: &Method,
         slots: Slots,
+        connection: Arc<crate::connection::Signals>,
     ) -> Self {
         Self {
             open: Some(Open {
@@ -109,11 +115,13 @@ impl Record {
                     key: None,
                     key_logging: state.config.access_log.key,
                     error_code: None,
+                    late_error_code: Arc::default(),
                     bytes_in: Arc::default(),
                     attempts: 0,
                     upstream_ms: None,
                     upstream_request_id: None,
                     upstream_id2: None,
+                    connection,
                 },
                 slots,
             }),
@@ -202,7 +210,11 @@ fn write(state: &State, ctx: &Ctx, status: StatusCode, bytes_out: u64, end: Body
         key: &key,
         access_point: ctx.access_point_label(),
         status: status.as_u16(),
-        error_code: ctx.error_code.as_deref().unwrap_or(NONE),
+        error_code: ctx
+            .error_code
+            .as_deref()
+            .or(ctx.late_error_code.get().map(String::as_str))
+            .unwrap_or(NONE),
         bytes_in: ctx.bytes_in.load(Ordering::Relaxed),
         bytes_out,
         complete: end == BodyEnd::Complete,
@@ -220,7 +232,8 @@ fn header_str(value: Option<&HeaderValue>) -> &str {
 }
 
 /// 16 uppercase hex digits, like S3's own request ids.
-fn new_request_id() -> String {
+/// A fresh request id (16 upper-case hex digits).
+pub(crate) fn new_request_id() -> String {
     let mut id = String::with_capacity(16);
     crate::s3::encoding::push_hex(
         &mut id,

@@ -166,9 +166,11 @@ const HTTP_RESPONSE_HEADERS: &[&str] = &[
 ];
 
 /// Headers of the model's answers that name the upstream side, never shown (docs/SEMANTICS.md):
-/// a KMS key's ARN (its account), an encryption context (which holds the real bucket's ARN), the
+/// the bucket's lifecycle rule an upload will be aborted by (its id is the owner's text), a KMS
+/// key's ARN (its account), an encryption context (which holds the real bucket's ARN), the
 /// bucket's ARN, and whether the bucket is an access point alias.
 const WITHHELD_RESPONSE_HEADERS: &[&str] = &[
+    "x-amz-abort-rule-id",
     "x-amz-server-side-encryption-aws-kms-key-id",
     "x-amz-server-side-encryption-context",
     "x-amz-bucket-arn",
@@ -294,6 +296,36 @@ pub fn is_checksum_header(name: &str) -> bool {
     model::CHECKSUM_ALGORITHMS.iter().any(|(_, h)| *h == name)
 }
 
+/// The digest size in bytes of each checksum algorithm of the model (what the algorithm is, not
+/// something the model says; a unit test fails when the model adds one this does not know).
+const CHECKSUM_DIGEST_BYTES: &[(&str, usize)] = &[
+    ("CRC32", 4),
+    ("CRC32C", 4),
+    ("CRC64NVME", 8),
+    ("MD5", 16),
+    ("SHA1", 20),
+    ("SHA256", 32),
+    ("SHA512", 64),
+    ("XXHASH128", 16),
+    ("XXHASH3", 8),
+    ("XXHASH64", 8),
+];
+
+/// The length of an `x-amz-checksum-{algorithm}` header's value (the digest in base64).
+pub fn checksum_value_len(header: &str) -> Option<usize> {
+    let (algorithm, _) = model::CHECKSUM_ALGORITHMS.iter().find(|(_, h)| *h == header)?;
+    let (_, bytes) = CHECKSUM_DIGEST_BYTES.iter().find(|(a, _)| a == algorithm)?;
+    Some(bytes.div_ceil(3) * 4)
+}
+
+/// The model's header name for a (lower-case) checksum header, as a static string.
+pub fn checksum_header(name: &str) -> Option<&'static str> {
+    model::CHECKSUM_ALGORITHMS
+        .iter()
+        .find(|(_, h)| *h == name)
+        .map(|(_, h)| *h)
+}
+
 /// Whether `value` names a checksum algorithm (`x-amz-sdk-checksum-algorithm`).
 pub fn is_checksum_algorithm(value: &str) -> bool {
     model::CHECKSUM_ALGORITHMS
@@ -309,6 +341,18 @@ pub fn label(op: Option<Operation>) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_checksum_algorithm_of_the_model_has_a_value_length() {
+        for (algorithm, header) in model::CHECKSUM_ALGORITHMS {
+            assert!(checksum_value_len(header).is_some(), "{algorithm}: add its digest size");
+        }
+        assert_eq!(checksum_value_len("x-amz-checksum-crc32"), Some(8));
+        assert_eq!(checksum_value_len("x-amz-checksum-sha256"), Some(44));
+        assert_eq!(checksum_value_len("x-amz-checksum-crc64nvme"), Some(12));
+        assert_eq!(checksum_value_len("x-amz-checksum-sha512"), Some(88));
+        assert_eq!(checksum_value_len("x-amz-checksum-nope"), None);
+    }
 
     #[test]
     fn the_table_is_in_enum_order_and_complete() {

@@ -93,21 +93,41 @@ struct Frame {
     code: Option<String>,
 }
 
-/// Whether `code` is plain enough to show and to use as a metric label (S3's codes are CamelCase
-/// words).
+/// Whether `code` is plain enough to show and to use as a metric label: S3's codes are CamelCase
+/// words, some with a dotted prefix (`KMS.NotFoundException`).
 pub fn is_plain_code(code: &str) -> bool {
-    !code.is_empty() && code.len() <= 64 && code.bytes().all(|b| b.is_ascii_alphanumeric())
+    let b = code.as_bytes();
+    !b.is_empty()
+        && b.len() <= 64
+        && b[0].is_ascii_alphabetic()
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'.')
 }
 
-/// What becomes of an element named `name` under `parent` at `depth` (the root is 1).
-fn action(parent: &[u8], name: &[u8], depth: usize, elements: &[&str], view: &ClientView<'_>) -> Option<Action> {
-    let known = std::str::from_utf8(name).is_ok_and(|n| elements.contains(&n));
-    if !known {
-        return None;
-    }
+/// The deepest an answer may nest (S3's nest at most six deep).
+const MAX_ANSWER_DEPTH: usize = 16;
+
+/// The XML Schema instance namespace, which a grantee's `xsi:type` is in.
+const XSI_NAMESPACE: &str = "http://www.w3.org/2001/XMLSchema-instance";
+
+/// The kinds of grantee S3 documents (`Type` of the model's `Grantee`).
+const GRANTEE_TYPES: &[&str] = &["AmazonCustomerByEmail", "CanonicalUser", "Group"];
+
+/// Whether the model gives an answer the element `name` under `parent` (`""` for the root's
+/// children): `elements` holds sorted `parent/child` pairs.
+fn in_model(elements: &[&str], parent: &[u8], name: &[u8], key: &mut Vec<u8>) -> bool {
+    key.clear();
+    key.extend_from_slice(parent);
+    key.push(b'/');
+    key.extend_from_slice(name);
+    elements.binary_search_by(|e| e.as_bytes().cmp(key)).is_ok()
+}
+
+/// What becomes of an element named `name` under `parent` (`""` for the root's children), or
+/// `None` when it is dropped.
+fn action(parent: &[u8], name: &[u8], view: &ClientView<'_>) -> Option<Action> {
     Some(match (parent, name) {
-        (_, b"Name" | b"Bucket") if depth == 2 => Action::Replace(view.bucket.to_owned()),
-        (_, b"Location") if depth == 2 => Action::Replace(view.location?.to_owned()),
+        (b"", b"Name" | b"Bucket") => Action::Replace(view.bucket.to_owned()),
+        (b"", b"Location") => Action::Replace(view.location?.to_owned()),
         (b"Owner" | b"Initiator" | b"Grantee", b"ID") => Action::Replace(ANSWER_OWNER_ID.to_owned()),
         (b"Owner" | b"Initiator" | b"Grantee", b"DisplayName" | b"EmailAddress") => return None,
         (b"Error", b"Code") => Action::Code(String::new()),
@@ -116,27 +136,36 @@ fn action(parent: &[u8], name: &[u8], depth: usize, elements: &[&str], view: &Cl
     })
 }
 
-/// The start tag of a copied element, with only the attributes an answer may carry: namespace
-/// declarations, and a plain `xsi:type` (a grantee's kind).
-fn start_tag<'a>(start: &'a BytesStart<'a>) -> Result<BytesStart<'a>, XmlError> {
-    let mut out = BytesStart::new(std::str::from_utf8(start.name().as_ref()).map_err(xml_err)?.to_owned());
+/// The start tag of a copied element, with only the attributes an answer may carry, written from
+/// apgate's own constants: the S3 namespace on the root, and a grantee's kind.
+fn start_tag(start: &BytesStart<'_>, root: bool) -> Result<BytesStart<'static>, XmlError> {
+    let name = std::str::from_utf8(start.name().as_ref()).map_err(xml_err)?.to_owned();
+    let grantee = start.local_name().as_ref() == b"Grantee";
+    let mut out = BytesStart::new(name);
     for attr in start.attributes() {
         let attr = attr.map_err(xml_err)?;
-        let key = attr.key.as_ref();
         let value = attr.unescape_value().map_err(xml_err)?;
-        let namespace = key == b"xmlns" || key.starts_with(b"xmlns:");
-        let kind = attr.key.local_name().as_ref() == b"type" && is_plain_code(&value);
-        if namespace || kind {
-            out.push_attribute((key, value.as_bytes()));
+        match attr.key.as_ref() {
+            b"xmlns" if root && value == S3_NAMESPACE => out.push_attribute(("xmlns", S3_NAMESPACE)),
+            b"xmlns:xsi" if grantee && value == XSI_NAMESPACE => out.push_attribute(("xmlns:xsi", XSI_NAMESPACE)),
+            b"xsi:type" if grantee => {
+                if let Some(kind) = GRANTEE_TYPES.iter().find(|k| **k == value) {
+                    out.push_attribute(("xsi:type", *kind));
+                }
+            }
+            _ => {}
         }
     }
     Ok(out)
 }
 
 /// Makes an upstream XML answer the client's (docs/SEMANTICS.md, "What an answer shows"):
-/// - only elements the model gives the operation's answer (`elements`) are kept, with their
-///   namespace declarations and grantee kinds as their only attributes; comments and processing
-///   instructions are dropped, a document type declaration is an error;
+/// - only elements the model gives the operation's answer where it gives them (`elements`: sorted
+///   `parent/child` pairs, `""` for the root) are kept; of attributes only the S3 namespace on the
+///   root and a grantee's `xmlns:xsi` and `xsi:type` (one of S3's kinds), written from apgate's
+///   constants; comments and processing instructions are dropped; a document type declaration,
+///   a second root, a declaration after the root, an unknown entity or nesting deeper than 16 is
+///   an error;
 /// - `Name` and `Bucket` under the root become the client's bucket, `Location` the client-facing
 ///   URL of the object (or is dropped);
 /// - the `ID` of an `Owner`, `Initiator` or `Grantee` becomes [`ANSWER_OWNER_ID`], their
@@ -153,6 +182,8 @@ pub fn sanitize_answer(body: &[u8], elements: &[&str], view: &ClientView<'_>) ->
     let mut open: Vec<Frame> = Vec::new();
     // Inside an element being dropped: how deep below it.
     let mut skipping = 0usize;
+    let mut saw_root = false;
+    let mut key = Vec::with_capacity(64);
     loop {
         let event = reader.read_event().map_err(xml_err)?;
         match event {
@@ -160,28 +191,50 @@ pub fn sanitize_answer(body: &[u8], elements: &[&str], view: &ClientView<'_>) ->
             Event::DocType(_) => return Err(xml_err("a document type declaration in an answer")),
             Event::PI(_) | Event::Comment(_) => {}
             Event::Decl(_) => {
-                if open.is_empty() {
-                    writer.write_event(event).map_err(xml_err)?;
+                if saw_root || !open.is_empty() {
+                    return Err(xml_err("an XML declaration after the root"));
                 }
+                writer.write_event(event).map_err(xml_err)?;
             }
             Event::Start(start) => {
+                // The reader keeps every open name to check end tags: depth is memory, dropped
+                // elements included.
+                if open.len() + skipping >= MAX_ANSWER_DEPTH {
+                    return Err(xml_err("the answer nests too deep"));
+                }
                 if skipping > 0 {
                     skipping += 1;
                     continue;
                 }
                 let name = start.local_name().as_ref().to_vec();
+                if open.len() >= MAX_ANSWER_DEPTH {
+                    return Err(xml_err("the answer nests too deep"));
+                }
                 let act = match open.last() {
                     None if name == b"Error" => return Ok(Sanitized::Error),
-                    None => Some(Action::Copy),
+                    None if saw_root => return Err(xml_err("more than one root element")),
+                    None => {
+                        saw_root = true;
+                        Some(Action::Copy)
+                    }
                     // Elements inside one whose content is replaced go with that content.
                     Some(parent) if parent.action != Action::Copy => None,
-                    Some(parent) => action(&parent.name, &name, open.len() + 1, elements, view),
+                    Some(parent) => {
+                        let parent: &[u8] = if open.len() == 1 { b"" } else { &parent.name };
+                        if in_model(elements, parent, &name, &mut key) {
+                            action(parent, &name, view)
+                        } else {
+                            None
+                        }
+                    }
                 };
                 let Some(act) = act else {
                     skipping = 1;
                     continue;
                 };
-                writer.write_event(Event::Start(start_tag(&start)?)).map_err(xml_err)?;
+                writer
+                    .write_event(Event::Start(start_tag(&start, open.is_empty())?))
+                    .map_err(xml_err)?;
                 open.push(Frame {
                     name,
                     action: act,
@@ -241,9 +294,13 @@ pub fn sanitize_answer(body: &[u8], elements: &[&str], view: &ClientView<'_>) ->
                     Some(Frame {
                         action: Action::Copy, ..
                     }) => {
-                        if let Event::GeneralRef(r) = &event {
+                        match &event {
                             // Only references a client's parser can resolve pass.
-                            resolve_ref(r, r)?;
+                            Event::GeneralRef(r) => drop(resolve_ref(r, r)?),
+                            // Only UTF-8 text (what S3 writes, and XML must be).
+                            Event::Text(t) => drop(t.decode().map_err(xml_err)?),
+                            Event::CData(t) => drop(t.decode().map_err(xml_err)?),
+                            _ => {}
                         }
                         writer.write_event(event).map_err(xml_err)?;
                     }
@@ -264,6 +321,9 @@ pub fn sanitize_answer(body: &[u8], elements: &[&str], view: &ClientView<'_>) ->
     }
     if !open.is_empty() || skipping > 0 {
         return Err(xml_err("the answer ends inside an element"));
+    }
+    if !saw_root {
+        return Err(xml_err("there is no root element"));
     }
     Ok(Sanitized::Document(writer.into_inner()))
 }
@@ -669,6 +729,36 @@ mod tests {
             // Only at the top: a Name deeper down is not the bucket's (and not in this answer).
             (Op::ListParts, "<ListPartsResult><Bucket></Bucket><Key>k</Key></ListPartsResult>".into(), "<ListPartsResult><Bucket>shared</Bucket><Key>k</Key></ListPartsResult>".into()),
             (Op::CopyObject, "<Error><Code>InternalError</Code></Error>".into(), "ERROR".into()),
+            // Found by a red-team pass: an attribute value is written from apgate's constants,
+            // never re-emitted (an unescaped value would smuggle elements past the filter).
+            (
+                Op::ListObjectsV2,
+                r#"<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/" xmlns:x="&quot;&gt;&lt;Owner&gt;&lt;DisplayName&gt;123456789012&lt;/DisplayName&gt;&lt;/Owner&gt;&lt;y a=&quot;" a:type="123456789012"><KeyCount>0</KeyCount></ListBucketResult>"#.into(),
+                r#"<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><KeyCount>0</KeyCount></ListBucketResult>"#.into(),
+            ),
+            (
+                Op::GetObjectAcl,
+                r#"<AccessControlPolicy xmlns="urn:other"><AccessControlList><Grant><Grantee xmlns:xsi="urn:x" xsi:type="Account123456789012"><URI>http://acs.amazonaws.com/groups/global/AllUsers</URI></Grantee></Grant></AccessControlList></AccessControlPolicy>"#.into(),
+                "<AccessControlPolicy><AccessControlList><Grant><Grantee><URI>http://acs.amazonaws.com/groups/global/AllUsers</URI></Grantee></Grant></AccessControlList></AccessControlPolicy>".into(),
+            ),
+            // Elements only where the model has them: a Message outside a per-key Error, an ID
+            // outside an owner, a Name below the top.
+            (
+                Op::DeleteObjects,
+                "<DeleteResult><Message>arn:aws:iam::123456789012:user/x</Message><Deleted><Key>a</Key><ID>123456789012</ID></Deleted></DeleteResult>".into(),
+                "<DeleteResult><Deleted><Key>a</Key></Deleted></DeleteResult>".into(),
+            ),
+            (
+                Op::ListObjectsV2,
+                "<ListBucketResult><Contents><Key>k</Key><Name>real</Name><ID>123456789012</ID></Contents></ListBucketResult>".into(),
+                "<ListBucketResult><Contents><Key>k</Key></Contents></ListBucketResult>".into(),
+            ),
+            // Codes: S3's dotted ones are plain; one that is a number is not.
+            (
+                Op::DeleteObjects,
+                "<DeleteResult><Error><Key>a</Key><Code>KMS.DisabledException</Code><Message>m</Message></Error><Error><Key>b</Key><Code>123456789012</Code></Error></DeleteResult>".into(),
+                "<DeleteResult><Error><Key>a</Key><Code>KMS.DisabledException</Code><Message>The object could not be deleted.</Message></Error><Error><Key>b</Key><Code>InternalError</Code></Error></DeleteResult>".into(),
+            ),
         ];
         for (op, input, want) in cases {
             assert_eq!(&sanitized(*op, input), want, "{op:?}: {input}");
@@ -699,6 +789,12 @@ mod tests {
             b"<a>&e;</a>",
             b"x<a/>",
             b"<a><Name>",
+            b"",
+            b"<?xml version=\"1.0\"?> <!-- c --> ",
+            b"<a/><b/>",
+            b"<a></a><?xml version=\"1.0\"?>",
+            b"<a><Prefix>\xff</Prefix></a>",
+            &format!("<a>{}{}</a>", "<Contents>".repeat(20), "</Contents>".repeat(20)).into_bytes(),
         ] {
             assert!(
                 sanitize_answer(body, elements, &view()).is_err(),

@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import base64
 import gzip
+import http.client
 import http.server
 import json
 import re
 import threading
+import time
 from pathlib import Path
 
 import boto3
@@ -85,6 +87,7 @@ OPERATIONS = {
 
 # Headers that name the upstream side: never shown, whatever their value.
 WITHHELD_HEADERS = {"x-amz-server-side-encryption-aws-kms-key-id", "x-amz-server-side-encryption-context",
+                    "x-amz-abort-rule-id",
                     "x-amz-bucket-arn", "x-amz-access-point-alias", "x-amz-id-2", "x-amz-upstream-debug"}
 
 
@@ -206,11 +209,15 @@ def success_answer(op: str) -> tuple[int, list[tuple[str, str]], bytes]:
             "x-amz-server-side-encryption-context": base64.b64encode(
                 json.dumps({"aws:s3:arn": f"arn:aws:s3:::{BUCKET}/{KEY}"}).encode()).decode(),
             "x-amz-bucket-arn": f"arn:aws:s3:::{BUCKET}",
+            # A lifecycle rule's id is the bucket owner's text (often the bucket's name).
+            "x-amz-expiration": f'expiry-date="Fri, 23 Dec 2030 00:00:00 GMT", rule-id="expire-{BUCKET}-{ACCOUNT}"',
+            "x-amz-abort-rule-id": f"abort-{BUCKET}-{ACCOUNT}",
         }.get(wire)
         if value is None:
             value = "Thu, 01 Jan 2026 00:00:00 GMT" if shape["type"] == "timestamp" else scalar(shape, [wire])
         headers.append((wire, value))
-    body = b""
+    # The model gives these answers no body; an upstream that sends one anyway must not be heard.
+    body = error_document("AccessDenied", {"Message": f"User: {PRINCIPAL} on {AP_ARN}"})
     payload = out.get("payload")
     if payload and SHAPES[out["members"][payload]["shape"]]["type"] != "structure":
         body = b"object bytes"
@@ -275,6 +282,11 @@ def upstream_errors(host: str, key_id: str) -> dict[str, tuple[int, bytes, str, 
             "ArgumentName": "x-amz-security-token", "ArgumentValue": TOKEN}), "application/xml", 400, "InvalidArgument"),
         "BadGatewayPage": (502, f"<html><body>502 Bad Gateway from {AP_HOST} ({ACCOUNT})</body></html>".encode(),
                            "text/html", 502, "InternalError"),
+        # S3's KMS errors carry a dotted code.
+        "KMS.NotFoundException": (400, error_document("KMS.NotFoundException", {
+            "Message": f"Invalid arn {KMS_KEY}"}), "application/xml", 400, "KMS.NotFoundException"),
+        # Not HTTP an upstream may send.
+        "Status600": (600, error_document("InternalError", {"Message": AP_HOST}), "application/xml", 502, "BadGateway"),
     }
 
 
@@ -320,10 +332,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("x-amz-upstream-debug", f"{AP_ARN} via {self.headers.get('Host')}")
         for name, value in headers:
             self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))
+        # A body may be pieces sent over time: [(seconds to wait first, bytes), ...].
+        pieces = body if isinstance(body, list) else [(0, body)]
+        self.send_header("Content-Length", str(sum(len(b) for _, b in pieces)))
         self.end_headers()
         if self.command != "HEAD":
-            self.wfile.write(body)
+            for delay, piece in pieces:
+                time.sleep(delay)
+                self.wfile.write(piece)
+                self.wfile.flush()
 
     do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = answer
 
@@ -444,6 +461,47 @@ def test_no_success_answer_names_the_upstream_side(gw, stand_in, moto):
     assert parsed["GetObjectTagging"]["TagSet"][0] == {"Key": KEY, "Value": "v"}
     assert parsed["PutObject"]["ETag"] == "v" and parsed["PutObject"]["ResponseMetadata"]["HTTPHeaders"][
         "x-amz-request-id"] != UPSTREAM_REQUEST_ID
+    assert parsed["PutObject"]["Expiration"] == 'expiry-date="Fri, 23 Dec 2030 00:00:00 GMT"'
+
+
+def test_a_slow_copy_answer_reaches_the_client_at_once(gw, stand_in, moto):
+    """S3 answers a long CopyObject with its head at once and white space while it copies: the
+    client must see bytes at once too, or its read timeout fires and it copies again."""
+    seen = Seen()
+    c = client(gw, seen)
+    document = (f'<CopyObjectResult><ETag>"e"</ETag><LastModified>2026-01-01T00:00:00.000Z</LastModified>'
+                f"<Owner>{ACCOUNT}</Owner></CopyObjectResult>").encode()
+    pieces = [(0, b'<?xml version="1.0" encoding="UTF-8"?>\n')] + [(0.5, b" ")] * 6 + [(0.5, document)]
+    stand_in.answer = (200, [("content-type", "application/xml")], pieces)
+    started = time.monotonic()
+    raw = []
+    c.meta.events.register("after-call.s3.CopyObject", lambda http_response, **_: raw.append(http_response))
+    result = call(c, "CopyObject", OPERATIONS["CopyObject"])
+    assert result["CopyObjectResult"]["ETag"] == '"e"', result
+    assert time.monotonic() - started >= 3.0, "the stand-in answers over 3.5 s"
+    assert not sweep(seen.answers[-1], raw[-1].content, leaks(gw, stand_in, moto))
+    # The head came at once (botocore reads the body before parsing: time the head with a raw GET).
+    host = f"127.0.0.1:{gw.shared}"
+    stand_in.answer = (200, [("content-type", "application/xml")], pieces)
+    headers = s3wire.sign("PUT", host, f"/{SWEEP_BUCKET}/{KEY}", access_key=BOB_ACCESS_KEY_ID,
+                          secret_key=gw.bob_secret,
+                          headers={"x-amz-copy-source": f"/{SWEEP_BUCKET}/Bob/source"})
+    conn = http.client.HTTPConnection("127.0.0.1", gw.shared, timeout=10)
+    conn.putrequest("PUT", f"/{SWEEP_BUCKET}/{KEY}", skip_host=True, skip_accept_encoding=True)
+    for k, v in headers.items():
+        conn.putheader(k, v)
+    conn.putheader("Content-Length", "0")
+    conn.endheaders()
+    started = time.monotonic()
+    resp = conn.getresponse()
+    first = resp.read(1)
+    at_first_byte = time.monotonic() - started
+    rest = resp.read()
+    conn.close()
+    assert resp.status == 200 and first == b"<", (resp.status, first)
+    assert at_first_byte < 1.0, f"the first byte took {at_first_byte:.2f} s"
+    assert (first + rest).startswith(b'<?xml version="1.0" encoding="UTF-8"?>\n      '), first + rest
+    assert (first + rest).rstrip().endswith(b"</CopyObjectResult>") and ACCOUNT.encode() not in rest
 
 
 def test_no_error_answer_names_the_upstream_side(gw, stand_in, moto):
@@ -456,7 +514,9 @@ def test_no_error_answer_names_the_upstream_side(gw, stand_in, moto):
     mark = gw.metrics()
     for kind, (status, document, ctype, want_status, want_code) in errors.items():
         for op, params in OPERATIONS.items():
-            stand_in.answer = (status, [("content-type", ctype)], document)
+            # Entity and caching headers of the upstream's document are not apgate's document's.
+            stand_in.answer = (status, [("content-type", ctype), ("content-encoding", "gzip"),
+                                        ("cache-control", "max-age=3600")], document)
             with pytest.raises(ClientError) as raised:
                 call(c, op, params)
             answer = seen.answers[-1]
@@ -464,8 +524,10 @@ def test_no_error_answer_names_the_upstream_side(gw, stand_in, moto):
             found += sweep(answer, body, values)
             got = raised.value.response
             code = got["Error"].get("Code")
+            assert "content-encoding" not in answer["headers"] and "cache-control" not in answer["headers"], (
+                kind, op, answer["headers"])
             expected = want_status
-            if op in ("HeadObject", "HeadBucket"):
+            if op in ("HeadObject", "HeadBucket") and status < 600:
                 # S3 answers HEAD without a document: the code is unknown, the status the
                 # upstream's, except a redirect (apgate's endpoint is wrong).
                 expected = 500 if 300 <= status < 400 else status

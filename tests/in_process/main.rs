@@ -4,6 +4,7 @@
 //! them a quarter of a cold `cargo test --release`.
 //!
 //! - `bad_input`: malformed and hostile requests get the right S3 error, never a panic or a hang.
+//! - `bounds`: what one connection may hold (head buffer, unread answers, connection caps, drains).
 //! - `faults`: one test per fault (upstream resets, timeouts, stalls, shutdown under load, ...).
 //! - `proxy`: the request path end to end against a recording upstream.
 //! - `retries`: what is retried upstream, and how.
@@ -19,6 +20,7 @@ mod harness;
 mod upstream;
 
 mod bad_input;
+mod bounds;
 mod faults;
 mod proxy;
 mod retries;

@@ -371,7 +371,7 @@ pub(super) static SPECS: [Spec; 105] = [
         response_headers: &["x-amz-expiration", "x-amz-request-charged", "x-amz-server-side-encryption", "x-amz-server-side-encryption-aws-kms-key-id", "x-amz-server-side-encryption-bucket-key-enabled", "x-amz-version-id"],
         response_header_prefixes: &[],
         answer: Answer::Xml,
-        response_elements: &["Bucket", "ChecksumCRC32", "ChecksumCRC32C", "ChecksumCRC64NVME", "ChecksumMD5", "ChecksumSHA1", "ChecksumSHA256", "ChecksumSHA512", "ChecksumType", "ChecksumXXHASH128", "ChecksumXXHASH3", "ChecksumXXHASH64", "ETag", "Key", "Location"],
+        response_elements: &["/Bucket", "/ChecksumCRC32", "/ChecksumCRC32C", "/ChecksumCRC64NVME", "/ChecksumMD5", "/ChecksumSHA1", "/ChecksumSHA256", "/ChecksumSHA512", "/ChecksumType", "/ChecksumXXHASH128", "/ChecksumXXHASH3", "/ChecksumXXHASH64", "/ETag", "/Key", "/Location"],
     },
     Spec {
         operation: Operation::CopyObject,
@@ -386,7 +386,7 @@ pub(super) static SPECS: [Spec; 105] = [
         response_headers: &["x-amz-copy-source-version-id", "x-amz-expiration", "x-amz-request-charged", "x-amz-server-side-encryption", "x-amz-server-side-encryption-aws-kms-key-id", "x-amz-server-side-encryption-bucket-key-enabled", "x-amz-server-side-encryption-context", "x-amz-server-side-encryption-customer-algorithm", "x-amz-server-side-encryption-customer-key-md5", "x-amz-version-id"],
         response_header_prefixes: &[],
         answer: Answer::Xml,
-        response_elements: &["ChecksumCRC32", "ChecksumCRC32C", "ChecksumCRC64NVME", "ChecksumMD5", "ChecksumSHA1", "ChecksumSHA256", "ChecksumSHA512", "ChecksumType", "ChecksumXXHASH128", "ChecksumXXHASH3", "ChecksumXXHASH64", "ETag", "LastModified"],
+        response_elements: &["/ChecksumCRC32", "/ChecksumCRC32C", "/ChecksumCRC64NVME", "/ChecksumMD5", "/ChecksumSHA1", "/ChecksumSHA256", "/ChecksumSHA512", "/ChecksumType", "/ChecksumXXHASH128", "/ChecksumXXHASH3", "/ChecksumXXHASH64", "/ETag", "/LastModified"],
     },
     Spec {
         operation: Operation::CreateBucket,
@@ -446,7 +446,7 @@ pub(super) static SPECS: [Spec; 105] = [
         response_headers: &["x-amz-abort-date", "x-amz-abort-rule-id", "x-amz-checksum-algorithm", "x-amz-checksum-type", "x-amz-request-charged", "x-amz-server-side-encryption", "x-amz-server-side-encryption-aws-kms-key-id", "x-amz-server-side-encryption-bucket-key-enabled", "x-amz-server-side-encryption-context", "x-amz-server-side-encryption-customer-algorithm", "x-amz-server-side-encryption-customer-key-md5"],
         response_header_prefixes: &[],
         answer: Answer::Xml,
-        response_elements: &["Bucket", "Key", "UploadId"],
+        response_elements: &["/Bucket", "/Key", "/UploadId"],
     },
     Spec {
         operation: Operation::CreateSession,
@@ -461,7 +461,7 @@ pub(super) static SPECS: [Spec; 105] = [
         response_headers: &["x-amz-server-side-encryption", "x-amz-server-side-encryption-aws-kms-key-id", "x-amz-server-side-encryption-bucket-key-enabled", "x-amz-server-side-encryption-context"],
         response_header_prefixes: &[],
         answer: Answer::Xml,
-        response_elements: &["AccessKeyId", "Credentials", "Expiration", "SecretAccessKey", "SessionToken"],
+        response_elements: &["/Credentials", "Credentials/AccessKeyId", "Credentials/Expiration", "Credentials/SecretAccessKey", "Credentials/SessionToken"],
     },
     Spec {
         operation: Operation::DeleteBucket,
@@ -731,7 +731,7 @@ pub(super) static SPECS: [Spec; 105] = [
         response_headers: &["x-amz-request-charged"],
         response_header_prefixes: &[],
         answer: Answer::Xml,
-        response_elements: &["Code", "DeleteMarker", "DeleteMarkerVersionId", "Deleted", "Error", "Key", "Message", "VersionId"],
+        response_elements: &["/Deleted", "/Error", "Deleted/DeleteMarker", "Deleted/DeleteMarkerVersionId", "Deleted/Key", "Deleted/VersionId", "Error/Code", "Error/Key", "Error/Message", "Error/VersionId"],
     },
     Spec {
         operation: Operation::DeletePublicAccessBlock,
@@ -761,7 +761,7 @@ pub(super) static SPECS: [Spec; 105] = [
         response_headers: &[],
         response_header_prefixes: &[],
         answer: Answer::Xml,
-        response_elements: &["Status"],
+        response_elements: &["/Status"],
     },
     Spec {
         operation: Operation::GetBucketAccelerateConfiguration,
@@ -776,7 +776,7 @@ pub(super) static SPECS: [Spec; 105] = [
         response_headers: &["x-amz-request-charged"],
         response_header_prefixes: &[],
         answer: Answer::Xml,
-        response_elements: &["Status"],
+        response_elements: &["/Status"],
     },
     Spec {
         operation: Operation::GetBucketAcl,
@@ -791,7 +791,7 @@ pub(super) static SPECS: [Spec; 105] = [
         response_headers: &[],
         response_header_prefixes: &[],
         answer: Answer::Xml,
-        response_elements: &["AccessControlList", "DisplayName", "EmailAddress", "Grant", "Grantee", "ID", "Owner", "Permission", "URI"],
+        response_elements: &["/AccessControlList", "/Owner", "AccessControlList/Grant", "Grant/Grantee", "Grant/Permission", "Grantee/DisplayName", "Grantee/EmailAddress", "Grantee/ID", "Grantee/URI", "Owner/DisplayName", "Owner/ID"],
     },
     Spec {
         operation: Operation::GetBucketAnalyticsConfiguration,
@@ -806,7 +806,7 @@ pub(super) static SPECS: [Spec; 105] = [
         response_headers: &[],
         response_header_prefixes: &[],
         answer: Answer::Xml,
-        response_elements: &["And", "Bucket", "BucketAccountId", "DataExport", "Destination", "Filter", "Format", "Id", "Key", "OutputSchemaVersion", "Prefix", "S3BucketDestination", "StorageClassAnalysis", "Tag", "Value"],
+        response_elements: &["/Filter", "/Id", "/StorageClassAnalysis", "And/Prefix", "And/Tag", "DataExport/Destination", "DataExport/OutputSchemaVersion", "Destination/S3BucketDestination", "Filter/And", "Filter/Prefix", "Filter/Tag", "S3BucketDestination/Bucket", "S3BucketDestination/BucketAccountId", "S3BucketDestination/Format", "S3BucketDestination/Prefix", "StorageClassAnalysis/DataExport", "Tag/Key", "Tag/Tag", "Tag/Value"],
     },
     Spec {
         operation: Operation::GetBucketCors,
@@ -821,7 +821,7 @@ pub(super) static SPECS: [Spec; 105] = [
         response_headers: &[],
         response_header_prefixes: &[],
         answer: Answer::Xml,
-        response_elements: &["AllowedHeader", "AllowedMethod", "AllowedOrigin", "CORSRule", "ExposeHeader", "ID", "MaxAgeSeconds"],
+        response_elements: &["/CORSRule", "CORSRule/AllowedHeader", "CORSRule/AllowedMethod", "CORSRule/AllowedOrigin", "CORSRule/ExposeHeader", "CORSRule/ID", "CORSRule/MaxAgeSeconds"],
     },
     Spec {
         operation: Operation::GetBucketEncryption,
@@ -836,7 +836,7 @@ pub(super) static SPECS: [Spec; 105] = [
         response_headers: &[],
         response_header_prefixes: &[],
         answer: Answer::Xml,
-        response_elements: &["ApplyServerSideEncryptionByDefault", "BlockedEncryptionTypes", "BucketKeyEnabled", "EncryptionType", "KMSMasterKeyID", "Rule", "SSEAlgorithm"],
+        response_elements: &["/Rule", "ApplyServerSideEncryptionByDefault/KMSMasterKeyID", "ApplyServerSideEncryptionByDefault/SSEAlgorithm", "BlockedEncryptionTypes/EncryptionType", "Rule/ApplyServerSideEncryptionByDefault", "Rule/BlockedEncryptionTypes", "Rule/BucketKeyEnabled"],
     },
     Spec {
         operation: Operation::GetBucketIntelligentTieringConfiguration,
@@ -851,7 +851,7 @@ pub(super) static SPECS: [Spec; 105] = [
         response_headers: &[],
         response_header_prefixes: &[],
         answer: Answer::Xml,
-        response_elements: &["AccessTier", "And", "Days", "Filter", "Id", "Key", "Prefix", "Status", "Tag", "Tiering", "Value"],
+        response_elements: &["/Filter", "/Id", "/Status", "/Tiering", "And/Prefix", "And/Tag", "Filter/And", "Filter/Prefix", "Filter/Tag", "Tag/Key", "Tag/Tag", "Tag/Value", "Tiering/AccessTier", "Tiering/Days"],
     },
     Spec {
         operation: Operation::GetBucketInventoryConfiguration,
@@ -866,7 +866,7 @@ pub(super) static SPECS: [Spec; 105] = [
         response_headers: &[],
         response_header_prefixes: &[],
         answer: Answer::Xml,
-        response_elements: &["AccountId", "Bucket", "Destination", "Encryption", "Field", "Filter", "Format", "Frequency", "Id", "IncludedObjectVersions", "IsEnabled", "KeyId", "OptionalFields", "Prefix", "S3BucketDestination", "SSE-KMS", "SSE-S3", "Schedule"],
+        response_elements: &["/Destination", "/Filter", "/Id", "/IncludedObjectVersions", "/IsEnabled", "/OptionalFields", "/Schedule", "Destination/S3BucketDestination", "Encryption/SSE-KMS", "Encryption/SSE-S3", "Filter/Prefix", "OptionalFields/Field", "S3BucketDestination/AccountId", "S3BucketDestination/Bucket", "S3BucketDestination/Encryption", "S3BucketDestination/Format", "S3BucketDestination/Prefix", "SSE-KMS/KeyId", "Schedule/Frequency"],
     },
     Spec {
         operation: Operation::GetBucketLifecycleConfiguration,
@@ -881,7 +881,7 @@ pub(super) static SPECS: [Spec; 105] = [
         response_headers: &["x-amz-transition-default-minimum-object-size"],
         response_header_prefixes: &[],
         answer: Answer::Xml,
-        response_elements: &["AbortIncompleteMultipartUpload", "And", "Date", "Days", "DaysAfterInitiation", "Expiration", "ExpiredObjectDeleteMarker", "Filter", "ID", "Key", "NewerNoncurrentVersions", "NoncurrentDays", "NoncurrentVersionExpiration", "NoncurrentVersionTransition", "ObjectSizeGreaterThan", "ObjectSizeLessThan", "Prefix", "Rule", "Status", "StorageClass", "Tag", "Transition", "Value"],
+        response_elements: &["/Rule", "AbortIncompleteMultipartUpload/DaysAfterInitiation", "And/ObjectSizeGreaterThan", "And/ObjectSizeLessThan", "And/Prefix", "And/Tag", "Expiration/Date", "Expiration/Days", "Expiration/ExpiredObjectDeleteMarker", "Filter/And", "Filter/ObjectSizeGreaterThan", "Filter/ObjectSizeLessThan", "Filter/Prefix", "Filter/Tag", "NoncurrentVersionExpiration/NewerNoncurrentVersions", "NoncurrentVersionExpiration/NoncurrentDays", "NoncurrentVersionTransition/NewerNoncurrentVersions", "NoncurrentVersionTransition/NoncurrentDays", "NoncurrentVersionTransition/StorageClass", "Rule/AbortIncompleteMultipartUpload", "Rule/Expiration", "Rule/Filter", "Rule/ID", "Rule/NoncurrentVersionExpiration", "Rule/NoncurrentVersionTransition", "Rule/Prefix", "Rule/Status", "Rule/Transition", "Tag/Key", "Tag/Tag", "Tag/Value", "Transition/Date", "Transition/Days", "Transition/StorageClass"],
     },
     Spec {
         operation: Operation::GetBucketLocation,
@@ -896,7 +896,7 @@ pub(super) static SPECS: [Spec; 105] = [
         response_headers: &[],
         response_header_prefixes: &[],
         answer: Answer::Xml,
-        response_elements: &["LocationConstraint"],
+        response_elements: &["/LocationConstraint"],
     },
     Spec {
         operation: Operation::GetBucketLogging,
@@ -911,7 +911,7 @@ pub(super) static SPECS: [Spec; 105] = [
         response_headers: &[],
         response_header_prefixes: &[],
         answer: Answer::Xml,
-        response_elements: &["DisplayName", "EmailAddress", "Grant", "Grantee", "ID", "LoggingEnabled", "PartitionDateSource", "PartitionedPrefix", "Permission", "SimplePrefix", "TargetBucket", "TargetGrants", "TargetObjectKeyFormat", "TargetPrefix", "URI"],
+        response_elements: &["/LoggingEnabled", "Grant/Grantee", "Grant/Permission", "Grantee/DisplayName", "Grantee/EmailAddress", "Grantee/ID", "Grantee/URI", "LoggingEnabled/TargetBucket", "LoggingEnabled/TargetGrants", "LoggingEnabled/TargetObjectKeyFormat", "LoggingEnabled/TargetPrefix", "PartitionedPrefix/PartitionDateSource", "TargetGrants/Grant", "TargetObjectKeyFormat/PartitionedPrefix", "TargetObjectKeyFormat/SimplePrefix"],
     },
     Spec {
         operation: Operation::GetBucketMetadataConfiguration,
@@ -926,7 +926,7 @@ pub(super) static SPECS: [Spec; 105] = [
         response_headers: &[],
         response_header_prefixes: &[],
         answer: Answer::Xml,
-        response_elements: &["ConfigurationState", "Days", "DestinationResult", "Error", "ErrorCode", "ErrorMessage", "Expiration", "InventoryTableConfigurationResult", "JournalTableConfigurationResult", "MetadataConfigurationResult", "RecordExpiration", "TableArn", "TableBucketArn", "TableBucketType", "TableName", "TableNamespace", "TableStatus"],
+        response_elements: &["/MetadataConfigurationResult", "DestinationResult/TableBucketArn", "DestinationResult/TableBucketType", "DestinationResult/TableNamespace", "Error/ErrorCode", "Error/ErrorMessage", "InventoryTableConfigurationResult/ConfigurationState", "InventoryTableConfigurationResult/Error", "InventoryTableConfigurationResult/TableArn", "InventoryTableConfigurationResult/TableName", "InventoryTableConfigurationResult/TableStatus", "JournalTableConfigurationResult/Error", "JournalTableConfigurationResult/RecordExpiration", "JournalTableConfigurationResult/TableArn", "JournalTableConfigurationResult/TableName", "JournalTableConfigurationResult/TableStatus", "MetadataConfigurationResult/DestinationResult", "MetadataConfigurationResult/InventoryTableConfigurationResult", "MetadataConfigurationResult/JournalTableConfigurationResult", "RecordExpiration/Days", "RecordExpiration/Expiration"],
     },
     Spec {
         operation: Operation::GetBucketMetadataTableConfiguration,
@@ -941,7 +941,7 @@ pub(super) static SPECS: [Spec; 105] = [
         response_headers: &[],
         response_header_prefixes: &[],
         answer: Answer::Xml,
-        response_elements: &["Error", "ErrorCode", "ErrorMessage", "MetadataTableConfigurationResult", "S3TablesDestinationResult", "Status", "TableArn", "TableBucketArn", "TableName", "TableNamespace"],
+        response_elements: &["/Error", "/MetadataTableConfigurationResult", "/Status", "Error/ErrorCode", "Error/ErrorMessage", "MetadataTableConfigurationResult/S3TablesDestinationResult", "S3TablesDestinationResult/TableArn", "S3TablesDestinationResult/TableBucketArn", "S3TablesDestinationResult/TableName", "S3TablesDestinationResult/TableNamespace"],
     },
     Spec {
         operation: Operation::GetBucketMetricsConfiguration,
@@ -956,7 +956,7 @@ pub(super) static SPECS: [Spec; 105] = [
         response_headers: &[],
         response_header_prefixes: &[],
         answer: Answer::Xml,
-        response_elements: &["AccessPointArn", "And", "Filter", "Id", "Key", "Prefix", "Tag", "Value"],
+        response_elements: &["/Filter", "/Id", "And/AccessPointArn", "And/Prefix", "And/Tag", "Filter/AccessPointArn", "Filter/And", "Filter/Prefix", "Filter/Tag", "Tag/Key", "Tag/Tag", "Tag/Value"],
     },
     Spec {
         operation: Operation::GetBucketNotificationConfiguration,
@@ -971,7 +971,7 @@ pub(super) static SPECS: [Spec; 105] = [
         response_headers: &[],
         response_header_prefixes: &[],
         answer: Answer::Xml,
-        response_elements: &["CloudFunction", "CloudFunctionConfiguration", "Event", "EventBridgeConfiguration", "Filter", "FilterRule", "Id", "Name", "Queue", "QueueConfiguration", "S3Key", "Topic", "TopicConfiguration", "Value"],
+        response_elements: &["/CloudFunctionConfiguration", "/EventBridgeConfiguration", "/QueueConfiguration", "/TopicConfiguration", "CloudFunctionConfiguration/CloudFunction", "CloudFunctionConfiguration/Event", "CloudFunctionConfiguration/Filter", "CloudFunctionConfiguration/Id", "Filter/S3Key", "FilterRule/Name", "FilterRule/Value", "QueueConfiguration/Event", "QueueConfiguration/Filter", "QueueConfiguration/Id", "QueueConfiguration/Queue", "S3Key/FilterRule", "TopicConfiguration/Event", "TopicConfiguration/Filter", "TopicConfiguration/Id", "TopicConfiguration/Topic"],
     },
     Spec {
         operation: Operation::GetBucketOwnershipControls,
@@ -986,7 +986,7 @@ pub(super) static SPECS: [Spec; 105] = [
         response_headers: &[],
         response_header_prefixes: &[],
         answer: Answer::Xml,
-        response_elements: &["ObjectOwnership", "Rule"],
+        response_elements: &["/Rule", "Rule/ObjectOwnership"],
     },
     Spec {
         operation: Operation::GetBucketPolicy,
@@ -1016,7 +1016,7 @@ pub(super) static SPECS: [Spec; 105] = [
         response_headers: &[],
         response_header_prefixes: &[],
         answer: Answer::Xml,
-        response_elements: &["IsPublic"],
+        response_elements: &["/IsPublic"],
     },
     Spec {
         operation: Operation::GetBucketReplication,
@@ -1031,7 +1031,7 @@ pub(super) static SPECS: [Spec; 105] = [
         response_headers: &[],
         response_header_prefixes: &[],
         answer: Answer::Xml,
-        response_elements: &["AccessControlTranslation", "Account", "And", "Bucket", "DeleteMarkerReplication", "Destination", "EncryptionConfiguration", "EventThreshold", "ExistingObjectReplication", "Filter", "ID", "Key", "Metrics", "Minutes", "Owner", "Prefix", "Priority", "ReplicaKmsKeyID", "ReplicaModifications", "ReplicationTime", "Role", "Rule", "SourceSelectionCriteria", "SseKmsEncryptedObjects", "Status", "StorageClass", "Tag", "Time", "Value"],
+        response_elements: &["/Role", "/Rule", "AccessControlTranslation/Owner", "And/Prefix", "And/Tag", "DeleteMarkerReplication/Status", "Destination/AccessControlTranslation", "Destination/Account", "Destination/Bucket", "Destination/EncryptionConfiguration", "Destination/Metrics", "Destination/ReplicationTime", "Destination/StorageClass", "EncryptionConfiguration/ReplicaKmsKeyID", "EventThreshold/Minutes", "ExistingObjectReplication/Status", "Filter/And", "Filter/Prefix", "Filter/Tag", "Metrics/EventThreshold", "Metrics/Status", "ReplicaModifications/Status", "ReplicationTime/Status", "ReplicationTime/Time", "Rule/DeleteMarkerReplication", "Rule/Destination", "Rule/ExistingObjectReplication", "Rule/Filter", "Rule/ID", "Rule/Prefix", "Rule/Priority", "Rule/SourceSelectionCriteria", "Rule/Status", "SourceSelectionCriteria/ReplicaModifications", "SourceSelectionCriteria/SseKmsEncryptedObjects", "SseKmsEncryptedObjects/Status", "Tag/Key", "Tag/Tag", "Tag/Value", "Time/Minutes"],
     },
     Spec {
         operation: Operation::GetBucketRequestPayment,
@@ -1046,7 +1046,7 @@ pub(super) static SPECS: [Spec; 105] = [
         response_headers: &[],
         response_header_prefixes: &[],
         answer: Answer::Xml,
-        response_elements: &["Payer"],
+        response_elements: &["/Payer"],
     },
     Spec {
         operation: Operation::GetBucketTagging,
@@ -1061,7 +1061,7 @@ pub(super) static SPECS: [Spec; 105] = [
         response_headers: &[],
         response_header_prefixes: &[],
         answer: Answer::Xml,
-        response_elements: &["Key", "Tag", "TagSet", "Value"],
+        response_elements: &["/TagSet", "Tag/Key", "Tag/Value", "TagSet/Tag"],
     },
     Spec {
         operation: Operation::GetBucketVersioning,
@@ -1076,7 +1076,7 @@ pub(super) static SPECS: [Spec; 105] = [
         response_headers: &[],
         response_header_prefixes: &[],
         answer: Answer::Xml,
-        response_elements: &["MfaDelete", "Status"],
+        response_elements: &["/MfaDelete", "/Status"],
     },
     Spec {
         operation: Operation::GetBucketWebsite,
@@ -1091,7 +1091,7 @@ pub(super) static SPECS: [Spec; 105] = [
         response_headers: &[],
         response_header_prefixes: &[],
         answer: Answer::Xml,
-        response_elements: &["Condition", "ErrorDocument", "HostName", "HttpErrorCodeReturnedEquals", "HttpRedirectCode", "IndexDocument", "Key", "KeyPrefixEquals", "Protocol", "Redirect", "RedirectAllRequestsTo", "ReplaceKeyPrefixWith", "ReplaceKeyWith", "RoutingRule", "RoutingRules", "Suffix"],
+        response_elements: &["/ErrorDocument", "/IndexDocument", "/RedirectAllRequestsTo", "/RoutingRules", "Condition/HttpErrorCodeReturnedEquals", "Condition/KeyPrefixEquals", "ErrorDocument/Key", "IndexDocument/Suffix", "Redirect/HostName", "Redirect/HttpRedirectCode", "Redirect/Protocol", "Redirect/ReplaceKeyPrefixWith", "Redirect/ReplaceKeyWith", "RedirectAllRequestsTo/HostName", "RedirectAllRequestsTo/Protocol", "RoutingRule/Condition", "RoutingRule/Redirect", "RoutingRules/RoutingRule"],
     },
     Spec {
         operation: Operation::GetObject,
@@ -1121,7 +1121,7 @@ pub(super) static SPECS: [Spec; 105] = [
         response_headers: &["x-amz-request-charged"],
         response_header_prefixes: &[],
         answer: Answer::Xml,
-        response_elements: &["AccessControlList", "DisplayName", "EmailAddress", "Grant", "Grantee", "ID", "Owner", "Permission", "URI"],
+        response_elements: &["/AccessControlList", "/Owner", "AccessControlList/Grant", "Grant/Grantee", "Grant/Permission", "Grantee/DisplayName", "Grantee/EmailAddress", "Grantee/ID", "Grantee/URI", "Owner/DisplayName", "Owner/ID"],
     },
     Spec {
         operation: Operation::GetObjectAttributes,
@@ -1136,7 +1136,7 @@ pub(super) static SPECS: [Spec; 105] = [
         response_headers: &["last-modified", "x-amz-delete-marker", "x-amz-request-charged", "x-amz-version-id"],
         response_header_prefixes: &[],
         answer: Answer::Xml,
-        response_elements: &["Checksum", "ChecksumCRC32", "ChecksumCRC32C", "ChecksumCRC64NVME", "ChecksumMD5", "ChecksumSHA1", "ChecksumSHA256", "ChecksumSHA512", "ChecksumType", "ChecksumXXHASH128", "ChecksumXXHASH3", "ChecksumXXHASH64", "ETag", "IsTruncated", "MaxParts", "NextPartNumberMarker", "ObjectParts", "ObjectSize", "Part", "PartNumber", "PartNumberMarker", "PartsCount", "Size", "StorageClass"],
+        response_elements: &["/Checksum", "/ETag", "/ObjectParts", "/ObjectSize", "/StorageClass", "Checksum/ChecksumCRC32", "Checksum/ChecksumCRC32C", "Checksum/ChecksumCRC64NVME", "Checksum/ChecksumMD5", "Checksum/ChecksumSHA1", "Checksum/ChecksumSHA256", "Checksum/ChecksumSHA512", "Checksum/ChecksumType", "Checksum/ChecksumXXHASH128", "Checksum/ChecksumXXHASH3", "Checksum/ChecksumXXHASH64", "ObjectParts/IsTruncated", "ObjectParts/MaxParts", "ObjectParts/NextPartNumberMarker", "ObjectParts/Part", "ObjectParts/PartNumberMarker", "ObjectParts/PartsCount", "Part/ChecksumCRC32", "Part/ChecksumCRC32C", "Part/ChecksumCRC64NVME", "Part/ChecksumMD5", "Part/ChecksumSHA1", "Part/ChecksumSHA256", "Part/ChecksumSHA512", "Part/ChecksumXXHASH128", "Part/ChecksumXXHASH3", "Part/ChecksumXXHASH64", "Part/PartNumber", "Part/Size"],
     },
     Spec {
         operation: Operation::GetObjectLegalHold,
@@ -1151,7 +1151,7 @@ pub(super) static SPECS: [Spec; 105] = [
         response_headers: &[],
         response_header_prefixes: &[],
         answer: Answer::Xml,
-        response_elements: &["Status"],
+        response_elements: &["/Status"],
     },
     Spec {
         operation: Operation::GetObjectLockConfiguration,
@@ -1166,7 +1166,7 @@ pub(super) static SPECS: [Spec; 105] = [
         response_headers: &[],
         response_header_prefixes: &[],
         answer: Answer::Xml,
-        response_elements: &["Days", "DefaultRetention", "Mode", "ObjectLockEnabled", "Rule", "Years"],
+        response_elements: &["/ObjectLockEnabled", "/Rule", "DefaultRetention/Days", "DefaultRetention/Mode", "DefaultRetention/Years", "Rule/DefaultRetention"],
     },
     Spec {
         operation: Operation::GetObjectRetention,
@@ -1181,7 +1181,7 @@ pub(super) static SPECS: [Spec; 105] = [
         response_headers: &[],
         response_header_prefixes: &[],
         answer: Answer::Xml,
-        response_elements: &["Mode", "RetainUntilDate"],
+        response_elements: &["/Mode", "/RetainUntilDate"],
     },
     Spec {
         operation: Operation::GetObjectTagging,
@@ -1196,7 +1196,7 @@ pub(super) static SPECS: [Spec; 105] = [
         response_headers: &["x-amz-version-id"],
         response_header_prefixes: &[],
         answer: Answer::Xml,
-        response_elements: &["Key", "Tag", "TagSet", "Value"],
+        response_elements: &["/TagSet", "Tag/Key", "Tag/Value", "TagSet/Tag"],
     },
     Spec {
         operation: Operation::GetObjectTorrent,
@@ -1226,7 +1226,7 @@ pub(super) static SPECS: [Spec; 105] = [
         response_headers: &[],
         response_header_prefixes: &[],
         answer: Answer::Xml,
-        response_elements: &["BlockPublicAcls", "BlockPublicPolicy", "IgnorePublicAcls", "RestrictPublicBuckets"],
+        response_elements: &["/BlockPublicAcls", "/BlockPublicPolicy", "/IgnorePublicAcls", "/RestrictPublicBuckets"],
     },
     Spec {
         operation: Operation::HeadBucket,
@@ -1271,7 +1271,7 @@ pub(super) static SPECS: [Spec; 105] = [
         response_headers: &[],
         response_header_prefixes: &[],
         answer: Answer::Xml,
-        response_elements: &["AnalyticsConfiguration", "And", "Bucket", "BucketAccountId", "ContinuationToken", "DataExport", "Destination", "Filter", "Format", "Id", "IsTruncated", "Key", "NextContinuationToken", "OutputSchemaVersion", "Prefix", "S3BucketDestination", "StorageClassAnalysis", "Tag", "Value"],
+        response_elements: &["/AnalyticsConfiguration", "/ContinuationToken", "/IsTruncated", "/NextContinuationToken", "AnalyticsConfiguration/Filter", "AnalyticsConfiguration/Id", "AnalyticsConfiguration/StorageClassAnalysis", "And/Prefix", "And/Tag", "DataExport/Destination", "DataExport/OutputSchemaVersion", "Destination/S3BucketDestination", "Filter/And", "Filter/Prefix", "Filter/Tag", "S3BucketDestination/Bucket", "S3BucketDestination/BucketAccountId", "S3BucketDestination/Format", "S3BucketDestination/Prefix", "StorageClassAnalysis/DataExport", "Tag/Key", "Tag/Tag", "Tag/Value"],
     },
     Spec {
         operation: Operation::ListBucketIntelligentTieringConfigurations,
@@ -1286,7 +1286,7 @@ pub(super) static SPECS: [Spec; 105] = [
         response_headers: &[],
         response_header_prefixes: &[],
         answer: Answer::Xml,
-        response_elements: &["AccessTier", "And", "ContinuationToken", "Days", "Filter", "Id", "IntelligentTieringConfiguration", "IsTruncated", "Key", "NextContinuationToken", "Prefix", "Status", "Tag", "Tiering", "Value"],
+        response_elements: &["/ContinuationToken", "/IntelligentTieringConfiguration", "/IsTruncated", "/NextContinuationToken", "And/Prefix", "And/Tag", "Filter/And", "Filter/Prefix", "Filter/Tag", "IntelligentTieringConfiguration/Filter", "IntelligentTieringConfiguration/Id", "IntelligentTieringConfiguration/Status", "IntelligentTieringConfiguration/Tiering", "Tag/Key", "Tag/Tag", "Tag/Value", "Tiering/AccessTier", "Tiering/Days"],
     },
     Spec {
         operation: Operation::ListBucketInventoryConfigurations,
@@ -1301,7 +1301,7 @@ pub(super) static SPECS: [Spec; 105] = [
         response_headers: &[],
         response_header_prefixes: &[],
         answer: Answer::Xml,
-        response_elements: &["AccountId", "Bucket", "ContinuationToken", "Destination", "Encryption", "Field", "Filter", "Format", "Frequency", "Id", "IncludedObjectVersions", "InventoryConfiguration", "IsEnabled", "IsTruncated", "KeyId", "NextContinuationToken", "OptionalFields", "Prefix", "S3BucketDestination", "SSE-KMS", "SSE-S3", "Schedule"],
+        response_elements: &["/ContinuationToken", "/InventoryConfiguration", "/IsTruncated", "/NextContinuationToken", "Destination/S3BucketDestination", "Encryption/SSE-KMS", "Encryption/SSE-S3", "Filter/Prefix", "InventoryConfiguration/Destination", "InventoryConfiguration/Filter", "InventoryConfiguration/Id", "InventoryConfiguration/IncludedObjectVersions", "InventoryConfiguration/IsEnabled", "InventoryConfiguration/OptionalFields", "InventoryConfiguration/Schedule", "OptionalFields/Field", "S3BucketDestination/AccountId", "S3BucketDestination/Bucket", "S3BucketDestination/Encryption", "S3BucketDestination/Format", "S3BucketDestination/Prefix", "SSE-KMS/KeyId", "Schedule/Frequency"],
     },
     Spec {
         operation: Operation::ListBucketMetricsConfigurations,
@@ -1316,7 +1316,7 @@ pub(super) static SPECS: [Spec; 105] = [
         response_headers: &[],
         response_header_prefixes: &[],
         answer: Answer::Xml,
-        response_elements: &["AccessPointArn", "And", "ContinuationToken", "Filter", "Id", "IsTruncated", "Key", "MetricsConfiguration", "NextContinuationToken", "Prefix", "Tag", "Value"],
+        response_elements: &["/ContinuationToken", "/IsTruncated", "/MetricsConfiguration", "/NextContinuationToken", "And/AccessPointArn", "And/Prefix", "And/Tag", "Filter/AccessPointArn", "Filter/And", "Filter/Prefix", "Filter/Tag", "MetricsConfiguration/Filter", "MetricsConfiguration/Id", "Tag/Key", "Tag/Tag", "Tag/Value"],
     },
     Spec {
         operation: Operation::ListBuckets,
@@ -1331,7 +1331,7 @@ pub(super) static SPECS: [Spec; 105] = [
         response_headers: &[],
         response_header_prefixes: &[],
         answer: Answer::Xml,
-        response_elements: &["Bucket", "BucketArn", "BucketRegion", "Buckets", "ContinuationToken", "CreationDate", "DisplayName", "ID", "Name", "Owner", "Prefix"],
+        response_elements: &["/Buckets", "/ContinuationToken", "/Owner", "/Prefix", "Bucket/BucketArn", "Bucket/BucketRegion", "Bucket/CreationDate", "Bucket/Name", "Buckets/Bucket", "Owner/DisplayName", "Owner/ID"],
     },
     Spec {
         operation: Operation::ListMultipartUploads,
@@ -1346,7 +1346,7 @@ pub(super) static SPECS: [Spec; 105] = [
         response_headers: &["x-amz-request-charged"],
         response_header_prefixes: &[],
         answer: Answer::Xml,
-        response_elements: &["Bucket", "ChecksumAlgorithm", "ChecksumType", "CommonPrefixes", "Delimiter", "DisplayName", "EncodingType", "ID", "Initiated", "Initiator", "IsTruncated", "Key", "KeyMarker", "MaxUploads", "NextKeyMarker", "NextUploadIdMarker", "Owner", "Prefix", "StorageClass", "Upload", "UploadId", "UploadIdMarker"],
+        response_elements: &["/Bucket", "/CommonPrefixes", "/Delimiter", "/EncodingType", "/IsTruncated", "/KeyMarker", "/MaxUploads", "/NextKeyMarker", "/NextUploadIdMarker", "/Prefix", "/Upload", "/UploadIdMarker", "CommonPrefixes/Prefix", "Initiator/DisplayName", "Initiator/ID", "Owner/DisplayName", "Owner/ID", "Upload/ChecksumAlgorithm", "Upload/ChecksumType", "Upload/Initiated", "Upload/Initiator", "Upload/Key", "Upload/Owner", "Upload/StorageClass", "Upload/UploadId"],
     },
     Spec {
         operation: Operation::ListObjectVersions,
@@ -1361,7 +1361,7 @@ pub(super) static SPECS: [Spec; 105] = [
         response_headers: &["x-amz-request-charged"],
         response_header_prefixes: &[],
         answer: Answer::Xml,
-        response_elements: &["ChecksumAlgorithm", "ChecksumType", "CommonPrefixes", "DeleteMarker", "Delimiter", "DisplayName", "ETag", "EncodingType", "ID", "IsLatest", "IsRestoreInProgress", "IsTruncated", "Key", "KeyMarker", "LastModified", "MaxKeys", "Name", "NextKeyMarker", "NextVersionIdMarker", "Owner", "Prefix", "RestoreExpiryDate", "RestoreStatus", "Size", "StorageClass", "Version", "VersionId", "VersionIdMarker"],
+        response_elements: &["/CommonPrefixes", "/DeleteMarker", "/Delimiter", "/EncodingType", "/IsTruncated", "/KeyMarker", "/MaxKeys", "/Name", "/NextKeyMarker", "/NextVersionIdMarker", "/Prefix", "/Version", "/VersionIdMarker", "CommonPrefixes/Prefix", "DeleteMarker/IsLatest", "DeleteMarker/Key", "DeleteMarker/LastModified", "DeleteMarker/Owner", "DeleteMarker/VersionId", "Owner/DisplayName", "Owner/ID", "RestoreStatus/IsRestoreInProgress", "RestoreStatus/RestoreExpiryDate", "Version/ChecksumAlgorithm", "Version/ChecksumType", "Version/ETag", "Version/IsLatest", "Version/Key", "Version/LastModified", "Version/Owner", "Version/RestoreStatus", "Version/Size", "Version/StorageClass", "Version/VersionId"],
     },
     Spec {
         operation: Operation::ListObjects,
@@ -1376,7 +1376,7 @@ pub(super) static SPECS: [Spec; 105] = [
         response_headers: &["x-amz-request-charged"],
         response_header_prefixes: &[],
         answer: Answer::Xml,
-        response_elements: &["ChecksumAlgorithm", "ChecksumType", "CommonPrefixes", "Contents", "Delimiter", "DisplayName", "ETag", "EncodingType", "ID", "IsRestoreInProgress", "IsTruncated", "Key", "LastModified", "Marker", "MaxKeys", "Name", "NextMarker", "Owner", "Prefix", "RestoreExpiryDate", "RestoreStatus", "Size", "StorageClass"],
+        response_elements: &["/CommonPrefixes", "/Contents", "/Delimiter", "/EncodingType", "/IsTruncated", "/Marker", "/MaxKeys", "/Name", "/NextMarker", "/Prefix", "CommonPrefixes/Prefix", "Contents/ChecksumAlgorithm", "Contents/ChecksumType", "Contents/ETag", "Contents/Key", "Contents/LastModified", "Contents/Owner", "Contents/RestoreStatus", "Contents/Size", "Contents/StorageClass", "Owner/DisplayName", "Owner/ID", "RestoreStatus/IsRestoreInProgress", "RestoreStatus/RestoreExpiryDate"],
     },
     Spec {
         operation: Operation::ListObjectsV2,
@@ -1391,7 +1391,7 @@ pub(super) static SPECS: [Spec; 105] = [
         response_headers: &["x-amz-request-charged"],
         response_header_prefixes: &[],
         answer: Answer::Xml,
-        response_elements: &["ChecksumAlgorithm", "ChecksumType", "CommonPrefixes", "Contents", "ContinuationToken", "Delimiter", "DisplayName", "ETag", "EncodingType", "ID", "IsRestoreInProgress", "IsTruncated", "Key", "KeyCount", "LastModified", "MaxKeys", "Name", "NextContinuationToken", "Owner", "Prefix", "RestoreExpiryDate", "RestoreStatus", "Size", "StartAfter", "StorageClass"],
+        response_elements: &["/CommonPrefixes", "/Contents", "/ContinuationToken", "/Delimiter", "/EncodingType", "/IsTruncated", "/KeyCount", "/MaxKeys", "/Name", "/NextContinuationToken", "/Prefix", "/StartAfter", "CommonPrefixes/Prefix", "Contents/ChecksumAlgorithm", "Contents/ChecksumType", "Contents/ETag", "Contents/Key", "Contents/LastModified", "Contents/Owner", "Contents/RestoreStatus", "Contents/Size", "Contents/StorageClass", "Owner/DisplayName", "Owner/ID", "RestoreStatus/IsRestoreInProgress", "RestoreStatus/RestoreExpiryDate"],
     },
     Spec {
         operation: Operation::ListParts,
@@ -1406,7 +1406,7 @@ pub(super) static SPECS: [Spec; 105] = [
         response_headers: &["x-amz-abort-date", "x-amz-abort-rule-id", "x-amz-request-charged"],
         response_header_prefixes: &[],
         answer: Answer::Xml,
-        response_elements: &["Bucket", "ChecksumAlgorithm", "ChecksumCRC32", "ChecksumCRC32C", "ChecksumCRC64NVME", "ChecksumMD5", "ChecksumSHA1", "ChecksumSHA256", "ChecksumSHA512", "ChecksumType", "ChecksumXXHASH128", "ChecksumXXHASH3", "ChecksumXXHASH64", "DisplayName", "ETag", "ID", "Initiator", "IsTruncated", "Key", "LastModified", "MaxParts", "NextPartNumberMarker", "Owner", "Part", "PartNumber", "PartNumberMarker", "Size", "StorageClass", "UploadId"],
+        response_elements: &["/Bucket", "/ChecksumAlgorithm", "/ChecksumType", "/Initiator", "/IsTruncated", "/Key", "/MaxParts", "/NextPartNumberMarker", "/Owner", "/Part", "/PartNumberMarker", "/StorageClass", "/UploadId", "Initiator/DisplayName", "Initiator/ID", "Owner/DisplayName", "Owner/ID", "Part/ChecksumCRC32", "Part/ChecksumCRC32C", "Part/ChecksumCRC64NVME", "Part/ChecksumMD5", "Part/ChecksumSHA1", "Part/ChecksumSHA256", "Part/ChecksumSHA512", "Part/ChecksumXXHASH128", "Part/ChecksumXXHASH3", "Part/ChecksumXXHASH64", "Part/ETag", "Part/LastModified", "Part/PartNumber", "Part/Size"],
     },
     Spec {
         operation: Operation::PutBucketAbac,
@@ -1841,7 +1841,7 @@ pub(super) static SPECS: [Spec; 105] = [
         response_headers: &[],
         response_header_prefixes: &[],
         answer: Answer::Xml,
-        response_elements: &["BytesProcessed", "BytesReturned", "BytesScanned", "Cont", "Details", "End", "Payload", "Progress", "Records", "Stats"],
+        response_elements: &["/Cont", "/End", "/Progress", "/Records", "/Stats", "Details/BytesProcessed", "Details/BytesReturned", "Details/BytesScanned", "Progress/Details", "Records/Payload", "Stats/Details"],
     },
     Spec {
         operation: Operation::UpdateBucketMetadataInventoryTableConfiguration,
@@ -1916,7 +1916,7 @@ pub(super) static SPECS: [Spec; 105] = [
         response_headers: &["x-amz-copy-source-version-id", "x-amz-request-charged", "x-amz-server-side-encryption", "x-amz-server-side-encryption-aws-kms-key-id", "x-amz-server-side-encryption-bucket-key-enabled", "x-amz-server-side-encryption-customer-algorithm", "x-amz-server-side-encryption-customer-key-md5"],
         response_header_prefixes: &[],
         answer: Answer::Xml,
-        response_elements: &["ChecksumCRC32", "ChecksumCRC32C", "ChecksumCRC64NVME", "ChecksumMD5", "ChecksumSHA1", "ChecksumSHA256", "ChecksumSHA512", "ChecksumXXHASH128", "ChecksumXXHASH3", "ChecksumXXHASH64", "ETag", "LastModified"],
+        response_elements: &["/ChecksumCRC32", "/ChecksumCRC32C", "/ChecksumCRC64NVME", "/ChecksumMD5", "/ChecksumSHA1", "/ChecksumSHA256", "/ChecksumSHA512", "/ChecksumXXHASH128", "/ChecksumXXHASH3", "/ChecksumXXHASH64", "/ETag", "/LastModified"],
     },
 ];
 

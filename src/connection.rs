@@ -1,0 +1,452 @@
+//! What one client connection may hold, whoever the client is (docs/CONFIG.md, "Worst-case
+//! memory").
+//!
+//! - [`Limits`]: open connections per listener and per source address; a connection over either
+//!   is closed as soon as it is accepted.
+//! - [`GuardedIo`], between the socket (or TLS stream) and hyper:
+//!   - until a request head is parsed, hyper is given at most `server.max_header_bytes` of it, so
+//!     its read buffer (which grows to `server.read_buffer_bytes` for bodies) stays that small for
+//!     a head; a longer head is answered `400 RequestHeaderSectionTooLarge` and the connection
+//!     closed;
+//!   - a client that stops reading its answer for `server.client_send_timeout_seconds` is cut
+//!     off, which ends the request and gives its concurrency slots back.
+//! - [`Signals`]: the connection's requests tell the guard when a head has been parsed (a request
+//!   is open) and when the connection is back to waiting for the next head.
+
+use std::future::Future;
+use std::io;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use prometheus::IntCounterVec;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Why apgate closed a client connection (`apgate_client_connections_closed_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The listener already has `server.max_connections` open.
+    ListenerLimit,
+    /// The source address already has `server.max_connections_per_source` open.
+    SourceLimit,
+    /// A request head longer than `server.max_header_bytes`.
+    HeadTooLarge,
+    /// The client did not read its answer for `server.client_send_timeout_seconds`.
+    NotReading,
+}
+
+impl CloseReason {
+    pub const ALL: [Self; 4] = [
+        Self::ListenerLimit,
+        Self::SourceLimit,
+        Self::HeadTooLarge,
+        Self::NotReading,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ListenerLimit => "listener_limit",
+            Self::SourceLimit => "source_limit",
+            Self::HeadTooLarge => "head_too_large",
+            Self::NotReading => "not_reading",
+        }
+    }
+}
+
+/// Open client connections, per listener and per source address, across every data-plane thread.
+#[derive(Debug, Default)]
+pub struct Limits {
+    counts: Mutex<Counts>,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    per_listener: std::collections::HashMap<Arc<str>, usize>,
+    per_source: std::collections::HashMap<IpAddr, usize>,
+}
+
+/// A connection's place under the [`Limits`], given back when it drops.
+#[derive(Debug)]
+pub struct Admitted {
+    limits: Arc<Limits>,
+    listener: Arc<str>,
+    source: IpAddr,
+}
+
+impl Limits {
+    /// Counts a new connection of `listener` from `source`, or says which limit it is over.
+    pub fn admit(
+        self: &Arc<Self>,
+        listener: &Arc<str>,
+        source: IpAddr,
+        max_per_listener: usize,
+        max_per_source: usize,
+    ) -> Result<Admitted, CloseReason> {
+        let mut counts = self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let on_listener = counts.per_listener.get(listener).copied().unwrap_or(0);
+        if on_listener >= max_per_listener {
+            return Err(CloseReason::ListenerLimit);
+        }
+        let from_source = counts.per_source.get(&source).copied().unwrap_or(0);
+        if from_source >= max_per_source {
+            return Err(CloseReason::SourceLimit);
+        }
+        *counts.per_listener.entry(listener.clone()).or_default() += 1;
+        *counts.per_source.entry(source).or_default() += 1;
+        Ok(Admitted {
+            limits: self.clone(),
+            listener: listener.clone(),
+            source,
+        })
+    }
+
+    /// Open connections of a listener.
+    pub fn open(&self, listener: &str) -> usize {
+        let counts = self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        counts.per_listener.get(listener).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut counts = self
+            .limits
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Entries at zero go, so the per-source map holds only the sources connected now.
+        if let Some(n) = counts.per_listener.get_mut(&self.listener) {
+            *n -= 1;
+            if *n == 0 {
+                counts.per_listener.remove(&self.listener);
+            }
+        }
+        if let Some(n) = counts.per_source.get_mut(&self.source) {
+            *n -= 1;
+            if *n == 0 {
+                counts.per_source.remove(&self.source);
+            }
+        }
+    }
+}
+
+/// What a connection's requests tell its [`GuardedIo`].
+#[derive(Debug, Default)]
+pub struct Signals {
+    /// A head has been parsed and its request is not over: hyper's reads are the request's body
+    /// (or nothing), not a head.
+    in_request: AtomicBool,
+    /// The open request's body has been read to its end (or it had none).
+    body_complete: AtomicBool,
+    /// One more each time the connection goes back to waiting for a head.
+    heads: AtomicU64,
+}
+
+impl Signals {
+    /// A request head was parsed.
+    pub fn request_started(&self, has_body: bool) {
+        self.body_complete.store(!has_body, Ordering::Relaxed);
+        self.in_request.store(true, Ordering::Release);
+    }
+
+    /// The request's body has been read to its end.
+    pub fn body_completed(&self) {
+        self.body_complete.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the open request's body has been read to its end.
+    pub fn body_is_complete(&self) -> bool {
+        self.body_complete.load(Ordering::Relaxed)
+    }
+
+    /// The answer has been sent. If the connection stays open (and the request's body was read
+    /// whole, so what comes next is a head), hyper's next reads are a head again.
+    pub fn request_finished(&self, keep_alive: bool) {
+        if keep_alive && self.body_is_complete() {
+            self.heads.fetch_add(1, Ordering::Relaxed);
+            self.in_request.store(false, Ordering::Release);
+        }
+    }
+}
+
+/// How a [`GuardedIo`] behaves, and where it counts what it does.
+#[derive(Debug, Clone)]
+pub struct Guard {
+    pub signals: Arc<Signals>,
+    /// The most of a head hyper is given before the head is parsed.
+    pub head_budget: usize,
+    /// How long a write may wait on a client that does not read.
+    pub send_timeout: Duration,
+    pub listener: Arc<str>,
+    pub closed: IntCounterVec,
+}
+
+/// The canned answer to a head over the budget: hyper never saw a request, so apgate writes it.
+fn head_too_large_answer(max_header_bytes: usize) -> Vec<u8> {
+    let request_id = crate::proxy::new_request_id();
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>RequestHeaderSectionTooLarge</Code>\
+         <Message>Your request header section exceeds the maximum allowed size ({max_header_bytes} bytes).</Message>\
+         <RequestId>{request_id}</RequestId></Error>"
+    );
+    format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: application/xml\r\ncontent-length: {}\r\n\
+         x-amz-request-id: {request_id}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+pin_project_lite::pin_project! {
+    /// A client connection's transport, as hyper sees it (see the module documentation).
+    pub struct GuardedIo<I> {
+        #[pin]
+        inner: I,
+        guard: Guard,
+        // The head count when `head_read` started counting.
+        heads_seen: u64,
+        // Bytes given to hyper since the connection last went back to waiting for a head.
+        head_read: usize,
+        // Since when a write has waited on the client.
+        stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+        // A write returned `Pending` and nothing was written since: hyper holds unsent bytes.
+        write_pending: bool,
+        // The refusal of an over-long head being written, and how much of it is out.
+        refusal: Option<(Vec<u8>, usize)>,
+        // The connection is over for reading (after a refusal).
+        read_closed: bool,
+    }
+}
+
+impl<I> GuardedIo<I> {
+    pub fn new(inner: I, guard: Guard) -> Self {
+        Self {
+            inner,
+            guard,
+            heads_seen: 0,
+            head_read: 0,
+            stalled: None,
+            write_pending: false,
+            refusal: None,
+            read_closed: false,
+        }
+    }
+}
+
+impl<I: AsyncWrite> GuardedIo<I> {
+    /// After a write: progress disarms the send timer; `Pending` arms it, and past the timeout the
+    /// write fails (the connection closes).
+    fn settle_write(
+        polled: Poll<io::Result<usize>>,
+        stalled: &mut Option<Pin<Box<tokio::time::Sleep>>>,
+        write_pending: &mut bool,
+        guard: &Guard,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<usize>> {
+        match polled {
+            Poll::Ready(r) => {
+                *stalled = None;
+                *write_pending = false;
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                *write_pending = true;
+                if Self::stall_expired(stalled, guard, cx) {
+                    return Poll::Ready(Err(not_reading()));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    /// Whether a write that returned `Pending` has now waited longer than the send timeout (the
+    /// timer is armed at the first `Pending` and woken with the task).
+    fn stall_expired(stalled: &mut Option<Pin<Box<tokio::time::Sleep>>>, guard: &Guard, cx: &mut Context<'_>) -> bool {
+        let sleep = stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(guard.send_timeout)));
+        if sleep.as_mut().poll(cx).is_ready() {
+            guard
+                .closed
+                .with_label_values(&[&guard.listener, CloseReason::NotReading.as_str()])
+                .inc();
+            tracing::info!(listener = %guard.listener, timeout_seconds = guard.send_timeout.as_secs_f64(), "A client did not read its answer: connection closed.");
+            return true;
+        }
+        false
+    }
+}
+
+fn not_reading() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "the client did not read its answer in time")
+}
+
+impl<I: AsyncRead + AsyncWrite> AsyncRead for GuardedIo<I> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let mut this = self.project();
+        if *this.read_closed {
+            return Poll::Ready(Ok(()));
+        }
+        if let Some((answer, written)) = this.refusal.as_mut() {
+            while *written < answer.len() {
+                match this.inner.as_mut().poll_write(cx, &answer[*written..]) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => break,
+                    Poll::Ready(Ok(n)) => *written += n,
+                    Poll::Pending => {
+                        if Self::stall_expired(this.stalled, this.guard, cx) {
+                            break;
+                        }
+                        return Poll::Pending;
+                    }
+                }
+            }
+            if *written >= answer.len() {
+                ready!(this.inner.as_mut().poll_flush(cx)).ok();
+            }
+            // End of input: hyper sees an unfinished head and closes the connection.
+            *this.refusal = None;
+            *this.read_closed = true;
+            return Poll::Ready(Ok(()));
+        }
+        if this.guard.signals.in_request.load(Ordering::Acquire) {
+            return this.inner.poll_read(cx, buf);
+        }
+        let heads = this.guard.signals.heads.load(Ordering::Relaxed);
+        if heads != *this.heads_seen {
+            *this.heads_seen = heads;
+            *this.head_read = 0;
+        }
+        let room = this.guard.head_budget.saturating_sub(*this.head_read);
+        if room == 0 {
+            this.guard
+                .closed
+                .with_label_values(&[&this.guard.listener, CloseReason::HeadTooLarge.as_str()])
+                .inc();
+            tracing::info!(listener = %this.guard.listener, max_header_bytes = this.guard.head_budget, "A request head over max_header_bytes: refused, connection closed.");
+            if *this.write_pending {
+                // hyper is still sending an answer: nothing can be written in between.
+                *this.read_closed = true;
+                return Poll::Ready(Ok(()));
+            }
+            *this.refusal = Some((head_too_large_answer(this.guard.head_budget), 0));
+            // Write it on the next poll (the same path as a write that had to wait).
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        if room >= buf.remaining() {
+            let before = buf.filled().len();
+            ready!(this.inner.poll_read(cx, buf))?;
+            *this.head_read += buf.filled().len() - before;
+            return Poll::Ready(Ok(()));
+        }
+        // Less room than hyper offers: read into the first `room` bytes only (initialised first,
+        // which costs a memset on connections whose buffer grew for a body).
+        let dst = buf.initialize_unfilled_to(room);
+        let mut limited = ReadBuf::new(dst);
+        ready!(this.inner.poll_read(cx, &mut limited))?;
+        let n = limited.filled().len();
+        buf.advance(n);
+        *this.head_read += n;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<I: AsyncWrite> AsyncWrite for GuardedIo<I> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        let polled = this.inner.poll_write(cx, data);
+        Self::settle_write(polled, this.stalled, this.write_pending, this.guard, cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        let polled = this.inner.poll_write_vectored(cx, bufs);
+        Self::settle_write(polled, this.stalled, this.write_pending, this.guard, cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.project();
+        match this.inner.poll_flush(cx) {
+            Poll::Ready(r) => {
+                *this.stalled = None;
+                *this.write_pending = false;
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                *this.write_pending = true;
+                if Self::stall_expired(this.stalled, this.guard, cx) {
+                    return Poll::Ready(Err(not_reading()));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    #[test]
+    fn limits_count_per_listener_and_per_source_and_give_back_on_drop() {
+        let limits = Arc::new(Limits::default());
+        let shared: Arc<str> = Arc::from("shared");
+        let other: Arc<str> = Arc::from("other");
+        let a = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+        let b = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));
+        let first = limits.admit(&shared, a, 3, 2).unwrap();
+        let second = limits.admit(&shared, a, 3, 2).unwrap();
+        assert_eq!(limits.admit(&shared, a, 3, 2).unwrap_err(), CloseReason::SourceLimit);
+        let third = limits.admit(&shared, b, 3, 2).unwrap();
+        assert_eq!(limits.admit(&shared, b, 3, 2).unwrap_err(), CloseReason::ListenerLimit);
+        // Another listener counts on its own; the source's count is across listeners.
+        assert_eq!(limits.admit(&other, a, 3, 2).unwrap_err(), CloseReason::SourceLimit);
+        let fourth = limits.admit(&other, b, 3, 2).unwrap();
+        assert_eq!(limits.open("shared"), 3);
+        drop(first);
+        assert_eq!(limits.open("shared"), 2);
+        let again = limits.admit(&shared, a, 3, 2).unwrap();
+        drop((second, third, fourth, again));
+        assert_eq!(limits.open("shared"), 0);
+        let counts = limits.counts.lock().unwrap();
+        assert!(counts.per_listener.is_empty() && counts.per_source.is_empty());
+    }
+
+    #[test]
+    fn the_head_budget_starts_again_only_when_a_request_ended_whole_on_a_kept_connection() {
+        let s = Signals::default();
+        let heads = |s: &Signals| s.heads.load(Ordering::Relaxed);
+        s.request_started(false);
+        assert!(s.in_request.load(Ordering::Relaxed));
+        s.request_finished(true);
+        assert!(!s.in_request.load(Ordering::Relaxed));
+        assert_eq!(heads(&s), 1);
+        // A body not read to its end: what follows is not a head.
+        s.request_started(true);
+        s.request_finished(true);
+        assert!(s.in_request.load(Ordering::Relaxed));
+        assert_eq!(heads(&s), 1);
+        // Read whole, but the connection closes.
+        s.request_started(true);
+        s.body_completed();
+        s.request_finished(false);
+        assert!(s.in_request.load(Ordering::Relaxed));
+        s.request_finished(true);
+        assert!(!s.in_request.load(Ordering::Relaxed));
+        assert_eq!(heads(&s), 2);
+    }
+}
