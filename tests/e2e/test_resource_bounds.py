@@ -4,7 +4,9 @@ object), under 1,000 hostile connections of each kind the issue's adversarial pa
 
 - ``stalled_heads``: anonymous connections that send most of a request head (60 KiB of a header
   that never ends) and stop;
-- ``refused_uploads``: anonymous PUTs (refused, 403) announcing large bodies and sending them;
+- ``oversized_heads``: the same with 1 MB of a header (over ``max_header_bytes``) and stop;
+- ``refused_uploads``: anonymous PUTs (refused, 403) announcing large bodies and sending 1 MiB of
+  them;
 - ``unread_gets``: bob's signed GETs of the 64 MiB object whose answers are never read;
 - ``stalled_chunks``: bob's signed aws-chunked PUTs that announce one 16 MiB chunk, send 4 MiB of
   it and stop;
@@ -282,12 +284,13 @@ def open_hostile(gw: Gateway, kind: str) -> list[socket.socket]:
     for i in range(HOSTILE):
         source = SOURCES[i % len(SOURCES)]
         s = connect(source, gw.shared, rcvbuf=4096 if kind == "unread_gets" else None)
-        if kind == "stalled_heads":
-            best_effort_send(s, b"GET /bounds-bucket/Bob/x HTTP/1.1\r\nHost: a\r\nx-stall: " + b"a" * (60 * 1024))
+        if kind in ("stalled_heads", "oversized_heads"):
+            size = 60 * 1024 if kind == "stalled_heads" else 1_000_000
+            best_effort_send(s, b"GET /bounds-bucket/Bob/x HTTP/1.1\r\nHost: a\r\nx-stall: " + b"a" * size)
         elif kind == "refused_uploads":
             length = 60_000_000 if i % 2 == 0 else 8 * MIB
             best_effort_send(s, f"PUT /bounds-bucket/Bob/x HTTP/1.1\r\nHost: a\r\nContent-Length: {length}\r\n\r\n"
-                             .encode() + b"u" * (256 * 1024))
+                             .encode() + b"u" * MIB)
         elif kind in ("unread_gets", "stalled_chunks", "stalled_plain"):
             best_effort_send(s, head)
         socks.append(s)
@@ -298,7 +301,7 @@ def open_hostile(gw: Gateway, kind: str) -> list[socket.socket]:
     return socks
 
 
-@pytest.mark.parametrize("kind", ["idle", "stalled_heads", "refused_uploads", "unread_gets", "stalled_chunks", "stalled_plain"])
+@pytest.mark.parametrize("kind", ["idle", "stalled_heads", "oversized_heads", "refused_uploads", "unread_gets", "stalled_chunks", "stalled_plain"])
 def test_hostile_connections_cannot_pile_up_memory_or_starve_others(gateway, kind):
     caller = Caller(gateway.sidecar)
     thread = threading.Thread(target=caller.run, daemon=True)
