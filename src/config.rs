@@ -14,6 +14,7 @@ use ipnet::IpNet;
 
 pub use validate::ConfigError;
 
+use crate::routing::pattern::{AccessPointTemplate, BucketPattern};
 use crate::s3::{AccessPoint, BucketName, OperationClass};
 use crate::secret::Secret;
 
@@ -250,13 +251,52 @@ pub struct KeyConfig {
 #[derive(Debug, Clone)]
 pub struct RouteConfig {
     pub identity: String,
-    pub bucket: BucketName,
+    pub bucket: RouteBucket,
     pub prefix: String,
     pub operations: Vec<OperationClass>,
-    pub access_point: AccessPoint,
+    pub access_point: RouteAccessPoint,
     /// Requests that change who may access objects, which this route lets through (none unless
     /// listed): apgate signs them with an identity that can do more than the caller.
     pub allow: Vec<AccessChange>,
+}
+
+/// The buckets a route is for: one name, or a pattern (docs/CONFIG.md "Route patterns").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteBucket {
+    Name(BucketName),
+    Pattern(BucketPattern),
+}
+
+impl RouteBucket {
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Name(b) => b.as_str(),
+            Self::Pattern(p) => p.as_str(),
+        }
+    }
+}
+
+impl std::fmt::Display for RouteBucket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A route's access point: one, or a template over the bucket name (pattern routes only; a
+/// template on a named bucket is filled in when the configuration loads).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteAccessPoint {
+    Fixed(AccessPoint),
+    Template(AccessPointTemplate),
+}
+
+impl RouteAccessPoint {
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Fixed(ap) => ap.arn(),
+            Self::Template(t) => t.as_str(),
+        }
+    }
 }
 
 /// A request that widens access to objects beyond the routes: forwarded only under a route that

@@ -11,6 +11,7 @@
 //! **Architecture invariant:** pure: no IO, no clock but `now`, nothing but what it is given.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Uri};
@@ -74,17 +75,17 @@ pub enum Outcome<'p> {
     /// ListBuckets, answered from the caller's routes.
     ListBuckets(&'p [BucketName]),
     /// GetBucketLocation, answered with the region of the route's access point.
-    BucketLocation(&'p Route),
+    BucketLocation(Arc<Route>),
     /// Sent upstream through the route's access point.
-    Forward(Forward<'p>),
+    Forward(Forward),
 }
 
 /// A request to send upstream.
 #[derive(Debug)]
-pub struct Forward<'p> {
-    pub route: &'p Route,
+pub struct Forward {
+    pub route: Arc<Route>,
     /// For copies: the route that gives the caller the source.
-    pub copy_source: Option<&'p Route>,
+    pub copy_source: Option<Arc<Route>>,
     pub head: OutboundHead,
     pub body: BodyPlan,
 }
@@ -146,7 +147,7 @@ impl Decision<'_> {
     /// The route whose access point the request goes through (or is answered from).
     pub fn route(&self) -> Option<&Route> {
         match &self.outcome {
-            Ok(Outcome::Forward(f)) => Some(f.route),
+            Ok(Outcome::Forward(f)) => Some(&f.route),
             Ok(Outcome::BucketLocation(r)) => Some(r),
             _ => None,
         }
@@ -268,10 +269,10 @@ fn decide_into<'p>(
     if op == Operation::GetBucketLocation {
         return Ok(Outcome::BucketLocation(route));
     }
-    check_access_changes(op, headers, route)?;
+    check_access_changes(op, headers, &route)?;
     let (copy_source, copy_header) = match headers.get(&X_AMZ_COPY_SOURCE) {
         Some(raw) => {
-            let (r, value) = copy_source(policy.router, caller, raw, route)?;
+            let (r, value) = copy_source(policy.router, caller, raw, &route)?;
             (Some(r), Some(value))
         }
         None => (None, None),
@@ -528,12 +529,12 @@ fn check_access_changes(op: Operation, headers: &HeaderMap, route: &Route) -> Re
 
 /// The copy source: readable by the caller through a route, in the destination's region; its
 /// header rewritten to the source's access point object ARN.
-fn copy_source<'p>(
-    router: &'p Router,
+fn copy_source(
+    router: &Router,
     caller: &CallerIdentity,
     raw: &HeaderValue,
     dest: &Route,
-) -> Result<(&'p Route, HeaderValue), GatewayError> {
+) -> Result<(Arc<Route>, HeaderValue), GatewayError> {
     let raw = raw
         .to_str()
         .map_err(|_| GatewayError::client(S3ErrorCode::InvalidArgument, "x-amz-copy-source is not valid ASCII."))?;
@@ -747,7 +748,7 @@ pub struct Inspected {
 /// through the request's access point; RestoreObject: no SELECT restore). `announced` is the
 /// request's `x-amz-trailer`. What passes is what is forwarded.
 pub fn inspect_body(
-    forward: &Forward<'_>,
+    forward: &Forward,
     operation: Operation,
     router: &Router,
     caller: &CallerIdentity,

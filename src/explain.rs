@@ -207,8 +207,8 @@ impl<'c> Explainer<'c> {
             }
             Outcome::Forward(f) => f,
         };
-        out.route(forward.route);
-        if let Some(source) = forward.copy_source {
+        out.route(&forward.route);
+        if let Some(source) = &forward.copy_source {
             let copied = headers
                 .get("x-amz-copy-source")
                 .and_then(|v| v.to_str().ok())
@@ -312,18 +312,24 @@ impl Out {
         } else {
             format!("keys under {:?}", route.prefix)
         };
+        let bucket = match &route.pattern {
+            Some(pattern) => format!("bucket pattern {pattern:?} (matches {})", route.bucket),
+            None => format!("bucket {}", route.bucket),
+        };
         self.line(
             "route:",
             &format!(
-                "routes[{}]: identity {}, bucket {}, {prefix}, {} operations",
+                "routes[{}]: identity {}, {bucket}, {prefix}, {} operations",
                 route.index,
                 route.identity,
-                route.bucket,
                 ops.join("/")
             ),
         );
         self.line("access pt:", route.access_point.arn());
         self.json.insert("route".into(), route.index.into());
+        if let Some(pattern) = &route.pattern {
+            self.json.insert("bucket_pattern".into(), pattern.as_ref().into());
+        }
         self.json.insert("access_point".into(), route.access_point.arn().into());
     }
 
@@ -430,6 +436,53 @@ fn retries(policy: &RetryConfig, method: &Method) -> String {
     }
 }
 
+/// Bucket patterns that overlap: of one identity, two that can match the same bucket name. The
+/// more specific one wins (or, as specific, the earlier), which may not be what was meant; a
+/// pattern shadowed by a named bucket is the rule working as documented and is not warned about.
+fn pattern_warnings(config: &Config) -> Vec<String> {
+    use crate::config::{RouteAccessPoint, RouteBucket};
+    let mut out = Vec::new();
+    // The first rule of each (identity, pattern).
+    let mut firsts: Vec<(usize, &str, &crate::routing::pattern::BucketPattern)> = Vec::new();
+    for (i, r) in config.routes.iter().enumerate() {
+        let RouteBucket::Pattern(p) = &r.bucket else { continue };
+        if matches!(r.access_point, RouteAccessPoint::Fixed(_)) {
+            out.push(format!(
+                "routes[{i}]: bucket pattern {:?} with one access point ({}): every bucket it matches reaches that access point's bucket; a template ({}) follows the bucket",
+                p.as_str(),
+                r.access_point.as_str(),
+                crate::routing::pattern::BUCKET_PLACEHOLDER
+            ));
+        }
+        if !firsts.iter().any(|(_, id, q)| *id == r.identity && *q == p) {
+            firsts.push((i, &r.identity, p));
+        }
+    }
+    for (a, (i, id, p)) in firsts.iter().enumerate() {
+        for (j, other_id, q) in &firsts[a + 1..] {
+            if id == other_id && p.overlaps(q) {
+                let (winner, rule) = if q.specificity() > p.specificity() {
+                    (q, j)
+                } else {
+                    (p, i)
+                };
+                let how = if p.specificity() == q.specificity() {
+                    "as specific, so the earlier one wins"
+                } else {
+                    "the more specific one wins"
+                };
+                out.push(format!(
+                    "routes[{i}] and routes[{j}]: bucket patterns {:?} and {:?} of identity {id} overlap; for a bucket both match, {:?} (routes[{rule}]) decides ({how})",
+                    p.as_str(),
+                    q.as_str(),
+                    winner.as_str()
+                ));
+            }
+        }
+    }
+    out
+}
+
 /// Parts of a valid configuration that can never apply.
 pub fn warnings(config: &Config) -> Vec<String> {
     let mut out = Vec::new();
@@ -446,6 +499,7 @@ pub fn warnings(config: &Config) -> Vec<String> {
             out.push(format!("routes[{i}]: can never match: routes[{j}] has the same identity, bucket and prefix and allows everything it allows"));
         }
     }
+    out.extend(pattern_warnings(config));
     for (i, ident) in config.identities.iter().enumerate() {
         if !config.routes.iter().any(|r| r.identity == ident.name) {
             out.push(format!(

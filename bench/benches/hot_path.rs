@@ -13,9 +13,10 @@ use http::{HeaderMap, HeaderValue, Method};
 use http_body_util::BodyExt;
 
 use apgate::chunked::{ChunkKey, Ending, FailureSlot, Inbound, ResignChunks};
-use apgate::config::RouteConfig;
+use apgate::config::{RouteAccessPoint, RouteBucket, RouteConfig};
 use apgate::identity::sigv4::signing_key;
 use apgate::identity::SigV4Verifier;
+use apgate::routing::pattern::{AccessPointTemplate, BucketPattern};
 use apgate::routing::{Router, Scope};
 use apgate::s3::addressing::parse_target;
 use apgate::s3::{AccessPoint, BucketName, OperationClass, PayloadHash};
@@ -82,10 +83,12 @@ fn route_and_classify(c: &mut Criterion) {
     let routes: Vec<RouteConfig> = (0..100)
         .map(|i| RouteConfig {
             identity: format!("id{}", i % 10),
-            bucket: BucketName::parse(&format!("bucket-{}", i % 7)).unwrap(),
+            bucket: RouteBucket::Name(BucketName::parse(&format!("bucket-{}", i % 7)).unwrap()),
             prefix: format!("team{i}/"),
             operations: OperationClass::ALL.to_vec(),
-            access_point: AccessPoint::parse(&format!("arn:aws:s3:us-east-1:123456789012:accesspoint/ap-{i}")).unwrap(),
+            access_point: RouteAccessPoint::Fixed(
+                AccessPoint::parse(&format!("arn:aws:s3:us-east-1:123456789012:accesspoint/ap-{i}")).unwrap(),
+            ),
             allow: Vec::new(),
         })
         .collect();
@@ -103,6 +106,61 @@ fn route_and_classify(c: &mut Criterion) {
                 .unwrap()
         })
     });
+    // A platform's table (issue 17): 10,000 named buckets and 100 patterns with templates, all
+    // of one identity; a lookup of a named bucket, and of one only the least specific pattern
+    // matches (every pattern is tried before it).
+    let mut platform: Vec<RouteConfig> = (0..10_000)
+        .map(|i| RouteConfig {
+            identity: "platform".to_owned(),
+            bucket: RouteBucket::Name(BucketName::parse(&format!("bucket-{i}")).unwrap()),
+            prefix: String::new(),
+            operations: OperationClass::ALL.to_vec(),
+            access_point: RouteAccessPoint::Fixed(
+                AccessPoint::parse(&format!("arn:aws:s3:us-east-1:123456789012:accesspoint/ap-{i}")).unwrap(),
+            ),
+            allow: Vec::new(),
+        })
+        .collect();
+    platform.extend((0..100).map(|i| RouteConfig {
+        identity: "platform".to_owned(),
+        bucket: RouteBucket::Pattern(BucketPattern::parse(&format!("team{i:02}-*")).unwrap()),
+        prefix: String::new(),
+        operations: OperationClass::ALL.to_vec(),
+        access_point: RouteAccessPoint::Template(
+            AccessPointTemplate::parse("arn:aws:s3:us-east-1:123456789012:accesspoint/{bucket}-rw").unwrap(),
+        ),
+        allow: Vec::new(),
+    }));
+    platform.push(RouteConfig {
+        identity: "platform".to_owned(),
+        bucket: RouteBucket::Pattern(BucketPattern::parse("*").unwrap()),
+        prefix: String::new(),
+        operations: OperationClass::ALL.to_vec(),
+        access_point: RouteAccessPoint::Template(
+            AccessPointTemplate::parse("arn:aws:s3:us-east-1:123456789012:accesspoint/{bucket}-any").unwrap(),
+        ),
+        allow: Vec::new(),
+    });
+    let platform = Router::new(&platform);
+    for (name, bucket) in [
+        ("routing_10k_exact_100_patterns/exact", "bucket-7345"),
+        ("routing_10k_exact_100_patterns/pattern", "team57-web"),
+        ("routing_10k_exact_100_patterns/last_pattern", "other-web"),
+    ] {
+        let bucket = BucketName::parse(bucket).unwrap();
+        c.bench_function(name, |b| {
+            b.iter(|| {
+                platform
+                    .route(
+                        black_box("platform"),
+                        &bucket,
+                        Scope::Key("some/key.csv"),
+                        OperationClass::Read,
+                    )
+                    .unwrap()
+            })
+        });
+    }
     let headers = HeaderMap::new();
     c.bench_function("parse_and_classify", |b| {
         b.iter(|| {

@@ -7,12 +7,13 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use super::raw::{RawConfig, RawCredentials, RawEndpoint, RawSecret};
+use super::raw::{RawConfig, RawCredentials, RawEndpoint, RawRoute, RawSecret};
 use super::{
     AccessChange, AccessLogConfig, AddressingConfig, AdminConfig, Config, CredentialRefreshConfig, CredentialsConfig,
     Endpoint, IdentityConfig, IdentityMethod, KeyConfig, KeyLogging, ListenerConfig, ListenerTls, RetryConfig,
-    RoleConfig, RouteConfig, ServerConfig, SigV4Config, StsConfig, UpstreamConfig,
+    RoleConfig, RouteAccessPoint, RouteBucket, RouteConfig, ServerConfig, SigV4Config, StsConfig, UpstreamConfig,
 };
+use crate::routing::pattern::{AccessPointTemplate, BucketPattern};
 use crate::s3::{AccessPoint, BucketName, OperationClass};
 use crate::secret::Secret;
 
@@ -639,20 +640,7 @@ fn validate(raw: RawConfig, env: &dyn Env) -> Result<Config, ConfigError> {
         if !identity_names.contains(r.identity.as_str()) {
             c.problem(format!("{p}.identity"), format!("{:?}: no such identity", r.identity));
         }
-        let bucket = match BucketName::parse(&r.bucket) {
-            Ok(b) => Some(b),
-            Err(e) => {
-                c.problem(format!("{p}.bucket"), e.to_string());
-                None
-            }
-        };
-        let ap = match AccessPoint::parse(&r.access_point) {
-            Ok(ap) => Some(ap),
-            Err(e) => {
-                c.problem(format!("{p}.access_point"), format!("{:?}: {e}", r.access_point));
-                None
-            }
-        };
+        let (bucket, ap) = validate_route_target(&mut c, &p, r);
         let mut operations = Vec::new();
         match &r.operations {
             None => operations.extend(OperationClass::ALL),
@@ -913,6 +901,85 @@ fn valid_identity_name(s: &str) -> bool {
     (1..=64).contains(&s.len())
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// A route's bucket (a name or a pattern) and access point (an ARN or a template over the
+/// bucket): each checked alone, then together, so that a template never makes an invalid name.
+fn validate_route_target(
+    c: &mut Checker<'_>,
+    p: &str,
+    r: &RawRoute,
+) -> (Option<RouteBucket>, Option<RouteAccessPoint>) {
+    let bucket = if BucketPattern::is_pattern(&r.bucket) {
+        BucketPattern::parse(&r.bucket).map(RouteBucket::Pattern)
+    } else {
+        BucketName::parse(&r.bucket)
+            .map(RouteBucket::Name)
+            .map_err(|e| e.to_string())
+    };
+    let bucket = bucket
+        .map_err(|e| c.problem(format!("{p}.bucket"), format!("{:?}: {e}", r.bucket)))
+        .ok();
+    let ap = if AccessPointTemplate::is_template(&r.access_point) {
+        AccessPointTemplate::parse(&r.access_point).map(RouteAccessPoint::Template)
+    } else {
+        AccessPoint::parse(&r.access_point)
+            .map(RouteAccessPoint::Fixed)
+            .map_err(|e| {
+                let hint = if r.access_point.starts_with("arn:aws:s3:::") {
+                    " (that is a bucket ARN: a route names the access point's ARN, arn:aws:s3:REGION:ACCOUNT:accesspoint/NAME)"
+                } else {
+                    ""
+                };
+                format!("{e}{hint}")
+            })
+    };
+    let ap = ap
+        .map_err(|e| c.problem(format!("{p}.access_point"), format!("{:?}: {e}", r.access_point)))
+        .ok();
+    match (bucket, ap) {
+        // A template on one bucket: filled in now.
+        (Some(RouteBucket::Name(name)), Some(RouteAccessPoint::Template(t))) => match t.expand(name.as_str()) {
+            Some(ap) => (Some(RouteBucket::Name(name)), Some(RouteAccessPoint::Fixed(ap))),
+            None => {
+                c.problem(
+                    format!("{p}.access_point"),
+                    format!(
+                        "{:?} makes {:?} for bucket {name}, not a valid access point name (3-50 characters of a-z, 0-9 and '-')",
+                        t.as_str(),
+                        t.as_str().replace(crate::routing::pattern::BUCKET_PLACEHOLDER, name.as_str())
+                    ),
+                );
+                (Some(RouteBucket::Name(name)), None)
+            }
+        },
+        (Some(RouteBucket::Pattern(pattern)), Some(RouteAccessPoint::Template(t))) => {
+            if pattern.has_dot() {
+                c.problem(
+                    format!("{p}.bucket"),
+                    format!(
+                        "{:?}: a pattern whose access point is a template cannot hold '.' (an access point name cannot)",
+                        pattern.as_str()
+                    ),
+                );
+                return (None, None);
+            }
+            let shortest = t.name_len(pattern.min_len());
+            if shortest > 50 {
+                c.problem(
+                    format!("{p}.access_point"),
+                    format!(
+                        "{:?} makes names of at least {shortest} characters from buckets matching {:?}: an access point name has at most 50",
+                        t.as_str(),
+                        pattern.as_str()
+                    ),
+                );
+                return (None, None);
+            }
+            (Some(RouteBucket::Pattern(pattern)), Some(RouteAccessPoint::Template(t)))
+        }
+        other => other,
+    }
 }
 
 #[cfg(test)]

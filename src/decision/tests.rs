@@ -398,7 +398,7 @@ fn forwards_only_what_was_decided() {
                 f.head.headers["x-amz-copy-source"],
                 "arn%3Aaws%3As3%3Aus-east-1%3A123456789012%3Aaccesspoint/ro-ap/object/ro/src%20x"
             );
-            assert_eq!(f.copy_source.map(|r| r.prefix.as_str()), Some("ro/"));
+            assert_eq!(f.copy_source.as_ref().map(|r| r.prefix.as_str()), Some("ro/"));
         },
     );
 }

@@ -45,7 +45,7 @@ pub(crate) struct ClientBody {
 pub(crate) struct Decided<'a> {
     pub(crate) caller: &'a CallerIdentity,
     pub(crate) operation: Operation,
-    pub(crate) forward: &'a Forward<'a>,
+    pub(crate) forward: &'a Forward,
     pub(crate) inbound: &'a http::request::Parts,
 }
 
@@ -389,7 +389,7 @@ async fn read_inspected(
     state: &State,
     ctx: &Ctx,
     body: Incoming,
-    fwd: &Forward<'_>,
+    fwd: &Forward,
     operation: Operation,
     caller: &CallerIdentity,
     announced: Option<&str>,

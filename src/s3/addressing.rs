@@ -44,6 +44,14 @@ fn looks_like_ipv4(s: &str) -> bool {
             .all(|p| !p.is_empty() && p.bytes().all(|c| c.is_ascii_digit()))
 }
 
+/// Lets maps keyed by bucket name be searched with a `&str` (derived `Hash` hashes the `String`
+/// as its `str`, so both agree).
+impl std::borrow::Borrow<str> for BucketName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Debug for BucketName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

@@ -334,3 +334,82 @@ fn collects_every_problem_not_just_the_first() {
     let err = parse(&text).unwrap_err();
     assert_eq!(err.problems.len(), 2, "{err}");
 }
+
+/// BASE with bob's route's bucket and access point replaced.
+fn with_bob_route(bucket: &str, access_point: &str) -> String {
+    BASE.replacen(
+        "bucket = \"access-point-test\"\nprefix = \"Bob/\"",
+        &format!("bucket = \"{bucket}\"\nprefix = \"Bob/\""),
+        1,
+    )
+    .replacen(
+        "arn:aws:s3:us-east-1:123456789012:accesspoint/bob-access-point-test",
+        access_point,
+        1,
+    )
+}
+
+#[test]
+fn route_patterns_and_templates_are_checked_together() {
+    const ARN: &str = "arn:aws:s3:us-east-1:123456789012:accesspoint/";
+    // A pattern with a template.
+    let c = parse(&with_bob_route("team-*", &format!("{ARN}{{bucket}}-rw"))).unwrap();
+    assert!(matches!(&c.routes[0].bucket, RouteBucket::Pattern(p) if p.as_str() == "team-*"));
+    assert!(matches!(&c.routes[0].access_point, RouteAccessPoint::Template(_)));
+    // A template on a named bucket is filled in at once.
+    let c = parse(&with_bob_route("team-a", &format!("{ARN}{{bucket}}-rw"))).unwrap();
+    assert!(matches!(&c.routes[0].access_point, RouteAccessPoint::Fixed(ap) if ap.name() == "team-a-rw"));
+    // (bucket, access point, key path, message)
+    let long = "b".repeat(48);
+    let cases: Vec<(String, String, &str, &str)> = vec![
+        (
+            "team-a".into(),
+            format!("{ARN}{{bucket}}-{long}"),
+            "routes[0].access_point",
+            "not a valid access point name",
+        ),
+        (
+            "team.*".into(),
+            format!("{ARN}{{bucket}}-rw"),
+            "routes[0].bucket",
+            "cannot hold '.'",
+        ),
+        (
+            "team-*".into(),
+            format!("{ARN}{{bucket}}-{long}"),
+            "routes[0].access_point",
+            "at least",
+        ),
+        (
+            "team-*".into(),
+            format!("{ARN}{{bucket}}_rw"),
+            "routes[0].access_point",
+            "cannot stand in an access point name",
+        ),
+        (
+            "team-*".into(),
+            "arn:aws:s3:{bucket}:123456789012:accesspoint/x".into(),
+            "routes[0].access_point",
+            "only the access point name",
+        ),
+        (
+            "Team-*".into(),
+            format!("{ARN}{{bucket}}-rw"),
+            "routes[0].bucket",
+            "cannot stand in a bucket name",
+        ),
+        (
+            "team-a".into(),
+            "arn:aws:s3:::team-a".into(),
+            "routes[0].access_point",
+            "that is a bucket ARN",
+        ),
+    ];
+    for (bucket, ap, path, message) in cases {
+        let e = parse(&with_bob_route(&bucket, &ap)).unwrap_err();
+        assert!(
+            e.problems.iter().any(|p| p.path == path && p.message.contains(message)),
+            "{bucket} / {ap}: {e}"
+        );
+    }
+}
