@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use quick_xml::events::{BytesStart, BytesText, Event};
+use quick_xml::events::{BytesEnd, BytesStart, BytesText, Event};
 use quick_xml::{Reader, Writer};
 
 /// A body that is not the XML we expected.
@@ -138,8 +138,23 @@ fn action(parent: &[u8], name: &[u8], view: &ClientView<'_>) -> Option<Action> {
 
 /// The start tag of a copied element, with only the attributes an answer may carry, written from
 /// apgate's own constants: the S3 namespace on the root, and a grantee's kind.
+/// A letter or `_`, then letters, digits, `_`, `-` or `.`: every element name S3 writes.
+fn is_plain_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    bytes.next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
 fn start_tag(start: &BytesStart<'_>, root: bool) -> Result<BytesStart<'static>, XmlError> {
-    let name = std::str::from_utf8(start.name().as_ref()).map_err(xml_err)?.to_owned();
+    // The local name only, and only a plain one: S3 writes no prefixes, and a name the reader
+    // let through (found by the `xml_rewrite` fuzz target: `<<<<x:/>`) must not make the
+    // rewritten document ill-formed.
+    let local = start.local_name();
+    let name = std::str::from_utf8(local.as_ref())
+        .ok()
+        .filter(|n| is_plain_name(n))
+        .ok_or_else(|| xml_err("an element name that is not a plain XML name"))?
+        .to_owned();
     let grantee = start.local_name().as_ref() == b"Grantee";
     let mut out = BytesStart::new(name);
     for attr in start.attributes() {
@@ -241,7 +256,7 @@ pub fn sanitize_answer(body: &[u8], elements: &[&str], view: &ClientView<'_>) ->
                     code: None,
                 });
             }
-            Event::End(end) => {
+            Event::End(_) => {
                 if skipping > 0 {
                     skipping -= 1;
                     continue;
@@ -274,7 +289,9 @@ pub fn sanitize_answer(body: &[u8], elements: &[&str], view: &ClientView<'_>) ->
                         .write_event(Event::Text(BytesText::new(&text)))
                         .map_err(xml_err)?;
                 }
-                writer.write_event(Event::End(end)).map_err(xml_err)?;
+                // The name its start tag was written with (checked plain there).
+                let name = String::from_utf8(frame.name).map_err(xml_err)?;
+                writer.write_event(Event::End(BytesEnd::new(name))).map_err(xml_err)?;
             }
             Event::Text(_) | Event::CData(_) | Event::GeneralRef(_) => {
                 if skipping > 0 {
@@ -676,6 +693,34 @@ mod tests {
         match sanitize_answer(body.as_bytes(), op.spec().response_elements, &view()).unwrap() {
             Sanitized::Document(out) => String::from_utf8(out).unwrap(),
             Sanitized::Error => "ERROR".to_owned(),
+        }
+    }
+
+    #[test]
+    fn element_names_are_written_plain_and_without_prefixes() {
+        use crate::s3::Operation as Op;
+        // A prefix is dropped (S3 writes none); the element is judged by its local name.
+        assert_eq!(
+            sanitized(
+                Op::ListObjects,
+                "<s3:ListBucketResult><s3:Prefix>Bob/</s3:Prefix><x:Evil>1</x:Evil></s3:ListBucketResult>"
+            ),
+            "<ListBucketResult><Prefix>Bob/</Prefix></ListBucketResult>"
+        );
+        assert_eq!(
+            sanitized(
+                Op::ListObjects,
+                "<ListBucketResult><<x:Prefix>p</<x:Prefix></ListBucketResult>"
+            ),
+            "<ListBucketResult><Prefix>p</Prefix></ListBucketResult>"
+        );
+        // A name the reader lets through but XML does not allow is an error, never written
+        // (found by the xml_rewrite fuzz target).
+        for body in ["<<<<ltis://>", "<a<b></a<b>", "<1Root></1Root>"] {
+            assert!(
+                sanitize_answer(body.as_bytes(), Op::ListObjects.spec().response_elements, &view()).is_err(),
+                "{body}"
+            );
         }
     }
 
