@@ -186,6 +186,9 @@ impl Metrics {
         for outcome in ["read", "closed"] {
             discarded_bodies.with_label_values(&[outcome]);
         }
+        for result in ["success", "failure"] {
+            config_reloads.with_label_values(&[result]);
+        }
 
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;

@@ -86,8 +86,16 @@ impl CredentialCache {
         policy: RefreshPolicy,
         metrics: Option<RefreshMetrics>,
     ) -> Self {
+        let principal = principal.into();
+        if let Some(m) = &metrics {
+            // Both results exist from the start, at 0: the first failure is an increase that
+            // `increase(...[15m]) > 0` alerts see (deploy/prometheus/alerts.yml).
+            for result in ["success", "failure"] {
+                m.attempts.with_label_values(&[&principal, result]);
+            }
+        }
         Self {
-            principal: principal.into(),
+            principal,
             provider,
             current: ArcSwapOption::empty(),
             refresh: tokio::sync::Mutex::new(()),

@@ -654,3 +654,95 @@ def test_every_dashboard_query_runs_in_prometheus(prometheus, some_traffic):
     for expr in ('sum by (identity) (rate(apgate_requests_total{job=~".*"}[1m]))',
                  'max by (instance, version) (apgate_build_info{job=~".*"})'):
         wait_for(f"data for {expr}", lambda: prometheus.query(expr), 10, lambda: _tail(prometheus.log))
+
+
+# ------------------------------------------------------------- alerts fire on the first failure
+#
+# An `increase(counter{label="x"}[w]) > 0` alert cannot see a series' first sample: a series
+# that appears only when the first failure happens starts at 1 and never "increases" in
+# Prometheus' eyes. So every counter series such an alert selects must exist, at 0, on an apgate
+# that has done nothing yet, or the rule must catch a series' first sample itself (`unless ...
+# offset`). Judged on a real, fresh apgate's /metrics, not on what the rule tests assume.
+
+SERIES_LINE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')
+LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+MATCHER = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"')
+INCREASE = re.compile(r'increase\(\s*(apgate_[a-z_]+)\{([^}]*)\}\[')
+
+
+def exposition_series(text: str) -> list[tuple[str, dict[str, str], float]]:
+    out = []
+    for line in text.splitlines():
+        m = SERIES_LINE.match(line)
+        if m and not line.startswith("#"):
+            out.append((m.group(1), dict(LABEL.findall(m.group(2) or "")), float(m.group(3))))
+    return out
+
+
+def selects(matchers: str, labels: dict[str, str]) -> bool:
+    for name, op, value in MATCHER.findall(matchers):
+        have = labels.get(name, "")
+        ok = {"=": have == value, "!=": have != value,
+              "=~": re.fullmatch(value, have) is not None, "!~": re.fullmatch(value, have) is None}[op]
+        if not ok:
+            return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def fresh_series(moto, tmp_path_factory) -> list[tuple[str, dict[str, str], float]]:
+    """The series of an apgate that has served nothing (its credentials fetched at start)."""
+    from test_faults import run_apgate
+    with run_apgate(moto, tmp_path_factory.mktemp("fresh")) as gw:
+        status, body = http_get(f"http://127.0.0.1:{gw.admin}/metrics")
+        assert status == 200
+    return exposition_series(body.decode())
+
+
+def test_every_series_an_increase_alert_selects_exists_at_zero_from_the_start(fresh_series):
+    problems, checked = [], 0
+    for rule in alert_rules():
+        expr = rule["expr"]
+        first_sample_clause = "unless" in expr and "offset" in expr
+        for name, matchers in INCREASE.findall(expr):
+            checked += 1
+            found = [(labels, v) for n, labels, v in fresh_series if n == name and selects(matchers, labels)]
+            if not found and not first_sample_clause:
+                problems.append(f"{rule['alert']}: {name}{{{matchers}}} is not exported by a fresh apgate")
+            for labels, v in found:
+                if v != 0:
+                    problems.append(f"{rule['alert']}: {name}{labels} starts at {v}, not 0")
+    assert checked >= 3, "the increase() alerts were not found"
+    assert not problems, "\n".join(problems)
+
+
+def test_the_failure_alerts_fire_on_the_first_failure_of_the_series_apgate_exports(fresh_series, tmp_path):
+    """promtool evaluates the rules over the series a fresh apgate really exports (labels as
+    scraped, plus job and instance), each failure counter going from its start value up by one."""
+    rules = {r["alert"]: r for r in alert_rules()}
+    cases = [("ApgateConfigReloadFailed", "apgate_config_reloads_total", ("job", "instance")),
+             ("ApgateCredentialRefreshFailures", "apgate_credential_refreshes_total", ("job", "principal"))]
+    tests = []
+    for alert, family, by in cases:
+        series = [(labels, v) for n, labels, v in fresh_series if n == family and labels.get("result") == "failure"]
+        assert series, f"{family}{{result=\"failure\"}} is not exported by a fresh apgate"
+        input_series, expected = [], []
+        for labels, v in series:
+            labels = {**labels, "job": "apgate", "instance": "gw:9090"}
+            text = ",".join(f'{k}="{val}"' for k, val in sorted(labels.items()))
+            # Its value as scraped for 3 minutes, then one failure.
+            input_series.append({"series": f"{family}{{{text}}}", "values": f"{v:g} {v:g} {v:g} {v + 1:g}x27"})
+            expected.append({"labels": "{" + ",".join(f'{k}="{labels[k]}"' for k in by) + "}", "value": 1})
+        tests.append({
+            "interval": "1m",
+            "input_series": input_series,
+            "promql_expr_test": [
+                # Before the failure: nothing; after it: the alert's expression holds for each series.
+                {"expr": rules[alert]["expr"], "eval_time": "2m", "exp_samples": []},
+                {"expr": rules[alert]["expr"], "eval_time": "10m", "exp_samples": expected},
+            ],
+        })
+    path = tmp_path / "first_failure_test.yml"
+    path.write_text(yaml.safe_dump({"rule_files": [str(ALERTS)], "evaluation_interval": "1m", "tests": tests}))
+    result = run([tool("promtool"), "test", "rules", str(path)])
+    assert result.returncode == 0, output(result) + path.read_text()
