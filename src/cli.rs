@@ -46,9 +46,13 @@ pub enum Command {
     /// Check a running apgate: exit 0 when its `/readyz` (or the given URL) answers 200, 1 otherwise.
     /// For container health checks that have no curl (distroless images).
     Health {
-        /// The URL to ask.
-        #[arg(long, default_value = "http://127.0.0.1:9090/readyz")]
-        url: String,
+        /// The URL to ask; by default `/readyz` on the configuration's `[admin] address` (a
+        /// wildcard address asked on loopback), or `http://127.0.0.1:9090/readyz` without one.
+        #[arg(long)]
+        url: Option<String>,
+        /// The configuration file whose `[admin] address` to ask (only that key is read).
+        #[arg(short, long, env = "APGATE_CONFIG")]
+        config: Option<PathBuf>,
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 3.0)]
         timeout_seconds: f64,
@@ -238,18 +242,58 @@ pub fn print_keygen(identity: &str) -> i32 {
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect();
-    println!("# A new key for identity {identity:?}. Store the secret where apgate reads it (an environment");
-    println!("# variable or a file), give it to the caller, and add this under the identity:");
+    // The snippet on stdout (`apgate keygen --identity bob >> apgate.toml` is safe); the secret on
+    // stderr only, so no redirect of stdout writes it into a configuration file.
+    println!("# A new key for identity {identity:?}: the secret is on stderr. Store it where apgate reads it");
+    println!("# (the environment variable below, or a file), give it to the caller, and add this under the");
+    println!("# identity:");
     println!("[[identities.keys]]");
     println!("access_key_id = \"{akid}\"");
-    println!("secret_access_key = {{ env = \"APGATE_SECRET_{var}\" }}");
-    println!();
-    println!("# secret (shown once): {secret}");
+    println!("secret_access_key = {{ env = \"APGATE_{var}_SECRET\" }}");
+    eprintln!("secret for {akid} (shown once, not on stdout): {secret}");
     exit::OK
 }
 
+/// The URL `apgate health` asks: the given one, or `/readyz` on the configuration's admin address.
+pub fn health_url(url: Option<&str>, config: Option<&std::path::Path>) -> Result<String, String> {
+    if let Some(url) = url {
+        return Ok(url.to_owned());
+    }
+    let Some(path) = config else {
+        return Ok("http://127.0.0.1:9090/readyz".to_owned());
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    // Only [admin] address: a health check needs no secret and no full validation (and prints no
+    // line of the file).
+    let table: toml::Table = text
+        .parse()
+        .map_err(|_| format!("{}: not valid TOML (apgate check -c FILE says where)", path.display()))?;
+    let address = table
+        .get("admin")
+        .and_then(|a| a.get("address"))
+        .and_then(|a| a.as_str())
+        .ok_or_else(|| format!("{}: no [admin] address", path.display()))?;
+    let addr: std::net::SocketAddr = address
+        .parse()
+        .map_err(|_| format!("{}: admin.address is not IP:PORT", path.display()))?;
+    let ip = match addr.ip() {
+        std::net::IpAddr::V4(v4) if v4.is_unspecified() => std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        std::net::IpAddr::V6(v6) if v6.is_unspecified() => std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    Ok(format!("http://{}/readyz", std::net::SocketAddr::new(ip, addr.port())))
+}
+
 /// `apgate health`: 0 when `url` answers 200 within the timeout, 1 otherwise.
-pub fn health(url: &str, timeout_seconds: f64) -> i32 {
+pub fn health(url: Option<&str>, config: Option<&std::path::Path>, timeout_seconds: f64) -> i32 {
+    let url = match health_url(url, config) {
+        Ok(url) => url,
+        Err(e) => {
+            eprintln!("{e}");
+            return exit::CONFIG;
+        }
+    };
+    let url = url.as_str();
     let Ok(uri) = url.parse::<http::Uri>() else {
         eprintln!("{url:?} is not a URL");
         return exit::CONFIG;

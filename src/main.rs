@@ -31,7 +31,11 @@ fn main() {
         Command::Explain(args) => cli::explain(&args),
         Command::Keygen { identity } => cli::print_keygen(&identity),
         Command::Completions { shell } => cli::print_completions(shell),
-        Command::Health { url, timeout_seconds } => cli::health(&url, timeout_seconds),
+        Command::Health {
+            url,
+            config,
+            timeout_seconds,
+        } => cli::health(url.as_deref(), config.as_deref(), timeout_seconds),
         Command::Serve { config } => serve(&config),
     };
     std::process::exit(code);

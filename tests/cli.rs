@@ -198,11 +198,19 @@ fn health_reports_whether_readyz_answers_200() {
 #[test]
 fn keygen_completions_and_help() {
     let o = apgate(&["keygen", "--identity", "bob"]);
-    let t = text(&o);
+    let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    // The variable the shipped configs use for bob's secret.
+    let shipped =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/config/apgate-shared.toml")).unwrap();
+    assert!(shipped.contains("APGATE_BOB_SECRET"));
     assert!(
-        o.status.success() && t.contains("access_key_id = \"APG") && t.contains("APGATE_SECRET_BOB"),
-        "{t}"
+        o.status.success() && out.contains("access_key_id = \"APG") && out.contains("{ env = \"APGATE_BOB_SECRET\" }"),
+        "{out}"
     );
+    // The secret is on stderr only: a redirect of stdout into a config file cannot capture it.
+    let secret = err.rsplit(": ").next().unwrap().trim();
+    assert!(secret.len() >= 30, "{err}");
+    assert!(!out.contains(secret), "{out}");
     let o = apgate(&["completions", "bash"]);
     assert!(o.status.success() && text(&o).contains("_apgate"), "{}", text(&o));
     let o = apgate(&["--help"]);
@@ -252,4 +260,38 @@ fn config_errors_never_echo_a_secret() {
     let o = apgate(&["check", "-c", link.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(64), "{}", text(&o));
     assert!(!text(&o).contains(&SECRET[..12]), "{}", text(&o));
+}
+
+/// `health` asks the configuration's admin address (a wildcard one on loopback), not a fixed port.
+#[test]
+fn health_reads_the_admin_address_from_the_config() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut head = [0u8; 1024];
+        let n = conn.read(&mut head).unwrap();
+        conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+            .unwrap();
+        String::from_utf8_lossy(&head[..n]).into_owned()
+    });
+    let dir = std::env::temp_dir().join(format!("apgate-health-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("apgate.toml");
+    // Only [admin] is read: the rest may be anything, secrets absent.
+    std::fs::write(
+        &config,
+        format!("[admin]\naddress = \"0.0.0.0:{port}\"\n\n[[routes]]\nwhatever = 1\n"),
+    )
+    .unwrap();
+    let o = apgate(&["health", "-c", config.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(server.join().unwrap().starts_with("GET /readyz "));
+    // Without a config it asks 127.0.0.1:9090; a config without [admin] is a config error.
+    std::fs::write(&config, "[server]\n").unwrap();
+    let o = apgate(&["health", "-c", config.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(64), "{}", text(&o));
+    assert!(text(&o).contains("no [admin] address"), "{}", text(&o));
+    std::fs::remove_dir_all(&dir).ok();
 }
