@@ -104,11 +104,12 @@ pub struct ExplainArgs {
 
 /// `apgate check`: prints problems or warnings, returns the exit code.
 pub fn check(path: &std::path::Path) -> i32 {
-    match crate::config::Config::load(path) {
-        Ok(c) => {
+    match crate::config::Config::load_without_secrets(path) {
+        Ok((c, absent)) => {
             for w in crate::explain::warnings(&c) {
                 eprintln!("warning: {w}");
             }
+            note_absent_secrets(&absent);
             println!(
                 "{}: ok ({} listeners, {} identities, {} routes)",
                 path.display(),
@@ -125,12 +126,30 @@ pub fn check(path: &std::path::Path) -> i32 {
     }
 }
 
+/// What `check` and `explain` could not read: fine for validating a configuration (a pipeline has
+/// no secrets), not for serving it.
+fn note_absent_secrets(absent: &[crate::config::Problem]) {
+    if absent.is_empty() {
+        return;
+    }
+    eprintln!(
+        "note: {} secret source(s) are not present here; the rest of the configuration is checked, and `apgate serve` will refuse to start without them:",
+        absent.len()
+    );
+    for p in absent {
+        eprintln!("  {}: {}", p.path, p.message);
+    }
+}
+
 /// `apgate explain`: prints the decision; exit 0 when allowed, 1 when denied (for `--requests`:
 /// when any is), 64 for a bad config or bad arguments.
 pub fn explain(args: &ExplainArgs) -> i32 {
     use crate::explain::{request_from_json, Caller, Explainer, Request};
-    let config = match crate::config::Config::load(&args.config) {
-        Ok(c) => c,
+    let config = match crate::config::Config::load_without_secrets(&args.config) {
+        Ok((c, absent)) => {
+            note_absent_secrets(&absent);
+            c
+        }
         Err(e) => {
             eprintln!("{}: invalid configuration\n{e}", args.config.display());
             return exit::CONFIG;
@@ -313,15 +332,15 @@ pub fn health(url: Option<&str>, config: Option<&std::path::Path>, timeout_secon
             exit::OK
         }
         Ok(Ok(resp)) => {
-            eprintln!("not ready: {}", resp.status());
+            eprintln!("{url}: not ready: {}", resp.status());
             1
         }
         Ok(Err(e)) => {
-            eprintln!("unreachable: {e}");
+            eprintln!("{url}: unreachable: {e}");
             1
         }
         Err(_) => {
-            eprintln!("no answer within {timeout:?}");
+            eprintln!("{url}: no answer within {timeout:?}");
             1
         }
     }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-pub use validate::ConfigError;
+pub use validate::{ConfigError, Problem, PLACEHOLDER_SECRET};
 
 use crate::routing::pattern::{AccessPointTemplate, BucketPattern};
 use crate::s3::{AccessPoint, BucketName, OperationClass};
@@ -337,5 +337,14 @@ impl Config {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError::single("", format!("cannot read {}: {e}", path.display())))?;
         Self::from_toml(&text)
+    }
+
+    /// As [`Config::load`], for `check` and `explain`, which a pipeline runs without the secrets:
+    /// a secret source that gives nothing is returned as a note (its key path and why) and reads as
+    /// [`PLACEHOLDER_SECRET`]. `serve` and reloads use [`Config::load`], which refuses it.
+    pub fn load_without_secrets(path: &Path) -> Result<(Self, Vec<Problem>), ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::single("", format!("cannot read {}: {e}", path.display())))?;
+        validate::from_toml_without_secrets(&text, &validate::ProcessEnv)
     }
 }

@@ -19,7 +19,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 use crate::config::{Config, Endpoint, IdentityMethod, RetryConfig};
 use crate::decision::{decide, inspect_body, BodyPlan, Decision, Head, Outcome, Policy};
 use crate::identity::{ListenerIdentity, SigV4Verifier, SourceMap};
-use crate::routing::Router;
+use crate::routing::{Router, Scope};
 use crate::s3::operation::{self, Support};
 
 /// Who is asking.
@@ -86,6 +86,24 @@ impl<'c> Explainer<'c> {
             router: Router::new(&config.routes),
             listeners,
         }
+    }
+
+    /// What the routing table says of a refused request, when routing refused it.
+    fn route_denial(&self, d: &Decision<'_>, refusal: &crate::error::GatewayError) -> Option<String> {
+        let (caller, op, target) = (d.caller.as_ref()?, d.operation?, d.target.as_ref()?);
+        let class = op.class()?;
+        let bucket = target.bucket.as_ref()?;
+        let scope = match (&target.key, op.list_prefix_param()) {
+            (Some(key), _) => Scope::Key(key),
+            (None, Some(param)) => Scope::ListPrefix(target.param(param).unwrap_or("")),
+            (None, None) => Scope::Bucket,
+        };
+        self.router
+            .route(&caller.name, bucket, scope, class)
+            .err()
+            // Only when it is what refused the request (not, say, a signature before it).
+            .filter(|denial| refusal.message() == denial.message())
+            .map(|denial| denial.explain())
     }
 
     /// Explains one request, decided as of `now`.
@@ -189,7 +207,15 @@ impl<'c> Explainer<'c> {
         }
         let outcome = match &d.outcome {
             Ok(o) => o,
-            Err(e) => return out.deny_with(e),
+            Err(e) => {
+                // A route refusal: say which rule and why, in the operator's terms (the client's
+                // message names none of the configuration).
+                if let Some(why) = self.route_denial(d, e) {
+                    out.line("why:", &why);
+                    out.json.insert("route_denial".into(), why.into());
+                }
+                return out.deny_with(e);
+            }
         };
         let forward = match outcome {
             Outcome::ListBuckets(buckets) => {
@@ -483,6 +509,63 @@ fn pattern_warnings(config: &Config) -> Vec<String> {
     out
 }
 
+/// Settings that are valid but easy to get dangerously wrong.
+fn exposure_warnings(config: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    // A `source` identity is given to whoever reaches the port from the range: on a listener
+    // reachable beyond the host, a wide range gives it to a whole network.
+    for (i, l) in config.listeners.iter().enumerate() {
+        if !l.identity_methods.contains(&IdentityMethod::Source) || l.address.ip().is_loopback() {
+            continue;
+        }
+        for (j, (cidr, identity)) in l.sources.iter().enumerate() {
+            let host_bits = if cidr.addr().is_ipv4() { 32 } else { 128 };
+            // Wider than a /16 (IPv4) or a /48 (IPv6): tens of thousands of addresses or more.
+            let broad = u32::from(host_bits - cidr.prefix_len()) > if cidr.addr().is_ipv4() { 16 } else { 80 };
+            if broad {
+                out.push(format!(
+                    "listeners[{i}].sources[{j}]: {cidr} on {} (not a loopback address): anyone who reaches the port from that range is {identity:?}, with no credential; narrow the range (a sidecar: 127.0.0.1/32 on a loopback listener)",
+                    l.address
+                ));
+            }
+        }
+    }
+    // A region no partition has: a typo found otherwise only when requests fail.
+    let known = |region: &str| {
+        crate::s3::regions::REGIONS
+            .iter()
+            .any(|(_, regions)| regions.binary_search(&region).is_ok())
+    };
+    let mut unknown = |path: String, region: &str| {
+        if !known(region) {
+            out.push(format!(
+                "{path}: {region:?} is not a region of the aws, aws-cn or aws-us-gov partitions (botocore's partitions.json, src/s3/regions.rs): a typo?"
+            ));
+        }
+    };
+    unknown("upstream.region".to_owned(), &config.upstream.region);
+    for (i, region) in config.sigv4.accepted_regions.iter().enumerate() {
+        unknown(format!("sigv4.accepted_regions[{i}]"), region);
+    }
+    for (i, r) in config.routes.iter().enumerate() {
+        if let crate::config::RouteAccessPoint::Fixed(ap) = &r.access_point {
+            unknown(format!("routes[{i}].access_point"), ap.region());
+        }
+    }
+    // `app` also covers `apple/` and `application.log`.
+    for (i, r) in config.routes.iter().enumerate() {
+        if !r.prefix.is_empty() && !r.prefix.ends_with('/') {
+            out.push(format!(
+                "routes[{i}]: prefix {:?} does not end with '/': it also covers keys like {:?}; write {:?} for the folder",
+                r.prefix,
+                format!("{}x/...", r.prefix),
+                format!("{}/", r.prefix)
+            ));
+        }
+    }
+    out
+}
+
 /// Parts of a valid configuration that can never apply.
 pub fn warnings(config: &Config) -> Vec<String> {
     let mut out = Vec::new();
@@ -500,6 +583,7 @@ pub fn warnings(config: &Config) -> Vec<String> {
         }
     }
     out.extend(pattern_warnings(config));
+    out.extend(exposure_warnings(config));
     for (i, ident) in config.identities.iter().enumerate() {
         if !config.routes.iter().any(|r| r.identity == ident.name) {
             out.push(format!(

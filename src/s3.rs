@@ -9,6 +9,7 @@ pub mod encoding;
 pub mod headers;
 pub mod operation;
 pub mod payload;
+pub mod regions;
 pub mod request;
 pub mod xml;
 

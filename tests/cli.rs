@@ -94,15 +94,13 @@ fn check_names_the_key_path_and_the_problem_of_each_broken_config() {
         ("identity_methods = [\"sigv4\"]", "identity_methods = [\"kerberos\"]", "listeners[0].identity_methods[0]: \"kerberos\": unknown method"),
         ("identity_methods = [\"sigv4\"]", "identity_methods = [\"source\"]", "listeners[0].sources: the \"source\" method needs"),
         ("identity_methods = [\"sigv4\"]", "identity_methods = [\"mtls\"]", "listeners[0].tls.client_ca_file"),
-        ("{ env = \"APGATE_BOB_SECRET\" }", "{ env = \"APGATE_NOPE\" }", "identities[0].keys[0].secret_access_key.env: environment variable APGATE_NOPE is not set"),
-        ("{ env = \"APGATE_BOB_SECRET\" }", "{ file = \"/nonexistent/secret\" }", "identities[0].keys[0].secret_access_key.file: cannot read /nonexistent/secret"),
         ("{ env = \"APGATE_BOB_SECRET\" }", "\"plain-text-secret\"", "invalid TOML"),
         ("access_key_id = \"APGTESTBOB0000000001\"", "access_key_id = \"short\"", "identities[0].keys[0].access_key_id: \"short\": want 16-128 letters and digits"),
         ("url = \"http://127.0.0.1:5000\"", "url = \"ftp://x\"", "upstream.endpoint.url"),
         ("region = \"us-east-1\"\nendpoint", "region = \"us-east-1\"\nregoin = \"x\"\nendpoint", "unknown field `regoin`"),
         ("name = \"bob\"\n\n[[identities.keys]]", "name = \"bob\"\nrole_arn = \"arn:aws:iam::1:role/x\"\n\n[[identities.keys]]", "identities[0].role_arn"),
     ];
-    assert!(cases.len() >= 15);
+    assert!(cases.len() >= 14);
     for (i, (from, to, want)) in cases.iter().enumerate() {
         assert!(BASE.contains(from), "case {i} does not apply: {from}");
         let path = tmp(&format!("broken-{i}.toml"));
@@ -117,6 +115,48 @@ fn check_names_the_key_path_and_the_problem_of_each_broken_config() {
     assert!(o.status.success(), "{}", text(&o));
 }
 
+/// A pipeline checks a configuration without its secrets; `serve` still refuses to start without
+/// them.
+#[test]
+fn check_and_explain_work_without_the_secrets_and_serve_does_not() {
+    let cases = [
+        (
+            "{ env = \"APGATE_NOPE\" }",
+            "identities[0].keys[0].secret_access_key.env: environment variable APGATE_NOPE is not set",
+        ),
+        (
+            "{ file = \"/nonexistent/secret\" }",
+            "identities[0].keys[0].secret_access_key.file: cannot read /nonexistent/secret",
+        ),
+    ];
+    for (i, (source, said)) in cases.iter().enumerate() {
+        let path = tmp(&format!("no-secret-{i}.toml"));
+        std::fs::write(&path, BASE.replacen("{ env = \"APGATE_BOB_SECRET\" }", source, 1)).unwrap();
+        let path = path.to_str().unwrap();
+        let o = apgate(&["check", "-c", path]);
+        assert!(o.status.success(), "case {i}: {}", text(&o));
+        assert!(
+            text(&o).contains("not present here") && text(&o).contains(said),
+            "case {i}: {}",
+            text(&o)
+        );
+        let o = apgate(&[
+            "explain",
+            "-c",
+            path,
+            "--identity",
+            "bob",
+            "GET",
+            "/access-point-test/Bob/x",
+        ]);
+        assert!(o.status.success(), "case {i}: {}", text(&o));
+        assert!(text(&o).contains("ALLOWED"), "case {i}: {}", text(&o));
+        let o = apgate(&["serve", "-c", path]);
+        assert_eq!(o.status.code(), Some(64), "case {i}: {}", text(&o));
+        assert!(text(&o).contains(said), "case {i}: {}", text(&o));
+    }
+}
+
 #[test]
 fn check_warns_about_what_can_never_apply() {
     let path = tmp("warn.toml");
@@ -128,6 +168,52 @@ fn check_warns_about_what_can_never_apply() {
         "{}",
         text(&o)
     );
+}
+
+#[test]
+fn check_warns_about_settings_easy_to_get_dangerously_wrong() {
+    let exposed = "\n[[listeners]]\nname = \"sidecar\"\naddress = \"0.0.0.0:8081\"\nidentity_methods = [\"source\"]\n\n[[listeners.sources]]\ncidr = \"10.0.0.0/8\"\nidentity = \"bob\"\n\n[[listeners.sources]]\ncidr = \"10.1.2.0/24\"\nidentity = \"bob\"\n";
+    let path = tmp("exposed.toml");
+    let text_ = BASE.replacen("prefix = \"Bob/\"", "prefix = \"Bob\"", 1) + exposed;
+    std::fs::write(&path, text_).unwrap();
+    let o = apgate(&["check", "-c", path.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let t = text(&o);
+    assert!(
+        t.contains("warning: listeners[1].sources[0]: 10.0.0.0/8 on 0.0.0.0:8081"),
+        "{t}"
+    );
+    assert!(!t.contains("sources[1]"), "a /24 is not broad: {t}");
+    assert!(
+        t.contains("warning: routes[0]: prefix \"Bob\" does not end with '/'"),
+        "{t}"
+    );
+    // A region no partition has (here a typo in an access point ARN and in upstream.region).
+    std::fs::write(
+        &path,
+        BASE.replacen("arn:aws:s3:us-east-1:", "arn:aws:s3:us-est-1:", 1)
+            .replacen("region = \"us-east-1\"", "region = \"eu-wset-1\"", 1),
+    )
+    .unwrap();
+    let o = apgate(&["check", "-c", path.to_str().unwrap()]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(
+        t.contains("warning: routes[0].access_point: \"us-est-1\" is not a region"),
+        "{t}"
+    );
+    assert!(
+        t.contains("warning: upstream.region: \"eu-wset-1\" is not a region"),
+        "{t}"
+    );
+    // The same range on a loopback listener, and a prefix with its '/', are fine.
+    std::fs::write(
+        &path,
+        BASE.to_owned() + &exposed.replace("0.0.0.0:8081", "127.0.0.1:8081"),
+    )
+    .unwrap();
+    let o = apgate(&["check", "-c", path.to_str().unwrap()]);
+    assert!(o.status.success() && !text(&o).contains("warning:"), "{}", text(&o));
 }
 
 #[test]
@@ -163,6 +249,15 @@ fn explain_shows_the_decision() {
     ]);
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).contains("DENIED"), "{}", text(&o));
+    // In words, naming the configuration (the client's message names none of it), not Rust debug.
+    assert!(
+        text(&o).contains(
+            "why:       the key or listing prefix is under none of this identity's prefixes for the bucket: \"Bob/\""
+        ),
+        "{}",
+        text(&o)
+    );
+    assert!(!text(&o).contains("OutsidePrefixes"), "{}", text(&o));
 }
 
 #[test]

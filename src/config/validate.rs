@@ -82,7 +82,14 @@ impl Env for HashMap<String, String> {
 struct Checker<'a> {
     problems: Vec<Problem>,
     env: &'a dyn Env,
+    /// `Some` when secrets may be absent (`check`, `explain`): each absent one is noted here and
+    /// stands in as [`PLACEHOLDER_SECRET`]; `None` when they must be there (`serve`, reload).
+    absent: Option<Vec<Problem>>,
 }
+
+/// What an absent secret reads as in `check` and `explain`: long enough for every length rule,
+/// letters and digits only. Never used to sign or verify anything that leaves the process.
+pub const PLACEHOLDER_SECRET: &str = "APGATECHECKPLACEHOLDERSECRET0000";
 
 impl Checker<'_> {
     fn problem(&mut self, path: impl Into<String>, message: impl Into<String>) {
@@ -125,6 +132,21 @@ impl Checker<'_> {
         v
     }
 
+    /// A secret source that gave nothing: a problem, or (for `check` and `explain`) a note and the
+    /// placeholder.
+    fn absent_secret(&mut self, path: String, message: String) -> Option<Secret> {
+        match &mut self.absent {
+            Some(absent) => {
+                absent.push(Problem { path, message });
+                Some(Secret::new(PLACEHOLDER_SECRET))
+            }
+            None => {
+                self.problem(path, message);
+                None
+            }
+        }
+    }
+
     fn secret(&mut self, path: &str, raw: &RawSecret) -> Option<Secret> {
         let given = [raw.env.is_some(), raw.file.is_some(), raw.insecure_inline.is_some()];
         if given.iter().filter(|g| **g).count() != 1 {
@@ -137,27 +159,15 @@ impl Checker<'_> {
         if let Some(name) = &raw.env {
             return match self.env.var(name) {
                 Some(v) if !v.trim().is_empty() => Some(Secret::new(v.trim())),
-                Some(_) => {
-                    self.problem(format!("{path}.env"), format!("environment variable {name} is empty"));
-                    None
-                }
-                None => {
-                    self.problem(format!("{path}.env"), format!("environment variable {name} is not set"));
-                    None
-                }
+                Some(_) => self.absent_secret(format!("{path}.env"), format!("environment variable {name} is empty")),
+                None => self.absent_secret(format!("{path}.env"), format!("environment variable {name} is not set")),
             };
         }
         if let Some(file) = &raw.file {
             return match std::fs::read_to_string(file) {
                 Ok(v) if !v.trim().is_empty() => Some(Secret::new(v.trim())),
-                Ok(_) => {
-                    self.problem(format!("{path}.file"), format!("{} is empty", file.display()));
-                    None
-                }
-                Err(e) => {
-                    self.problem(format!("{path}.file"), format!("cannot read {}: {e}", file.display()));
-                    None
-                }
+                Ok(_) => self.absent_secret(format!("{path}.file"), format!("{} is empty", file.display())),
+                Err(e) => self.absent_secret(format!("{path}.file"), format!("cannot read {}: {e}", file.display())),
             };
         }
         match raw.insecure_inline.as_deref() {
@@ -172,7 +182,14 @@ impl Checker<'_> {
 
 pub(super) fn from_toml(text: &str, env: &dyn Env) -> Result<Config, ConfigError> {
     let raw: RawConfig = toml::from_str(text).map_err(|e| toml_error(&e, text))?;
-    validate(raw, env)
+    validate(raw, env, false).map(|(config, _)| config)
+}
+
+/// As [`from_toml`], but a secret source that gives nothing (an unset variable, a missing file) is
+/// not an error: it is returned as a note, and the placeholder stands in for it.
+pub(super) fn from_toml_without_secrets(text: &str, env: &dyn Env) -> Result<(Config, Vec<Problem>), ConfigError> {
+    let raw: RawConfig = toml::from_str(text).map_err(|e| toml_error(&e, text))?;
+    validate(raw, env, true)
 }
 
 /// A TOML error by its position and the key there, never by the text: toml's own rendering quotes
@@ -243,10 +260,11 @@ fn without_quoted_values(message: &str) -> String {
     out
 }
 
-fn validate(raw: RawConfig, env: &dyn Env) -> Result<Config, ConfigError> {
+fn validate(raw: RawConfig, env: &dyn Env, secrets_may_be_absent: bool) -> Result<(Config, Vec<Problem>), ConfigError> {
     let mut c = Checker {
         problems: Vec::new(),
         env,
+        absent: secrets_may_be_absent.then(Vec::new),
     };
     let unspecified = SocketAddr::from(([127, 0, 0, 1], 0));
 
@@ -689,20 +707,24 @@ fn validate(raw: RawConfig, env: &dyn Env) -> Result<Config, ConfigError> {
     }
 
     if c.problems.is_empty() {
-        Ok(Config {
-            admin,
-            server,
-            access_log,
-            listeners,
-            sigv4,
-            addressing,
-            upstream,
-            credentials,
-            credential_refresh: refresh,
-            sts,
-            identities,
-            routes,
-        })
+        let absent = c.absent.unwrap_or_default();
+        Ok((
+            Config {
+                admin,
+                server,
+                access_log,
+                listeners,
+                sigv4,
+                addressing,
+                upstream,
+                credentials,
+                credential_refresh: refresh,
+                sts,
+                identities,
+                routes,
+            },
+            absent,
+        ))
     } else {
         Err(ConfigError { problems: c.problems })
     }

@@ -606,7 +606,8 @@ def test_unassumable_role(moto, tmp_path, who, access_key_id, secret, prefix):
         log = gw.log()
 
     assert metric(samples, "apgate_credential_refreshes_total", principal=f"identity:{who}", result="failure") >= 1
-    assert metric(samples, "apgate_credential_refreshes_total", principal=f"identity:{who}", result="success") is None
+    # Exported from the start (so the failure alert sees the first failure), and never a success.
+    assert metric(samples, "apgate_credential_refreshes_total", principal=f"identity:{who}", result="success") == 0
     assert metric(samples, "apgate_credentials_expiry_seconds", principal=f"identity:{who}") is None
     assert metric(samples, "apgate_credentials_expiry_seconds", principal="identity:bob") > 0
     why = [line for line in log.splitlines() if f"identity:{who}" in line]

@@ -36,3 +36,22 @@ def test_a_changed_model_is_drift(tmp_path: Path):
     r = run_check("--model", str(changed))
     assert r.returncode == 1, r.stdout + r.stderr
     assert "new-thing" in r.stdout and "out of date" in r.stderr, r.stdout + r.stderr
+
+
+REGIONS_SCRIPT = REPO / "scripts" / "gen_regions.py"
+
+
+def test_the_region_table_matches_the_installed_botocore_partitions():
+    r = subprocess.run([sys.executable, str(REGIONS_SCRIPT), "--check"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_a_new_region_is_drift(tmp_path: Path):
+    partitions = json.loads((Path(botocore.__file__).parent / "data" / "partitions.json").read_text())
+    aws = next(p for p in partitions["partitions"] if p["id"] == "aws")
+    aws["regions"]["xx-test-1"] = {"description": "a region that does not exist"}
+    changed = tmp_path / "partitions.json"
+    changed.write_text(json.dumps(partitions))
+    r = subprocess.run([sys.executable, str(REGIONS_SCRIPT), "--check", "--partitions", str(changed)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "xx-test-1" in r.stdout and "out of date" in r.stderr, r.stdout + r.stderr
