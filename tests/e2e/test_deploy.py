@@ -1145,3 +1145,52 @@ def test_deploy_doc_broken_copy_fails():
     problems = "\n".join(doc_problems(broken))
     assert "deploy/ecs/no-such-task-definition.json does not exist" in problems, problems
     assert "BukcetName" in problems and "NoSuchOutput" in problems, problems
+
+
+# ------------------------------------------------------------------ least privilege: task roles
+
+def s3_grants(statements) -> list[str]:
+    """The Allow statements that grant any S3 data (or all) permission."""
+    out = []
+    for st in statements if isinstance(statements, list) else [statements]:
+        if st.get("Effect") != "Allow":
+            continue
+        actions = st.get("Action", [])
+        actions = actions if isinstance(actions, list) else [actions]
+        risky = [a for a in actions if isinstance(a, str) and (a == "*" or a.lower().split(":")[0] in ("s3", "s3-object-lambda"))]
+        if risky or "NotAction" in st:
+            out.append(f"{st.get('Sid', '?')}: {risky or st['NotAction']}")
+    return out
+
+
+def test_task_roles_grant_no_s3_permission_so_apgate_cannot_be_bypassed():
+    """ECS gives a task's role to every container of the task, the application's included. If the
+    role could reach S3 itself, the application could skip apgate (and its routes). apgate signs
+    every request with the caller's own role (identities' role_arn), so a task role needs no S3
+    permission at all: only sts:AssumeRole on the caller roles, which allow no more than the
+    caller may do anyway."""
+    template = load_template(REFERENCE)
+    task_roles, problems = [], []
+    for name, res in template["Resources"].items():
+        if res.get("Type") != "AWS::IAM::Role":
+            continue
+        if "ecs-tasks.amazonaws.com" not in json.dumps(res["Properties"].get("AssumeRolePolicyDocument")):
+            continue
+        task_roles.append(name)
+        for policy in res["Properties"].get("Policies", []):
+            problems += [f"{name}/{policy['PolicyName']}/{g}" for g in s3_grants(policy["PolicyDocument"]["Statement"])]
+        for arn in res["Properties"].get("ManagedPolicyArns", []):
+            if "s3" in json.dumps(arn).lower():
+                problems.append(f"{name}: managed policy {arn}")
+    # Task roles of the apgate tasks, not the execution role (ECR pull, logs: no S3 data).
+    assert {"SidecarTaskRole", "SharedTaskRole"} <= set(task_roles), task_roles
+    assert not problems, problems
+    # The task definitions run with those roles.
+    for file, role in (("sidecar-task-definition.json", "SidecarTaskRole"), ("shared-service-task-definition.json", "SharedTaskRole")):
+        task = json.loads((DEPLOY / "ecs" / file).read_text())
+        assert f"-{role}-" in task["taskRoleArn"], (file, task["taskRoleArn"])
+    for name in ("SidecarTaskDefinition", "SharedTaskDefinition"):
+        assert "TaskRole" in json.dumps(template["Resources"][name]["Properties"]["TaskRoleArn"]), name
+    # And the check has teeth: the grant this template had before is caught.
+    before = {"Sid": "AccessPoint", "Effect": "Allow", "Action": "s3:*", "Resource": ["arn:aws:s3:us-east-1:1:accesspoint/a"]}
+    assert s3_grants([before]) == ["AccessPoint: ['s3:*']"]
