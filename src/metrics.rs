@@ -10,6 +10,7 @@ use prometheus::{
 
 pub const REQUESTS_TOTAL: &str = "apgate_requests_total";
 pub const REQUEST_DURATION_SECONDS: &str = "apgate_request_duration_seconds";
+pub const IDENTITY_REQUEST_DURATION_SECONDS: &str = "apgate_identity_request_duration_seconds";
 pub const UPSTREAM_DURATION_SECONDS: &str = "apgate_upstream_response_duration_seconds";
 pub const RECEIVED_BYTES_TOTAL: &str = "apgate_received_bytes_total";
 pub const SENT_BYTES_TOTAL: &str = "apgate_sent_bytes_total";
@@ -36,6 +37,7 @@ pub struct Metrics {
     registry: Registry,
     pub requests: IntCounterVec,
     pub request_duration: HistogramVec,
+    pub identity_request_duration: HistogramVec,
     pub upstream_duration: HistogramVec,
     pub received_bytes: IntCounterVec,
     pub sent_bytes: IntCounterVec,
@@ -72,6 +74,16 @@ impl Metrics {
                 "Requests answered, by caller identity, access point, S3 operation and HTTP status.",
             ),
             &["identity", "access_point", "operation", "status"],
+        )?;
+        // By identity alone (identities are the configuration's names, plus "-"): a separate family,
+        // so the identity does not multiply the access point x operation series.
+        let identity_request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                IDENTITY_REQUEST_DURATION_SECONDS,
+                "Time from request head to the end of the response body, by caller identity.",
+            )
+            .buckets(latency.clone()),
+            &["identity"],
         )?;
         let request_duration = HistogramVec::new(
             HistogramOpts::new(
@@ -192,6 +204,10 @@ impl Metrics {
 
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
+        registry.register(Box::new(identity_request_duration.clone()))?;
+        // process_resident_memory_bytes, process_cpu_seconds_total, process_open_fds, ...
+        #[cfg(target_os = "linux")]
+        registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
         registry.register(Box::new(upstream_duration.clone()))?;
         registry.register(Box::new(received_bytes.clone()))?;
         registry.register(Box::new(sent_bytes.clone()))?;
@@ -212,6 +228,7 @@ impl Metrics {
             registry,
             requests,
             request_duration,
+            identity_request_duration,
             upstream_duration,
             received_bytes,
             sent_bytes,
@@ -256,5 +273,19 @@ mod tests {
         let text = m.render();
         assert!(text.contains("apgate_requests_total{access_point=\"bob-ap\",identity=\"bob\",operation=\"PutObject\",status=\"200\"} 1"), "{text}");
         assert!(text.contains("apgate_build_info{version="));
+        // The process collector (saturation panels), and series alerts need from the start.
+        #[cfg(target_os = "linux")]
+        for family in [
+            "process_resident_memory_bytes ",
+            "process_cpu_seconds_total ",
+            "process_open_fds ",
+            "process_max_fds ",
+        ] {
+            assert!(text.contains(family), "{family} missing:\n{text}");
+        }
+        assert!(
+            text.contains("apgate_config_reloads_total{result=\"failure\"} 0"),
+            "{text}"
+        );
     }
 }

@@ -183,9 +183,13 @@ fn write(state: &State, ctx: &Ctx, status: StatusCode, bytes_out: u64, end: Body
             status.as_str(),
         ])
         .inc();
+    let elapsed = ctx.started.elapsed().as_secs_f64();
     m.request_duration
         .with_label_values(&[ctx.access_point_label(), operation])
-        .observe(ctx.started.elapsed().as_secs_f64());
+        .observe(elapsed);
+    m.identity_request_duration
+        .with_label_values(&[ctx.identity_label()])
+        .observe(elapsed);
     if ctx.access_point.is_some() {
         m.sent_bytes
             .with_label_values(&[ctx.identity_label(), ctx.access_point_label()])

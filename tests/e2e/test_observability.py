@@ -279,8 +279,16 @@ def test_dashboard_is_grafana_json_with_variables():
                    "apgate_upstream_errors_total", "apgate_upstream_responses_total",
                    "apgate_credentials_expiry_seconds", 'result="failure"', "apgate_config_reloads_total",
                    "time() - max by (instance) (apgate_config_last_reload_success_timestamp_seconds",
-                   "apgate_build_info"):
+                   "apgate_build_info",
+                   # saturation (issue 17): the process collector, connections, latency by identity
+                   "process_resident_memory_bytes", "process_cpu_seconds_total", "process_open_fds",
+                   "apgate_client_connections{", "apgate_client_connections_closed_total",
+                   "apgate_identity_request_duration_seconds_bucket"):
         assert needed in exprs, needed
+    # One unit per axis: a panel's queries are all latencies (histogram_quantile, seconds) or none.
+    for p in panels:
+        kinds = {"histogram_quantile(" in t["expr"] for t in p["targets"]}
+        assert len(kinds) == 1, f"{p['title']} mixes seconds with other units"
 
 
 def test_dashboard_and_alerts_use_only_known_metrics(full):
