@@ -386,6 +386,88 @@ def test_template_outputs_are_the_configs_arns():
             assert f"'{out[key]}'" in render, f"render.sh does not replace the example {key} {out[key]}"
 
 
+PROMETHEUS_ECS = DEPLOY / "prometheus" / "prometheus-ecs.yml"
+PROMETHEUS_TARGETS = DEPLOY / "prometheus" / "targets.yml"
+
+
+def relabel(rule: dict, labels: dict[str, str]) -> dict[str, str]:
+    """One Prometheus relabel_config of the default `replace` action (anchored RE2 regex)."""
+    assert rule.get("action", "replace") == "replace", rule
+    value = rule.get("separator", ";").join(labels.get(n, "") for n in rule["source_labels"])
+    m = re.fullmatch(rule.get("regex", "(.*)"), value)
+    if m:
+        labels = {**labels, rule["target_label"]: m.expand(rule.get("replacement", "$1").replace("$", "\\"))}
+    return labels
+
+
+def test_every_ecs_service_registers_its_admin_port_where_prometheus_looks():
+    """Each ECS service of the reference stack registers its tasks' admin port in Cloud Map (SRV), the
+    shipped scrape config asks exactly those names, labels each target with its service, and
+    targets.yml holds each service's minimum (its desired count) for ApgateDown."""
+    cfn = example_stack()
+    resources = cfn.t["Resources"]
+    scrape = yaml.safe_load(PROMETHEUS_ECS.read_text())
+    [job] = [j for j in scrape["scrape_configs"] if j["job_name"] == "apgate"]
+    assert set(scrape["rule_files"]) == {"alerts.yml", "targets.yml"}, scrape["rule_files"]
+    asked = {name for sd in job["dns_sd_configs"] for name in sd["names"]}
+    assert all(sd["type"] == "SRV" for sd in job["dns_sd_configs"]), job  # the port comes from the answer
+    minimums = {r["labels"]["service"]: int(re.fullmatch(r"vector\((\d+)\)", r["expr"]).group(1))
+                for g in yaml.safe_load(PROMETHEUS_TARGETS.read_text())["groups"] for r in g["rules"]
+                if r["record"] == "apgate:expected_targets:min" and r["labels"]["job"] == "apgate"}
+
+    def referenced(node) -> str:
+        (key, arg), = node.items()
+        return {"Ref": lambda: arg, "Fn::GetAtt": lambda: arg.split(".")[0] if isinstance(arg, str) else arg[0]}[key]()
+
+    services = [n for n, r in resources.items() if r["Type"] == "AWS::ECS::Service"]
+    assert len(services) == 2, services
+    registered = {}
+    for name in services:
+        raw = resources[name]["Properties"]
+        props = cfn.properties(name)
+        [registry] = raw.get("ServiceRegistries") or pytest.fail(f"{name} registers nowhere: Prometheus cannot find it")
+        discovery = referenced(registry["RegistryArn"])
+        assert resources[discovery]["Type"] == "AWS::ServiceDiscovery::Service", discovery
+        d = cfn.properties(discovery)
+        assert [r["Type"] for r in d["DnsConfig"]["DnsRecords"]] == ["SRV"], d
+        assert d["DnsConfig"]["RoutingPolicy"] == "MULTIVALUE", d  # every task, not one at random
+        assert "HealthCheckCustomConfig" in d, d  # ECS reports the tasks' health
+        namespace = referenced(resources[discovery]["Properties"]["NamespaceId"])
+        assert resources[namespace]["Type"] == "AWS::ServiceDiscovery::PrivateDnsNamespace", namespace
+        ns = cfn.properties(namespace)
+        assert ns["Vpc"] == cfn.params["VpcId"], ns
+        srv_name = f"{d['Name']}.{ns['Name']}"
+
+        # the registered port is the admin port of the apgate container, where its config listens
+        task_def = cfn.properties(referenced(raw["TaskDefinition"]))
+        [container] = [c for c in task_def["ContainerDefinitions"] if c["Name"] == registry["ContainerName"]]
+        assert registry["ContainerName"] == "apgate", registry
+        admin_ports = [p["ContainerPort"] for p in container["PortMappings"] if p.get("Name") == "admin"]
+        assert admin_ports == [registry["ContainerPort"]], (name, container["PortMappings"], registry)
+        config_path = next(e["Value"] for e in container["Environment"] if e["Name"] == "APGATE_CONFIG")
+        admin = tomllib.loads((CONFIG_DIR / Path(config_path).name).read_text())["admin"]["address"]
+        assert admin == f"0.0.0.0:{registry['ContainerPort']}", (config_path, admin)
+        # and the task's security group lets the VPC (where Prometheus runs) reach it
+        groups = props["NetworkConfiguration"]["AwsvpcConfiguration"]["SecurityGroups"]
+        ingress = [rule for g in groups for rule in cfn.properties(g.removesuffix("-EXAMPLE"))["SecurityGroupIngress"]]
+        assert any(r["FromPort"] <= registry["ContainerPort"] <= r["ToPort"] and r["CidrIp"] == cfn.params["VpcCidr"]
+                   for r in ingress), (name, ingress)
+
+        # what Prometheus makes of this service's targets: job apgate, service = the Cloud Map service
+        labels = {"__meta_dns_name": srv_name, "__meta_dns_srv_record_target": f"0123456789abcdef.{srv_name}."}
+        for rule in job["relabel_configs"]:
+            labels = relabel(rule, labels)
+        assert labels["service"] == d["Name"], labels
+        assert labels["task"] == "0123456789abcdef", labels
+        # and ApgateDown's minimum for it is the service's desired count
+        assert minimums.get(d["Name"]) == int(props["DesiredCount"]), (d["Name"], minimums, props["DesiredCount"])
+        assert minimums[d["Name"]] <= 8, "a DNS answer carries at most 8 records"
+        registered[d["Name"]] = srv_name
+    assert asked == set(registered.values()), (asked, registered)
+    assert set(minimums) == set(registered), (minimums, registered)
+    assert set(cfn.outputs()["PrometheusDnsSdNames"].split(",")) == asked
+
+
 def fake_aws(tmp_path: Path, outputs: dict[str, str]) -> dict[str, str]:
     """A stand-in `aws` for render.sh: answers describe-stacks with the given outputs, as the real
     CLI prints `--query 'Stacks[0].Outputs[].[OutputKey,OutputValue]' --output text`."""

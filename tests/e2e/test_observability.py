@@ -51,6 +51,7 @@ from conftest import (BOB_ACCESS_KEY_ID, BUCKET, REGION, REPO, _readyz, _tail, a
 PROMETHEUS_DIR = REPO / "deploy" / "prometheus"
 ALERTS = PROMETHEUS_DIR / "alerts.yml"
 ALERTS_TEST = PROMETHEUS_DIR / "alerts_test.yml"
+TARGETS = PROMETHEUS_DIR / "targets.yml"
 DASHBOARD = REPO / "deploy" / "grafana" / "apgate-dashboard.json"
 METRICS_DOC = REPO / "docs" / "METRICS.md"
 NO_RETRIES = {"mode": "standard", "total_max_attempts": 1}
@@ -168,9 +169,17 @@ def metric_names(text: str) -> set[str]:
 # ----------------------------------------------------------------------------- promtool: rules
 
 def test_alert_rules_pass_promtool_check():
-    result = run([tool("promtool"), "check", "rules", str(ALERTS)])
+    result = run([tool("promtool"), "check", "rules", str(ALERTS), str(TARGETS)])
     assert result.returncode == 0, output(result)
-    assert "SUCCESS" in output(result), output(result)
+    assert output(result).count("SUCCESS") == 2, output(result)
+
+
+def test_ecs_prometheus_config_passes_promtool_check():
+    # the scrape config shipped for ECS (dns_sd_configs over Cloud Map; test_deploy.py checks it
+    # against the CloudFormation template) loads both rule files
+    result = run([tool("promtool"), "check", "config", str(PROMETHEUS_DIR / "prometheus-ecs.yml")])
+    assert result.returncode == 0, output(result)
+    assert "SUCCESS: 2 rule files found" in output(result), output(result)
 
 
 def test_alert_rules_unit_tests_pass():
@@ -200,7 +209,10 @@ def test_every_alert_has_for_severity_and_annotations_and_a_unit_test():
     # the two expressions fixed by the alerting spec
     exprs = {r["alert"]: " ".join(r["expr"].split()) for r in rules}
     assert exprs["ApgateCredentialsExpiringSoon"] == "min by (principal) (apgate_credentials_expiry_seconds) < 300"
-    assert exprs["ApgateDown"] == 'up{job="apgate"} == 0'
+    # ApgateDown: a target that fails its scrapes, or fewer targets than deploy/prometheus/targets.yml
+    # wants (a target that vanished from service discovery): test_apgate_down_catches_a_target_that_vanished...
+    assert exprs["ApgateDown"].startswith('up{job="apgate"} == 0 or ('), exprs["ApgateDown"]
+    assert "< apgate:expected_targets:min" in exprs["ApgateDown"], exprs["ApgateDown"]
 
 
 # ----------------------------------------------------------------------------- fixture apgate traffic
@@ -556,11 +568,11 @@ class Prometheus:
         return self.api("query", query=expr)["result"]
 
 
-@pytest.fixture(scope="module")
-def prometheus(apgate, tmp_path_factory) -> Prometheus:
-    tmp = tmp_path_factory.mktemp("prometheus")
+@contextlib.contextmanager
+def running_prometheus(tmp: Path, scrape_configs: str, rule_files: list[Path], avoid: tuple[int, ...] = ()):
+    """A real Prometheus on 127.0.0.1 that scrapes and evaluates every second."""
     port = free_port()
-    while port in (apgate.admin_port, apgate.shared_port, apgate.sidecar_port, apgate.moto.port):
+    while port in avoid:
         port = free_port()
     config = tmp / "prometheus.yml"
     config.write_text(f"""\
@@ -568,14 +580,9 @@ global:
   scrape_interval: 1s
   scrape_timeout: 1s
   evaluation_interval: 1s
-rule_files:
-  - {json.dumps(str(ALERTS))}
+rule_files: {json.dumps([str(f) for f in rule_files])}
 scrape_configs:
-  - job_name: apgate
-    metrics_path: /metrics
-    static_configs:
-      - targets: ["127.0.0.1:{apgate.admin_port}"]
-""")
+{scrape_configs}""")
     check = run([tool("promtool"), "check", "config", str(config)])
     assert check.returncode == 0, output(check)
     log = tmp / "prometheus.log"
@@ -594,13 +601,26 @@ scrape_configs:
             except OSError:
                 return False
         wait_for("prometheus /-/ready", ready, 20, lambda: _tail(log))
-        # the first scrape of apgate
-        wait_for("prometheus to scrape apgate (up == 1)",
-                 lambda: [r for r in prom.query('up{job="apgate"}') if r["value"][1] == "1"], 15,
-                 lambda: _tail(log))
         yield prom
     finally:
         stop(proc)
+
+
+@pytest.fixture(scope="module")
+def prometheus(apgate, tmp_path_factory) -> Prometheus:
+    scrape = f"""\
+  - job_name: apgate
+    metrics_path: /metrics
+    static_configs:
+      - targets: ["127.0.0.1:{apgate.admin_port}"]
+"""
+    avoid = (apgate.admin_port, apgate.shared_port, apgate.sidecar_port, apgate.moto.port)
+    with running_prometheus(tmp_path_factory.mktemp("prometheus"), scrape, [ALERTS], avoid) as prom:
+        # the first scrape of apgate
+        wait_for("prometheus to scrape apgate (up == 1)",
+                 lambda: [r for r in prom.query('up{job="apgate"}') if r["value"][1] == "1"], 15,
+                 lambda: _tail(prom.log))
+        yield prom
 
 
 def test_prometheus_sees_bobs_requests(apgate, bob, prometheus):
@@ -662,6 +682,113 @@ def test_every_dashboard_query_runs_in_prometheus(prometheus, some_traffic):
     for expr in ('sum by (identity) (rate(apgate_requests_total{job=~".*"}[1m]))',
                  'max by (instance, version) (apgate_build_info{job=~".*"})'):
         wait_for(f"data for {expr}", lambda: prometheus.query(expr), 10, lambda: _tail(prometheus.log))
+
+
+# ------------------------------------------------------------- a target that vanished
+#
+# With service discovery (Cloud Map on ECS: deploy/prometheus/prometheus-ecs.yml) a stopped task
+# leaves Prometheus' targets: its `up` goes stale instead of 0, and an `up == 0` alert never sees
+# it. Here a real Prometheus discovers admin endpoints through a file (file_sd: the same target
+# groups with the same `service` label the DNS relabelling gives) with the shipped alerts.yml and
+# targets.yml loaded, and ApgateDown's own expression is evaluated as targets come and go.
+
+
+class FakeAdmin:
+    """An admin endpoint whose /metrics answers 200 or, once broken, 500."""
+
+    def __init__(self):
+        import http.server
+
+        target = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (http.server's name)
+                body = b'apgate_build_info{version="fake"} 1\n'
+                self.send_response(target.status)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.status = 200
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.address = f"127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_apgate_down_catches_a_target_that_vanished_from_service_discovery(tmp_path):
+    targets_rules = TARGETS
+    minimums = {r["labels"]["service"]: r["expr"] for g in yaml.safe_load(targets_rules.read_text())["groups"]
+                for r in g["rules"]}
+    assert minimums == {"apgate-shared": "vector(2)", "apgate-sidecar": "vector(1)"}, minimums
+    down = next(r["expr"] for r in alert_rules() if r["alert"] == "ApgateDown")
+    admins = {name: FakeAdmin() for name in ("shared-a", "shared-b", "sidecar-1")}
+    sd = tmp_path / "targets.json"
+
+    def publish(shared: list[str], sidecar: list[str]):
+        groups = [{"targets": [admins[n].address for n in shared], "labels": {"service": "apgate-shared"}},
+                  {"targets": [admins[n].address for n in sidecar], "labels": {"service": "apgate-sidecar"}}]
+        staged = sd.with_suffix(".tmp")
+        staged.write_text(json.dumps(groups))
+        os.replace(staged, sd)
+
+    scrape = f"""\
+  - job_name: apgate
+    file_sd_configs:
+      - files: [{json.dumps(str(sd))}]
+        refresh_interval: 1s
+"""
+    publish(["shared-a", "shared-b"], ["sidecar-1"])
+    try:
+        with running_prometheus(tmp_path, scrape, [ALERTS, targets_rules]) as prom:
+            def up(service: str) -> dict[str, str]:
+                return {r["metric"]["instance"]: r["value"][1] for r in prom.query(f'up{{service="{service}"}}')}
+
+            def settled(shared: set[str], sidecar: set[str], sidecar_up: str = "1"):
+                got_shared, got_sidecar = up("apgate-shared"), up("apgate-sidecar")
+                return (got_shared == {admins[n].address: "1" for n in shared}
+                        and got_sidecar == {admins[n].address: sidecar_up for n in sidecar}
+                        and len(prom.query("apgate:expected_targets:min")) == 2)
+
+            def alerting() -> set[tuple]:
+                return {(r["metric"].get("service"), r["metric"].get("instance"), r["value"][1])
+                        for r in prom.query(down)}
+
+            log = lambda: _tail(prom.log)  # noqa: E731
+            wait_for("the first targets to be scraped", lambda: settled({"shared-a", "shared-b"}, {"sidecar-1"}),
+                     20, log)
+            assert alerting() == set()
+
+            # A task stops and nothing replaces it: no up == 0 anywhere, the service is one short.
+            # At the same time a sidecar target still listed answers 500: its instance alerts, and
+            # its service (which still has its one target) does not alert a second time. (Prometheus
+            # applies discovery changes every 5 s, hence two steps only; promtool's unit tests in
+            # alerts_test.yml cover the rolling deploy and the for: 2m.)
+            admins["sidecar-1"].status = 500
+            publish(["shared-b"], ["sidecar-1"])
+            wait_for("shared-a to leave, sidecar-1 to fail", lambda: settled({"shared-b"}, {"sidecar-1"}, "0"), 20, log)
+            expect = {("apgate-shared", None, "1"), ("apgate-sidecar", admins["sidecar-1"].address, "0")}
+            assert wait_for("ApgateDown's expression", lambda: alerting() == expect, 10, log)
+            # and the rule as Prometheus loaded it is pending (it fires after its for: 2m)
+            wait_for("ApgateDown pending for apgate-shared",
+                     lambda: prom.query('ALERTS{alertname="ApgateDown",alertstate="pending",service="apgate-shared"}'),
+                     10, log)
+
+            # every task of a service gone (or DNS answers nothing): 0 targets
+            publish(["shared-b"], [])
+            wait_for("the sidecar service to empty", lambda: settled({"shared-b"}, set()), 20, log)
+            expect = {("apgate-shared", None, "1"), ("apgate-sidecar", None, "0")}
+            assert wait_for("ApgateDown for an empty service", lambda: alerting() == expect, 10, log)
+    finally:
+        for a in admins.values():
+            a.close()
 
 
 # ------------------------------------------------------------- alerts fire on the first failure
