@@ -31,7 +31,7 @@ import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-BIN = REPO / "target" / "release"
+BIN = REPO / "target" / os.environ.get("APGATE_CARGO_PROFILE", "release")  # scripts/lib.sh PROFILE
 AKID = "APGBENCHKEY000000001"
 SECRET = "bench/secret/key/for/loopback/only/0000"
 UPSTREAM_AKID = "AKIDBENCHUPSTREAM001"

@@ -9,7 +9,8 @@
 Run: target/e2e-venv/bin/python -m pytest tests/e2e -q
 
 Environment knobs:
-- APGATE_BIN: apgate binary (default target/release/apgate).
+- APGATE_BIN: apgate binary (default target/<APGATE_CARGO_PROFILE or release>/apgate; scripts/test
+  builds and runs the ci profile).
 - E2E_APGATE_LOG: RUST_LOG for every apgate the suite starts (default "trace": the most verbose
   logs apgate can write, which test_zzz_no_secrets.py scans for secrets; scripts/test sets it).
 - E2E_MOTO_LAUNCHER_ARGS: extra launcher args; "--without-sigv4-fix" reproduces
@@ -20,11 +21,14 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import re
 import secrets
 import shlex
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -74,11 +78,94 @@ def apgate_log_env() -> dict[str, str]:
     return {"RUST_LOG": apgate_log_filter()}
 
 
+# ---------------------------------------------------------------- the session's record
+#
+# What test_zzz_no_secrets.py needs (apgate logs, the secrets they were given, client signatures,
+# the temporary directories to search) is also written to E2E_SESSION_DIR, one file per process and
+# kind: the suite runs its modules in parallel processes (pytest-xdist, scripts/test), and the
+# secret scan runs afterwards in a process of its own that reads what all of them recorded.
+
+
+def session_dir() -> Path:
+    """E2E_SESSION_DIR (scripts/test sets it; otherwise pytest_configure makes one per session)."""
+    path = Path(os.environ["E2E_SESSION_DIR"])
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _record(kind: str, payload) -> None:
+    with open(session_dir() / f"{kind}-{os.getpid()}.jsonl", "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(payload) + "\n")
+
+
+def session_record() -> dict:
+    """Everything every process of this session recorded, with this process's own."""
+    out = {"logs": set(APGATE_LOGS), "secrets": set(SECRETS_GIVEN_TO_APGATE),
+           "signatures": set(CLIENT_SIGNATURES), "tokens": SESSION_TOKENS_REGISTERED[0],
+           "problems": list(SESSION_SECRET_PROBLEMS), "basetemps": set()}
+    for path in sorted(session_dir().glob("*-*.jsonl")):
+        kind = path.name.rsplit("-", 1)[0]
+        for line in path.read_text(encoding="utf-8").splitlines():
+            item = json.loads(line)
+            if kind == "apgates":
+                if item["log"]:
+                    out["logs"].add(Path(item["log"]))
+                out["secrets"].update(item["secrets"])
+            elif kind == "signatures":
+                out["signatures"].update(item)
+            elif kind == "tokens":
+                out["tokens"] += item
+            elif kind == "problems":
+                out["problems"].append(item)
+            elif kind == "basetemps":
+                out["basetemps"].add(Path(item))
+    return out
+
+
 def register_apgate(log: Path | None, *secrets: str) -> None:
     """An apgate of this session: its log (scanned at the end) and the secrets it was given."""
     if log is not None:
         APGATE_LOGS.add(Path(log))
-    SECRETS_GIVEN_TO_APGATE.update(s for s in secrets if s)
+    given = [s for s in secrets if s]
+    SECRETS_GIVEN_TO_APGATE.update(given)
+    _record("apgates", {"log": str(Path(log).resolve()) if log is not None else None, "secrets": given})
+
+
+def pytest_configure(config) -> None:
+    # Set before pytest-xdist starts its workers (at session start), so they inherit it.
+    if not os.environ.get("E2E_SESSION_DIR"):
+        os.environ["E2E_SESSION_DIR"] = tempfile.mkdtemp(prefix="apgate-e2e-session-")
+
+
+def pytest_sessionfinish(session) -> None:
+    if CLIENT_SIGNATURES:
+        _record("signatures", sorted(CLIENT_SIGNATURES))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _record_basetemp(tmp_path_factory):
+    _record("basetemps", str(tmp_path_factory.getbasetemp().resolve()))
+
+
+# Under pytest-xdist (scripts/test) the modules that take longest go first, so that the two
+# workers do not end with one of them alone, and the Rust SDK's last (scripts/test builds its
+# client meanwhile). Run in one process, files keep their name order (the secret scan last).
+SLOW_FIRST = ("test_soak.py", "test_credentials.py", "test_resource_bounds.py", "test_answers.py",
+              "test_observability.py", "test_faults.py", "test_lifecycle.py", "test_demo.py")
+LAST = ("test_rust_sdk.py",)
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+
+    def rank(item) -> int:
+        name = item.path.name
+        if name in LAST:
+            return len(SLOW_FIRST) + 1 + LAST.index(name)
+        return SLOW_FIRST.index(name) if name in SLOW_FIRST else len(SLOW_FIRST)
+
+    items.sort(key=rank)  # stable: the order within a module is kept
 
 
 def _record_client_signatures() -> None:
@@ -129,16 +216,46 @@ def register_moto_session_secrets(endpoint: str, request_log: Path) -> None:
         with urllib.request.urlopen(f"{endpoint}/moto-api/data.json", timeout=120) as resp:
             data = json.loads(resp.read())
         roles = data.get("sts", {}).get("AssumedRole", [])
-        for role in roles:
-            SECRETS_GIVEN_TO_APGATE.update(v for v in (role.get("secret_access_key"), role.get("session_token")) if v)
-        SESSION_TOKENS_REGISTERED[0] += sum(1 for r in roles if r.get("session_token"))
+        register_apgate(None, *(v for role in roles for v in (role.get("secret_access_key"), role.get("session_token"))))
+        tokens = sum(1 for r in roles if r.get("session_token"))
+        SESSION_TOKENS_REGISTERED[0] += tokens
+        _record("tokens", tokens)
         if not roles:
-            SESSION_SECRET_PROBLEMS.append(f"{endpoint}: STS was called but moto lists no AssumedRole")
+            problem(f"{endpoint}: STS was called but moto lists no AssumedRole")
     except Exception as e:  # noqa: BLE001 - reported by the scan
-        SESSION_SECRET_PROBLEMS.append(f"{endpoint}: reading moto's STS sessions failed: {e!r}")
+        problem(f"{endpoint}: reading moto's STS sessions failed: {e!r}")
+
+
+def problem(text: str) -> None:
+    SESSION_SECRET_PROBLEMS.append(text)
+    _record("problems", text)
+
+
+def target_dir() -> Path:
+    """Where cargo put the binaries under test: target/<APGATE_CARGO_PROFILE, default release>."""
+    return REPO / "target" / (os.environ.get("APGATE_CARGO_PROFILE", "").strip() or "release")
+
+
+def apgate_bin() -> Path:
+    return Path(os.environ.get("APGATE_BIN", "").strip() or target_dir() / "apgate")
 
 
 def free_port() -> int:
+    """A port on 127.0.0.1 that was free a moment ago, for a server the test starts. Parallel
+    workers (pytest-xdist) each draw from a range of their own below the kernel's ephemeral range
+    (32768-60999 here), so that two of them cannot pick the same port between releasing it and
+    the server binding it; a single process lets the kernel choose."""
+    worker = re.fullmatch(r"gw(\d+)", os.environ.get("PYTEST_XDIST_WORKER", ""))
+    if worker and int(worker.group(1)) < 5:
+        low = 12000 + 4000 * int(worker.group(1))
+        for _ in range(1000):
+            port = random.randrange(low, low + 4000)
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -380,7 +497,7 @@ def _readyz(url: str) -> int | None:
 
 @pytest.fixture(scope="module")
 def apgate(moto: Moto, tmp_path_factory) -> Apgate:
-    binary = Path(os.environ.get("APGATE_BIN", REPO / "target" / "release" / "apgate"))
+    binary = apgate_bin()
     if not binary.is_file():
         pytest.fail(f"apgate binary not found at {binary} (cargo build --release)")
     tmp = tmp_path_factory.mktemp("apgate")

@@ -938,7 +938,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", type=Path, help="also write the report as JSON here")
     parser.add_argument("--log-level", default="info", help="apgate's RUST_LOG (default info)")
     parser.add_argument("--binary", type=Path,
-                        default=Path(os.environ.get("APGATE_BIN", REPO / "target" / "release" / "apgate")))
+                        default=conftest.apgate_bin())
     args = parser.parse_args(argv)
     # Traffic goes to 127.0.0.1 only: no proxies, no metadata service, no ambient credentials.
     for var in list(os.environ):

@@ -30,6 +30,7 @@ from botocore.exceptions import ClientError
 
 import setup_moto
 from conftest import (
+    apgate_bin,
     APP_AP_HOST,
     BOB_ACCESS_KEY_ID,
     BOB_AP,
@@ -247,7 +248,7 @@ def gateway_config(admin: int, shared: int, sidecar: int, moto_port: int, *,
 @contextlib.contextmanager
 def run_apgate(moto, tmp: Path, *, env: dict, credentials: str | None = None,
                roles: dict[str, str] | None = None, extra: str = "", wait_ready: bool = True):
-    binary = Path(os.environ.get("APGATE_BIN", REPO / "target" / "release" / "apgate"))
+    binary = apgate_bin()
     if not binary.is_file():
         pytest.fail(f"apgate binary not found at {binary} (cargo build --release)")
     ports: set[int] = {moto.port}

@@ -40,7 +40,7 @@ import pytest
 
 import aws_chunked as ac
 import s3wire
-from conftest import BOB_ACCESS_KEY_ID, BUCKET, REGION, REPO
+from conftest import BOB_ACCESS_KEY_ID, BUCKET, REGION, REPO, apgate_bin
 from test_enforcement import ROUTES, signed_headers
 from test_faults import run_apgate
 from test_signed_chunks import exchange
@@ -287,7 +287,7 @@ def explain_all(gw, moto, requests: list[dict], tmp: Path) -> list[dict]:
         "APGATE_UPSTREAM_SECRET_ACCESS_KEY": moto.secret_access_key,
         "APGATE_TEST_BOB_SECRET": gw.bob_secret,
     })
-    binary = Path(os.environ.get("APGATE_BIN", REPO / "target" / "release" / "apgate"))
+    binary = apgate_bin()
     r = subprocess.run([str(binary), "explain", "-c", str(gw.log_path.with_suffix(".toml")), "--listener", "shared",
                         "--requests", str(path)], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode in (0, 1), r.stderr

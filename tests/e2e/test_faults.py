@@ -36,7 +36,8 @@ from botocore.exceptions import ClientError
 import s3wire
 import conftest  # noqa: E402
 from conftest import (
-    BOB_ACCESS_KEY_ID, BUCKET, REGION, REPO, SECRETS_GIVEN_TO_APGATE, _readyz, _tail, apgate_config, free_port,
+    apgate_bin,
+    BOB_ACCESS_KEY_ID, BUCKET, REGION, REPO, _readyz, _tail, apgate_config, free_port,
     stop, wait_port,
 )
 
@@ -79,7 +80,7 @@ def run_apgate(moto, tmp: Path, *, upstream_port: int | None = None, extra: str 
                session_token: str | None = None):
     """An apgate of the test's own (conftest's configuration, plus ``extra``), in front of moto or
     of ``upstream_port``, signing with moto's keys (and ``session_token``, if given)."""
-    binary = Path(os.environ.get("APGATE_BIN", REPO / "target" / "release" / "apgate"))
+    binary = apgate_bin()
     if not binary.is_file():
         pytest.fail(f"apgate binary not found at {binary} (cargo build --release)")
     ports = {moto.port}
@@ -98,7 +99,7 @@ def run_apgate(moto, tmp: Path, *, upstream_port: int | None = None, extra: str 
     config.write_text(text + extra)
     bob_secret = secrets.token_urlsafe(30)
     given = {bob_secret, moto.secret_access_key} | ({session_token} if session_token else set())
-    SECRETS_GIVEN_TO_APGATE.update(given)
+    conftest.register_apgate(None, *given)
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and not k.startswith("APGATE_")}
     env.update({
         "APGATE_UPSTREAM_ACCESS_KEY_ID": moto.access_key_id,

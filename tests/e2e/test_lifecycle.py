@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, _readyz, _tail, apgate_log_env, free_port, register_apgate, stop
+from conftest import REPO, apgate_bin, _readyz, _tail, apgate_log_env, free_port, register_apgate, stop
 from fake_upstream import CHUNK, Handler, Server, pattern_at, pattern_chunks
 from test_streaming_memory import (
     ACCOUNT, AP_ARN, BUCKET, REGION, UPSTREAM_ACCESS_KEY_ID, UPSTREAM_SECRET, FakeUpstream, wait_file,
@@ -216,7 +216,7 @@ class Apgate:
 @pytest.fixture
 def start_apgate(upstream: FakeUpstream, tmp_path):
     """Starts an apgate with the given routes (and grace period); stops it at the end."""
-    binary = Path(os.environ.get("APGATE_BIN", REPO / "target" / "release" / "apgate"))
+    binary = apgate_bin()
     if not binary.is_file():
         pytest.fail(f"apgate binary not found at {binary} (cargo build --release)")
     started: list[Apgate] = []

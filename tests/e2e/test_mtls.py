@@ -34,7 +34,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 import certs
-from conftest import (ACCOUNT, APP_AP, BOB_AP, BOB_ACCESS_KEY_ID, BUCKET, REGION, REPO, Moto,
+from conftest import (ACCOUNT, APP_AP, BOB_AP, BOB_ACCESS_KEY_ID, BUCKET, REGION, REPO, Moto, apgate_bin,
                       _readyz, _tail, apgate_log_env, free_port, register_apgate, stop)
 
 APP_SPIFFE = "spiffe://example.org/ns/prod/sa/app"
@@ -134,7 +134,7 @@ def gw(moto: Moto, pki: Pki, tmp_path_factory) -> TlsGateway:
 @contextlib.contextmanager
 def tls_gateway(moto: Moto, pki: Pki, tmp: Path):
     """An apgate with the four TLS listeners of this module, in front of ``moto``."""
-    binary = Path(os.environ.get("APGATE_BIN", REPO / "target" / "release" / "apgate"))
+    binary = apgate_bin()
     if not binary.is_file():
         pytest.fail(f"apgate binary not found at {binary} (cargo build --release)")
     names = ["admin", "mtls", "required", "cn", "dns"]
@@ -512,7 +512,7 @@ def test_several_common_names_or_uri_sans_name_nobody(gw, pki, moto, tmp_path):
 def test_check_refuses_common_name_with_a_name_constrained_client_ca(pki, tmp_path):
     constrained_root = certs.make_ca(tmp_path, "constrained-root", "constrained root",
                                      name_constraints="permitted;DNS:.team-a.example.org")
-    binary = Path(os.environ.get("APGATE_BIN", REPO / "target" / "release" / "apgate"))
+    binary = apgate_bin()
     config = tmp_path / "cn.toml"
     for identity_from, want in [("common_name", 64), ("dns_san", 0)]:
         config.write_text(f"""\

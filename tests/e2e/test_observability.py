@@ -45,7 +45,8 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 import setup_moto
-from conftest import (BOB_ACCESS_KEY_ID, BUCKET, REGION, REPO, _readyz, _tail, apgate_config, apgate_log_env, free_port,
+from conftest import (BOB_ACCESS_KEY_ID, BUCKET, REGION, REPO, _readyz, _tail, apgate_bin, apgate_config, apgate_log_env,
+                      free_port,
                       register_apgate, stop, wait_port)
 
 PROMETHEUS_DIR = REPO / "deploy" / "prometheus"
@@ -416,7 +417,7 @@ def wait_for(what: str, check, timeout: float, log=lambda: ""):
 @pytest.fixture(scope="module")
 def full(moto, tmp_path_factory) -> Full:
     """A gateway of its own that has been through every kind of event apgate counts."""
-    binary = Path(os.environ.get("APGATE_BIN", REPO / "target" / "release" / "apgate"))
+    binary = apgate_bin()
     if not binary.is_file():
         pytest.fail(f"apgate binary not found at {binary} (cargo build --release)")
     tmp = tmp_path_factory.mktemp("apgate-full")

@@ -38,6 +38,7 @@ import pytest
 import aws_chunked
 import s3wire
 from conftest import (
+    apgate_bin,
     BOB_ACCESS_KEY_ID, REGION, REPO, _readyz, _tail, apgate_log_env, free_port, register_apgate, stop,
 )
 from test_streaming_memory import wait_file
@@ -198,7 +199,7 @@ access_point = "{AP_ARN}"
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory):
-    binary = Path(os.environ.get("APGATE_BIN", REPO / "target" / "release" / "apgate"))
+    binary = apgate_bin()
     if not binary.is_file():
         pytest.fail(f"apgate binary not found at {binary} (cargo build --release)")
     tmp = tmp_path_factory.mktemp("bounds")

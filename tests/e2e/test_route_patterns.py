@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ClientError
 
-from conftest import ACCOUNT, BOB_AP, BUCKET, REGION, REPO
+from conftest import ACCOUNT, BOB_AP, BUCKET, REGION, REPO, apgate_bin
 from test_faults import run_apgate
 
 ARN = f"arn:aws:s3:{REGION}:{ACCOUNT}:accesspoint/"
@@ -56,7 +56,7 @@ access_point = "{ARN}{{bucket}}"
 
 
 def binary() -> Path:
-    return Path(os.environ.get("APGATE_BIN", REPO / "target" / "release" / "apgate"))
+    return apgate_bin()
 
 
 def apgate(gw, moto, *args: str) -> subprocess.CompletedProcess:

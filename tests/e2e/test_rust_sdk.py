@@ -20,6 +20,7 @@ import json
 import os
 import re
 import subprocess
+import time
 import urllib.request
 import uuid
 from pathlib import Path
@@ -28,7 +29,7 @@ from urllib.parse import unquote, urlsplit
 import pytest
 from botocore.exceptions import ClientError
 
-from conftest import BOB_AP_HOST, BUCKET, REPO
+from conftest import BOB_AP_HOST, BUCKET, REPO, target_dir
 
 MIB = 1024 * 1024
 SIGNED_TRAILER = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER"
@@ -52,9 +53,22 @@ def describe(args, proc: subprocess.CompletedProcess) -> str:
 
 @pytest.fixture(scope="module")
 def sdk(apgate, tmp_path_factory):
-    exe = Path(os.environ.get("SDK_CLIENT_BIN", REPO / "target" / "release" / "sdk_client"))
+    exe = Path(os.environ.get("SDK_CLIENT_BIN", "").strip() or target_dir() / "sdk_client")
+    status = os.environ.get("SDK_CLIENT_BUILD_STATUS", "").strip()
+    if status:
+        # scripts/test builds the client in the background while the suite runs and writes the
+        # build's exit status here when it is done
+        deadline = time.monotonic() + 900
+        while not Path(status).is_file() and time.monotonic() < deadline:
+            time.sleep(1)
+        assert Path(status).is_file(), f"the sdk_client build did not finish ({status})"
+        assert Path(status).read_text().strip() == "0", f"the sdk_client build failed ({status})"
+    elif not exe.is_file():
+        build = subprocess.run(["cargo", "build", "--profile", target_dir().name, "-p", "apgate-sdk-client",
+                                "--quiet"], cwd=REPO, capture_output=True, text=True, timeout=1800)
+        assert build.returncode == 0, build.stderr[-3000:]
     if not exe.is_file():
-        pytest.fail(f"sdk_client not built at {exe} (cargo build --release -p apgate-sdk-client)")
+        pytest.fail(f"sdk_client not built at {exe} (cargo build --profile {target_dir().name} -p apgate-sdk-client)")
     home = tmp_path_factory.mktemp("sdk_home")
     # Nothing from the test runner's environment: no stray AWS_* settings, profiles or CA bundles.
     env = {

@@ -47,6 +47,7 @@ from botocore.exceptions import ClientError
 import aws_chunked as ac
 import s3wire
 from conftest import (
+    apgate_bin,
     BOB_ACCESS_KEY_ID, BOB_AP_HOST, BUCKET, REGION, REPO, _readyz, _tail, apgate_config, apgate_log_env,
     free_port, register_apgate, stop,
 )
@@ -611,7 +612,7 @@ class CaptureApgate:
 @pytest.fixture(scope="module")
 def capture_apgate(capture, tmp_path_factory):
     """A second apgate, configured like conftest's, whose upstream is the capture server."""
-    binary = Path(os.environ.get("APGATE_BIN", REPO / "target" / "release" / "apgate"))
+    binary = apgate_bin()
     if not binary.is_file():
         pytest.fail(f"apgate binary not found at {binary} (cargo build --release)")
     tmp = tmp_path_factory.mktemp("capture_apgate")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, _readyz, _tail, apgate_log_env, free_port, register_apgate, stop
+from conftest import REPO, apgate_bin, _readyz, _tail, apgate_log_env, free_port, register_apgate, stop
 from fake_upstream import CHUNK, pattern_at, pattern_chunks
 
 HERE = Path(__file__).resolve().parent
@@ -183,7 +183,7 @@ access_point = "{AP_ARN}"
 
 @pytest.fixture(scope="module")
 def streaming_apgate(fake_upstream: FakeUpstream, tmp_path_factory) -> StreamingApgate:
-    binary = Path(os.environ.get("APGATE_BIN", REPO / "target" / "release" / "apgate"))
+    binary = apgate_bin()
     if not binary.is_file():
         pytest.fail(f"apgate binary not found at {binary} (cargo build --release)")
     tmp = tmp_path_factory.mktemp("apgate_stream")

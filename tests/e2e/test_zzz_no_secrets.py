@@ -1,6 +1,8 @@
-"""Runs last (files run in name order): no apgate log written during this test session contains a
-secret apgate was given, an STS session token or secret it used, a signature a client sent it or it
-sent upstream, an Authorization value or a security token.
+"""Runs last: no apgate log written during this test session contains a secret apgate was given, an
+STS session token or secret it used, a signature a client sent it or it sent upstream, an
+Authorization value or a security token. In one process it runs last because files run in name
+order; scripts/test runs the other modules in parallel processes (pytest-xdist) and this one
+afterwards on its own, reading what they all recorded in E2E_SESSION_DIR (conftest.session_record).
 
 Every apgate of the session logs at E2E_APGATE_LOG (default trace, conftest.apgate_log_env), and
 this test checks that the logs it scans really are that verbose, so it cannot pass on quiet logs.
@@ -8,8 +10,9 @@ What is looked for:
 - every secret registered with conftest.register_apgate (identity keys, upstream keys, inline
   secrets, the ECS credentials endpoint token, TLS private key lines) and every STS session secret
   and token moto issued in a module that called STS (conftest.register_moto_session_secrets);
-- the signatures this process's botocore computed (conftest.CLIENT_SIGNATURES: SigV4 header and
-  presigned, SigV2) and the SigV4 signatures apgate sent to moto (the request logs' "signature");
+- the signatures the session's botocore computed (conftest.CLIENT_SIGNATURES of every process: SigV4
+  header and presigned, SigV2) and the SigV4 signatures apgate sent to moto (the request logs'
+  "signature");
 - the markers below.
 """
 
@@ -20,8 +23,11 @@ import re
 from collections import Counter
 from pathlib import Path
 
+import os
+
+import pytest
+
 import conftest
-from conftest import APGATE_LOGS, CLIENT_SIGNATURES, SECRETS_GIVEN_TO_APGATE
 
 MARKERS = ("AWS4-HMAC-SHA256 Credential=", "Signature=", "X-Amz-Signature", "X-Amz-Security-Token",
            "x-amz-security-token:", "chunk-signature=", "x-amz-trailer-signature")
@@ -106,21 +112,27 @@ def test_scanner_finds_what_it_looks_for():
 
 
 def test_no_secret_in_any_apgate_log_of_the_session(tmp_path_factory):
-    base = tmp_path_factory.getbasetemp()
-    registered = {p.resolve() for p in APGATE_LOGS}
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        pytest.fail("run test_zzz_no_secrets.py on its own after a parallel run (scripts/test does): "
+                    "under pytest-xdist it may run before the modules whose logs it scans")
+    record = conftest.session_record()
+    bases = {tmp_path_factory.getbasetemp().resolve()} | record["basetemps"]
+    bases = {b for b in bases if not any(b != o and b.is_relative_to(o) for o in bases)}  # no nested twice
+    registered = {p.resolve() for p in record["logs"]}
     missing = sorted(str(p) for p in registered if not p.is_file())
     assert not missing, f"registered apgate logs that do not exist: {missing}"
-    discovered = {p.resolve() for p in discovered_apgate_logs(base)}
+    discovered = {p.resolve() for b in bases if b.is_dir() for p in discovered_apgate_logs(b)}
     unregistered = sorted(str(p) for p in discovered - registered)
     assert not unregistered, (
         "apgate logs nobody registered (start apgates with conftest.apgate_log_env() and call "
         f"conftest.register_apgate(log, *secrets)): {unregistered}")
     logs = sorted(registered | discovered)
-    assert logs, f"no apgate logs found under {base}: did the session start any apgate?"
-    secrets = {s for s in SECRETS_GIVEN_TO_APGATE if s and len(s) >= 8}
+    assert logs, f"no apgate logs found under {sorted(bases)}: did the session start any apgate?"
+    secrets = {s for s in record["secrets"] if s and len(s) >= 8}
     assert secrets, "no secrets were registered"
-    assert not conftest.SESSION_SECRET_PROBLEMS, conftest.SESSION_SECRET_PROBLEMS
-    signatures = set(CLIENT_SIGNATURES) | upstream_signatures(base)
+    assert not record["problems"], record["problems"]
+    client_signatures = record["signatures"]
+    signatures = set(client_signatures) | {s for b in bases if b.is_dir() for s in upstream_signatures(b)}
 
     leaks: list[str] = []
     levels_total: Counter = Counter()
@@ -136,8 +148,8 @@ def test_no_secret_in_any_apgate_log_of_the_session(tmp_path_factory):
         leaks.extend(f"{log}: {f}" for f in scan(text, secrets, signatures))
     print(f"\n[secrets] {len(logs)} apgate logs ({size / 2**20:.1f} MiB, lines by level {dict(levels_total)}, "
           f"RUST_LOG={conftest.apgate_log_filter()}) scanned for {len(secrets)} secrets (incl. "
-          f"{conftest.SESSION_TOKENS_REGISTERED[0]} STS session tokens), {len(signatures)} signatures "
-          f"({len(CLIENT_SIGNATURES)} computed by this process's clients) and {len(MARKERS)} markers: "
+          f"{record['tokens']} STS session tokens), {len(signatures)} signatures "
+          f"({len(client_signatures)} computed by the session's clients) and {len(MARKERS)} markers: "
           + ("clean" if not leaks else f"{len(leaks)} findings"))
     assert not leaks, "\n".join(leaks[:50])
     # Not vacuous: the logs are as verbose as the knob says, every one of them.
@@ -145,4 +157,4 @@ def test_no_secret_in_any_apgate_log_of_the_session(tmp_path_factory):
         f"no TRACE line in any apgate log (E2E_APGATE_LOG={conftest.apgate_log_filter()!r}): "
         "the scan needs trace-level logs")
     assert not quiet, "apgate logs without a single DEBUG/TRACE line (E2E_APGATE_LOG not applied?):\n" + "\n".join(quiet)
-    assert signatures and len(CLIENT_SIGNATURES) > 0, "no signatures recorded"
+    assert signatures and len(client_signatures) > 0, "no signatures recorded"
