@@ -219,7 +219,8 @@ def to_ms(value: str, unit: str) -> float:
 
 
 def wrk(url: str, headers: list[str], seconds: float, connections: int) -> dict:
-    cmd = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    # wrk takes whole seconds ("-d1.5s" is an error)
+    cmd = ["wrk", "-t2", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency"]
     for h in headers:
         cmd += ["-H", h]
     out = subprocess.run(cmd + [url], check=True, capture_output=True, text=True).stdout

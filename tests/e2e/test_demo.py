@@ -77,9 +77,11 @@ def access_log() -> list[dict]:
 
 
 def test_demo_walkthrough_runs_and_shows_virtual_hosted_style():
-    r = subprocess.run([str(DEMO)], cwd=REPO, env=demo_env(), capture_output=True, text=True, timeout=300)
+    # one stream, in order: the step headings go to stderr, the commands' output to stdout
+    r = subprocess.run([str(DEMO)], cwd=REPO, env=demo_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       text=True, timeout=300)
     out = ANSI.sub("", r.stdout)
-    assert r.returncode == 0, f"scripts/demo exited {r.returncode}\n{out[-4000:]}\n{r.stderr[-4000:]}"
+    assert r.returncode == 0, f"scripts/demo exited {r.returncode}\n{out[-6000:]}"
     # the virtual-hosted read: the bucket in the Host header, signed by curl, answered with bob's object
     section = out.split("Virtual-hosted style", 1)
     assert len(section) == 2, out
