@@ -2,7 +2,7 @@
 """The side-by-side benchmark behind scripts/bench (stdlib only; run it through scripts/bench).
 
 Everything runs on 127.0.0.1 on this machine, in one run, so the ratios compare like with like:
-  upstream  target/release/bench_upstream (bench/: hyper; serves N-byte objects, swallows PUTs)
+  upstream  target/<profile>/bench_upstream (bench/: hyper; serves N-byte objects, swallows PUTs)
   nginx     a plain nginx reverse proxy in front of it (keep-alive pool, no signing, no access log;
             1 MiB buffers for the streams)
   apgate    verifying SigV4 inbound and re-signing SigV4 outbound, access log on
@@ -219,8 +219,7 @@ def to_ms(value: str, unit: str) -> float:
 
 
 def wrk(url: str, headers: list[str], seconds: float, connections: int) -> dict:
-    # wrk takes whole seconds ("-d1.5s" is an error)
-    cmd = ["wrk", "-t2", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency"]
+    cmd = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency"]
     for h in headers:
         cmd += ["-H", h]
     out = subprocess.run(cmd + [url], check=True, capture_output=True, text=True).stdout
@@ -270,7 +269,7 @@ def main() -> int:
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--out", default=str(REPO / "target" / "bench"), help="where results.md/json and logs go")
     args = ap.parse_args()
-    seconds = args.seconds or (2 if args.quick else 10)
+    seconds = max(1, round(args.seconds or (2 if args.quick else 10)))  # wrk takes whole seconds
     warmup = 1 if args.quick else 3
     big = 64 * MIB if args.quick else GIB
     huge = 256 * MIB if args.quick else 5 * GIB

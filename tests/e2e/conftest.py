@@ -99,10 +99,10 @@ def _record(kind: str, payload) -> None:
 
 
 def session_record() -> dict:
-    """Everything every process of this session recorded, with this process's own."""
-    out = {"logs": set(APGATE_LOGS), "secrets": set(SECRETS_GIVEN_TO_APGATE),
-           "signatures": set(CLIENT_SIGNATURES), "tokens": SESSION_TOKENS_REGISTERED[0],
-           "problems": list(SESSION_SECRET_PROBLEMS), "basetemps": set()}
+    """Everything every process of this session recorded (this one's included: it records as it
+    goes), with the client signatures this process computed since it last wrote them."""
+    out = {"logs": set(), "secrets": set(), "signatures": set(CLIENT_SIGNATURES), "tokens": 0,
+           "problems": [], "basetemps": set()}
     for path in sorted(session_dir().glob("*-*.jsonl")):
         kind = path.name.rsplit("-", 1)[0]
         for line in path.read_text(encoding="utf-8").splitlines():
@@ -137,9 +137,26 @@ def pytest_configure(config) -> None:
         os.environ["E2E_SESSION_DIR"] = tempfile.mkdtemp(prefix="apgate-e2e-session-")
 
 
+_SIGNATURES_WRITTEN: set[str] = set()
+
+
+def _write_signatures() -> None:
+    new = CLIENT_SIGNATURES - _SIGNATURES_WRITTEN
+    if new:
+        _record("signatures", sorted(new))
+        _SIGNATURES_WRITTEN.update(new)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _record_signatures_per_module():
+    """After every module, so that a worker that dies later has still recorded what its clients
+    signed."""
+    yield
+    _write_signatures()
+
+
 def pytest_sessionfinish(session) -> None:
-    if CLIENT_SIGNATURES:
-        _record("signatures", sorted(CLIENT_SIGNATURES))
+    _write_signatures()
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -147,9 +164,10 @@ def _record_basetemp(tmp_path_factory):
     _record("basetemps", str(tmp_path_factory.getbasetemp().resolve()))
 
 
-# Under pytest-xdist (scripts/test) the modules that take longest go first, so that the two
-# workers do not end with one of them alone, and the Rust SDK's last (scripts/test builds its
-# client meanwhile). Run in one process, files keep their name order (the secret scan last).
+# Under pytest-xdist (scripts/test: --dist loadfile --no-loadscope-reorder, which keeps this
+# order) the modules that take longest go first, so that the workers do not end with one of them
+# alone, and the Rust SDK's last (scripts/test builds its client meanwhile). Run in one process,
+# files keep their name order (the secret scan last).
 SLOW_FIRST = ("test_soak.py", "test_credentials.py", "test_resource_bounds.py", "test_answers.py",
               "test_observability.py", "test_faults.py", "test_lifecycle.py", "test_demo.py")
 LAST = ("test_rust_sdk.py",)
@@ -499,7 +517,7 @@ def _readyz(url: str) -> int | None:
 def apgate(moto: Moto, tmp_path_factory) -> Apgate:
     binary = apgate_bin()
     if not binary.is_file():
-        pytest.fail(f"apgate binary not found at {binary} (cargo build --release)")
+        pytest.fail(f"apgate binary not found at {binary} (cargo build --release, or --profile ci as scripts/test)")
     tmp = tmp_path_factory.mktemp("apgate")
     admin, shared, sidecar = free_port(), free_port(), free_port()
     while len({admin, shared, sidecar, moto.port}) < 4:

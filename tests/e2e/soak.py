@@ -950,7 +950,7 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.concurrency <= 64:
         parser.error("--concurrency must be between 1 and 64")
     if not args.binary.is_file():
-        parser.error(f"apgate binary not found at {args.binary} (cargo build --release)")
+        parser.error(f"apgate binary not found at {args.binary} (cargo build --release, or --profile ci as scripts/test)")
     workdir = args.workdir or REPO / "target" / "soak" / time.strftime("%Y%m%d-%H%M%S")
     report = soak(args.duration, args.concurrency, workdir, args.binary, args.log_level,
                   out=lambda s: print(s, flush=True))

@@ -250,7 +250,7 @@ def run_apgate(moto, tmp: Path, *, env: dict, credentials: str | None = None,
                roles: dict[str, str] | None = None, extra: str = "", wait_ready: bool = True):
     binary = apgate_bin()
     if not binary.is_file():
-        pytest.fail(f"apgate binary not found at {binary} (cargo build --release)")
+        pytest.fail(f"apgate binary not found at {binary} (cargo build --release, or --profile ci as scripts/test)")
     ports: set[int] = {moto.port}
     admin, shared, sidecar = 0, 0, 0
     while len(ports) < 4:

@@ -2,9 +2,10 @@
 styles, and every command it suggests for trying apgate afterwards (``scripts/demo --serve``)
 succeeds as printed.
 
-The demo uses its fixed local ports (moto 5000, apgate 8080/8081, admin 9090: config/demo.toml),
-all on 127.0.0.1; the rest of the suite uses ephemeral ports. Its apgate log joins the logs
-test_zzz_no_secrets.py scans.
+A user's demo listens on 127.0.0.1:5000/8080/8081/9090 (config/demo.toml); here each run gets free
+ports and a working directory of its own (APGATE_DEMO_PORTS, APGATE_DEMO_WORK), so that it can run
+beside the other modules. Its apgate log and moto's request log stay under the session's temporary
+directory, where test_zzz_no_secrets.py scans them.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import os
 import queue
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,50 +23,50 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, apgate_log_env, register_apgate
+from conftest import REPO, apgate_log_env, free_port, register_apgate
 
 DEMO = REPO / "scripts" / "demo"
-WORK = REPO / "target" / "demo"
-PORTS = (5000, 8080, 8081, 9090)
 BOB_KEY = "APGDEMOBOB0000000001"
 BOB_SECRET = "demo/bob/secret/key/not/for/production/use"
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-def demo_env() -> dict[str, str]:
+def demo_env(work: Path) -> dict[str, str]:
     """The environment of someone who just cloned the repository: no AWS settings of their own,
-    the venv's aws CLI first on PATH (scripts/demo installs it there)."""
+    the venv's aws CLI first on PATH (scripts/demo installs it there); plus the demo's ports and
+    working directory for this run, and the suite's log level."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["NO_COLOR"] = "1"
-    env.update(apgate_log_env())  # the suite's log level, for test_zzz_no_secrets.py's scan
+    env.update(apgate_log_env())  # for test_zzz_no_secrets.py's scan
+    ports: list[int] = []
+    while len(ports) < 4:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    env["APGATE_DEMO_PORTS"] = " ".join(map(str, ports))
+    env["APGATE_DEMO_WORK"] = str(work)
     return env
 
 
-@pytest.fixture(autouse=True)
-def demo_ports_free():
-    busy = []
-    for port in PORTS:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                busy.append(port)
-    if busy:
-        pytest.fail(f"the demo's ports {busy} on 127.0.0.1 are in use (a scripts/demo --serve left running?)")
-    yield
-    register_apgate(WORK / "apgate.log", BOB_SECRET, *upstream_secrets())
+@pytest.fixture
+def work(tmp_path):
+    work = tmp_path / "demo"
+    yield work
+    register_apgate(work / "apgate.log", BOB_SECRET, *upstream_secrets(work))
 
 
-def upstream_secrets() -> list[str]:
+def upstream_secrets(work: Path) -> list[str]:
     try:
-        keys = json.loads((WORK / "upstream-keys.json").read_text())
+        keys = json.loads((work / "upstream-keys.json").read_text())
     except (OSError, ValueError):
         return []
     return [keys["secret_access_key"]]
 
 
-def access_log() -> list[dict]:
+def access_log(work: Path) -> list[dict]:
     rows = []
-    for line in (WORK / "apgate.log").read_text().splitlines():
+    for line in (work / "apgate.log").read_text().splitlines():
         try:
             row = json.loads(line)
         except ValueError:
@@ -76,12 +76,16 @@ def access_log() -> list[dict]:
     return rows
 
 
-def test_demo_walkthrough_runs_and_shows_virtual_hosted_style():
+def test_demo_walkthrough_runs_and_shows_virtual_hosted_style(work):
     # one stream, in order: the step headings go to stderr, the commands' output to stdout
-    r = subprocess.run([str(DEMO)], cwd=REPO, env=demo_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                       text=True, timeout=300)
-    out = ANSI.sub("", r.stdout)
-    assert r.returncode == 0, f"scripts/demo exited {r.returncode}\n{out[-6000:]}"
+    proc = subprocess.Popen([str(DEMO)], cwd=REPO, env=demo_env(work), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        stdout, _ = proc.communicate(timeout=300)
+    finally:
+        stop_group(proc)
+    out = ANSI.sub("", stdout)
+    assert proc.returncode == 0, f"scripts/demo exited {proc.returncode}\n{out[-6000:]}"
     # the virtual-hosted read: the bucket in the Host header, signed by curl, answered with bob's object
     section = out.split("Virtual-hosted style", 1)
     assert len(section) == 2, out
@@ -91,9 +95,9 @@ def test_demo_walkthrough_runs_and_shows_virtual_hosted_style():
     # the refusal really kept the request from the upstream
     assert "requests that reached moto meanwhile: 0" in out, out
     # apgate logged bob's two reads of the object: path-style (aws CLI) and virtual-hosted (curl)
-    reads = [row for row in access_log() if row.get("identity") == "bob" and row.get("operation") == "GetObject"
+    reads = [row for row in access_log(work) if row.get("identity") == "bob" and row.get("operation") == "GetObject"
              and row.get("key") == "Bob/hello.txt" and row.get("status") == 200]
-    assert len(reads) == 2, access_log()
+    assert len(reads) == 2, access_log(work)
     assert "apgate_requests_total" in out, out  # and it shows where the metrics are
 
 
@@ -103,8 +107,20 @@ def read_lines(proc: subprocess.Popen, lines: queue.Queue) -> None:
     lines.put(None)
 
 
-def test_demo_serve_suggestions_succeed_as_printed():
-    proc = subprocess.Popen([str(DEMO), "--serve"], cwd=REPO, env=demo_env(), stdout=subprocess.PIPE,
+def stop_group(proc: subprocess.Popen) -> None:
+    """Stop the demo and what it started (moto, apgate), as Ctrl-C does."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_demo_serve_suggestions_succeed_as_printed(work):
+    env = demo_env(work)
+    proc = subprocess.Popen([str(DEMO), "--serve"], cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=read_lines, args=(proc, lines), daemon=True).start()
@@ -135,15 +151,14 @@ def test_demo_serve_suggestions_succeed_as_printed():
         commands = [c.replace("\\\n", " ").strip() for c in commands if c.strip() and not c.strip().startswith("#")]
         assert len(commands) >= 3, suggestions
         assert any("--resolve" in c and ".s3.localhost:" in c for c in commands), commands  # virtual-hosted too
+        outputs = []
         for command in commands:
-            r = subprocess.run(["bash", "-c", command], cwd=REPO, env=demo_env(), capture_output=True, text=True,
+            r = subprocess.run(["bash", "-c", command], cwd=REPO, env=env, capture_output=True, text=True,
                                timeout=120)
             assert r.returncode == 0, f"suggested command failed ({r.returncode}): {command}\n{r.stdout}\n{r.stderr}"
+            outputs.append(r.stdout)
+        # the curl read returns the README the first suggestion uploaded, not an error document
+        curl = next(i for i, c in enumerate(commands) if c.startswith("curl "))
+        assert outputs[curl] == (REPO / "README.md").read_text(), outputs[curl][:500]
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGINT)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_group(proc)

@@ -14,7 +14,8 @@ deploy/cloudformation/*.yaml, deploy/kubernetes/*.yaml, deploy/config/*.toml and
   the configs route to, and deploy/config/render.sh (fed those outputs by a stand-in ``aws``)
   writes configs for another account that pass ``apgate check``.
 - The Dockerfile, read by BuildKit's own parser (the ``dockerfile`` package): its build command
-  (run here too: after scripts/test's release build it is quick), that the build stage copies all
+  (``cargo build --release --locked``; here the lock file is checked with ``cargo tree --locked``
+  and the code compiles in the suite's own profile, which keeps release's cfgs), that the build stage copies all
   the build reads, the configs it copies (``apgate check``), its numeric non-root user, its
   ``apgate health`` health check (whose default URL is the configs' admin port; run against a live
   apgate) and its ports. There is no Docker engine on this machine: the image itself is not built.
@@ -83,7 +84,7 @@ def run(cmd: list[str], env: dict[str, str] | None = None, timeout: float = 120,
 
 def apgate_check(path: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     if not BIN.exists():
-        pytest.fail(f"{BIN} missing: build it first (cargo build --release)")
+        pytest.fail(f"{BIN} missing: build it first (cargo build --release, or --profile ci as scripts/test)")
     clean = {k: v for k, v in os.environ.items() if not k.startswith("APGATE_")}
     return subprocess.run(
         [str(BIN), "check", "-c", str(path)], env={**clean, **(env or {})}, capture_output=True, text=True, timeout=60
@@ -1072,7 +1073,7 @@ access_point = "arn:aws:s3:us-east-1:123456789012:accesspoint/health-test"
     assert run(health).returncode == 1
 
 
-def test_release_build_command_succeeds_and_reads_only_what_the_image_copies():
+def test_the_image_build_has_a_current_lock_file_and_reads_only_what_it_copies():
     """What the Dockerfile's `cargo build --release --locked` (checked above) needs: a Cargo.lock
     that is current (cargo resolves the workspace with --locked, offline: everything it needs for
     this platform is here after the suite's own build), code that compiles with release's cfgs (the

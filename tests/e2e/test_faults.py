@@ -82,7 +82,7 @@ def run_apgate(moto, tmp: Path, *, upstream_port: int | None = None, extra: str 
     of ``upstream_port``, signing with moto's keys (and ``session_token``, if given)."""
     binary = apgate_bin()
     if not binary.is_file():
-        pytest.fail(f"apgate binary not found at {binary} (cargo build --release)")
+        pytest.fail(f"apgate binary not found at {binary} (cargo build --release, or --profile ci as scripts/test)")
     ports = {moto.port}
     admin = shared = sidecar = 0
     while len(ports) < 4:

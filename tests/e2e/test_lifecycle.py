@@ -218,7 +218,7 @@ def start_apgate(upstream: FakeUpstream, tmp_path):
     """Starts an apgate with the given routes (and grace period); stops it at the end."""
     binary = apgate_bin()
     if not binary.is_file():
-        pytest.fail(f"apgate binary not found at {binary} (cargo build --release)")
+        pytest.fail(f"apgate binary not found at {binary} (cargo build --release, or --profile ci as scripts/test)")
     started: list[Apgate] = []
 
     def start(routes: list[str], grace: float | None = None) -> Apgate:

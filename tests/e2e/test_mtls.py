@@ -136,7 +136,7 @@ def tls_gateway(moto: Moto, pki: Pki, tmp: Path):
     """An apgate with the four TLS listeners of this module, in front of ``moto``."""
     binary = apgate_bin()
     if not binary.is_file():
-        pytest.fail(f"apgate binary not found at {binary} (cargo build --release)")
+        pytest.fail(f"apgate binary not found at {binary} (cargo build --release, or --profile ci as scripts/test)")
     names = ["admin", "mtls", "required", "cn", "dns"]
     ports: dict[str, int] = {}
     while len(set(ports.values()) | {moto.port}) != len(names) + 1:

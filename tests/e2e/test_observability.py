@@ -419,7 +419,7 @@ def full(moto, tmp_path_factory) -> Full:
     """A gateway of its own that has been through every kind of event apgate counts."""
     binary = apgate_bin()
     if not binary.is_file():
-        pytest.fail(f"apgate binary not found at {binary} (cargo build --release)")
+        pytest.fail(f"apgate binary not found at {binary} (cargo build --release, or --profile ci as scripts/test)")
     tmp = tmp_path_factory.mktemp("apgate-full")
     proxy = TcpProxy(moto.port)
     ports = {moto.port, proxy.port}

@@ -201,7 +201,7 @@ access_point = "{AP_ARN}"
 def gateway(tmp_path_factory):
     binary = apgate_bin()
     if not binary.is_file():
-        pytest.fail(f"apgate binary not found at {binary} (cargo build --release)")
+        pytest.fail(f"apgate binary not found at {binary} (cargo build --release, or --profile ci as scripts/test)")
     tmp = tmp_path_factory.mktemp("bounds")
     port_file, request_log, up_log = tmp / "port", tmp / "requests.jsonl", tmp / "fake_upstream.log"
     request_log.touch()

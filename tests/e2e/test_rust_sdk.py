@@ -10,7 +10,8 @@ The client runs as bob against apgate's shared listener (path style, us-east-1, 
 with an environment holding only ENDPOINT and bob's keys (plus SDK_CLIENT_MOTO_COMPAT=1: moto
 5.2.1 names the CompleteMultipartUpload result root ``CompleteMultipartUploadResponse``, which the
 Rust SDK refuses to parse; sdk_client renames it on that call only). Build it with
-``cargo build --release -p apgate-sdk-client`` (scripts/test does).
+``cargo build --profile ci -p apgate-sdk-client`` (scripts/test does, while the suite runs; the
+fixture waits for it, or builds it when run on its own).
 """
 
 from __future__ import annotations

@@ -614,7 +614,7 @@ def capture_apgate(capture, tmp_path_factory):
     """A second apgate, configured like conftest's, whose upstream is the capture server."""
     binary = apgate_bin()
     if not binary.is_file():
-        pytest.fail(f"apgate binary not found at {binary} (cargo build --release)")
+        pytest.fail(f"apgate binary not found at {binary} (cargo build --release, or --profile ci as scripts/test)")
     tmp = tmp_path_factory.mktemp("capture_apgate")
     admin, shared, sidecar = free_port(), free_port(), free_port()
     while len({admin, shared, sidecar, capture.port}) < 4:

@@ -185,7 +185,7 @@ access_point = "{AP_ARN}"
 def streaming_apgate(fake_upstream: FakeUpstream, tmp_path_factory) -> StreamingApgate:
     binary = apgate_bin()
     if not binary.is_file():
-        pytest.fail(f"apgate binary not found at {binary} (cargo build --release)")
+        pytest.fail(f"apgate binary not found at {binary} (cargo build --release, or --profile ci as scripts/test)")
     tmp = tmp_path_factory.mktemp("apgate_stream")
     admin, sidecar = free_port(), free_port()
     while len({admin, sidecar, fake_upstream.port}) < 3:

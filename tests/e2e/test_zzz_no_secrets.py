@@ -59,7 +59,7 @@ def discovered_apgate_logs(base: Path) -> list[Path]:
 def upstream_signatures(base: Path) -> set[str]:
     """The SigV4 signatures moto received (moto_launcher.py's request logs), i.e. apgate's own."""
     out = set()
-    for path in base.rglob("requests.jsonl"):
+    for path in base.rglob("*requests.jsonl"):
         with open(path, encoding="utf-8", errors="replace") as fh:
             for line in fh:
                 if '"signature"' in line:
