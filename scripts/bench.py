@@ -7,11 +7,13 @@ Everything runs on 127.0.0.1 on this machine, in one run, so the ratios compare 
             1 MiB buffers for the streams)
   apgate    verifying SigV4 inbound and re-signing SigV4 outbound, access log on
 
-Phases: 1 KiB GET at full speed (wrk, 64 connections), p99 at half of apgate's saturation rate
-(bench_client paced: 64 connections on evenly staggered schedules; the same rate direct, through
-nginx and through apgate), 1 GiB GET/PUT throughput (one stream, median of
-three, direct vs nginx vs apgate), peak RSS while streaming 5 GiB each way, RSS with 10,000 idle
-keep-alive connections.
+Phases: 1 KiB GET and 1 KiB PUT at full speed (wrk, 64 connections; CPU per request of nginx and
+apgate from /proc), p99 at half of apgate's saturation rate (bench_client paced: 64 connections on
+evenly staggered schedules; the same rate direct, through nginx and through apgate), 64 MiB GET/PUT
+throughput (one stream, median of five interleaved rounds, direct vs nginx vs apgate), peak RSS
+while streaming 5 GiB each way, RSS with 10,000 idle keep-alive connections (3 s after the last
+one's request: apgate parks a connection idle for 0.5-1 s, and its allocator hands pages back 1 s
+after they were freed).
 """
 
 from __future__ import annotations
@@ -146,6 +148,12 @@ access_point = "arn:aws:s3:us-east-1:123456789012:accesspoint/bench-ap"
         stop(self.proc)
 
 
+def nginx_workers(prefix: Path) -> list[int]:
+    master = (prefix / "nginx.pid").read_text().strip()
+    out = subprocess.run(["pgrep", "-P", master], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
 def nginx(work: Path, upstream_port: int) -> tuple[subprocess.Popen, int, int]:
     """nginx on two ports: defaults (the 1 KiB phases) and 1 MiB buffers (the streams)."""
     port, stream_port = free_port(), free_port()
@@ -218,18 +226,36 @@ def to_ms(value: str, unit: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def wrk(url: str, headers: list[str], seconds: float, connections: int) -> dict:
+def cpu_ticks(pids: list[int]) -> int:
+    """User + system clock ticks of the processes so far."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total
+
+
+def wrk(url: str, headers: list[str], seconds: float, connections: int, script: Path | None = None,
+        pids: list[int] | None = None) -> dict:
     cmd = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency"]
     for h in headers:
         cmd += ["-H", h]
+    if script:
+        cmd += ["-s", str(script)]
+    before = cpu_ticks(pids or [])
     out = subprocess.run(cmd + [url], check=True, capture_output=True, text=True).stdout
+    ticks = cpu_ticks(pids or []) - before
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     lat = {p: to_ms(v, u) for p, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)}
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     socket_errors = re.search(r"Socket errors: (.*)", out)
     if errors or socket_errors:
         raise SystemExit(f"wrk against {url} saw errors:\n{out}")
-    return {"rps": rps, "p50_ms": lat["50"], "p99_ms": lat["99"]}
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    result = {"rps": rps, "p50_ms": lat["50"], "p99_ms": lat["99"]}
+    if pids:
+        result["cpu_us"] = ticks * 1e6 / os.sysconf("SC_CLK_TCK") / max(requests, 1)
+    return result
 
 
 def paced(url: str, sign_for: str, seconds: float, connections: int, rate: float) -> dict:
@@ -271,7 +297,7 @@ def main() -> int:
     args = ap.parse_args()
     seconds = max(1, round(args.seconds or (2 if args.quick else 10)))  # wrk takes whole seconds
     warmup = 1 if args.quick else 3
-    big = 64 * MIB if args.quick else GIB
+    big = 64 * MIB
     huge = 256 * MIB if args.quick else 5 * GIB
     idle_n = 1000 if args.quick else 10_000
     out = Path(args.out)
@@ -295,18 +321,26 @@ def main() -> int:
         # The same signed header set on every target, so every request has the same size; only
         # apgate checks it.
         headers = sign("GET", targets["apgate"])
+        put_headers = sign("PUT", targets["apgate"])
+        put_script = work / "put.lua"
+        put_script.write_text('wrk.method = "PUT"\nwrk.body = string.rep("x", 1024)\n')
+        pids = {"direct": None, "nginx": nginx_workers(work / "nginx"), "apgate": [gate.pid]}
 
-        print(f"== 1 KiB GET, {args.connections} connections, {seconds:g} s per point (wrk)", flush=True)
-        load = {}
-        for name, url in targets.items():
-            wrk(url, headers, warmup, args.connections)
-            load[name] = wrk(url, headers, seconds, args.connections)
-            print(f"   {name:7} {load[name]['rps']:>10.0f} req/s  p50 {load[name]['p50_ms']:.2f} ms"
-                  f"  p99 {load[name]['p99_ms']:.2f} ms", flush=True)
+        load, load_put = {}, {}
+        for method, table, hdrs, script in (("GET", load, headers, None), ("PUT", load_put, put_headers, put_script)):
+            print(f"== 1 KiB {method}, {args.connections} connections, {seconds:g} s per point (wrk)", flush=True)
+            for name, url in targets.items():
+                wrk(url, hdrs, warmup, args.connections, script)
+                table[name] = wrk(url, hdrs, seconds, args.connections, script, pids[name])
+                cpu = f"  CPU {table[name]['cpu_us']:.1f} µs/request" if "cpu_us" in table[name] else ""
+                print(f"   {name:7} {table[name]['rps']:>10.0f} req/s  p50 {table[name]['p50_ms']:.2f} ms"
+                      f"  p99 {table[name]['p99_ms']:.2f} ms{cpu}", flush=True)
         served = metrics_total(gate.admin)
-        if served < load["apgate"]["rps"] * seconds * 0.9:
+        expected = (load["apgate"]["rps"] + load_put["apgate"]["rps"]) * seconds * 0.9
+        if served < expected:
             raise SystemExit(f"apgate's metrics count {served:.0f} requests served; wrk reported more")
         results["load"] = load
+        results["load_put"] = load_put
 
         half = load["apgate"]["rps"] / 2
         print(f"== p99 at half of apgate's saturation rate ({half:.0f} req/s, {args.connections} connections, "
@@ -320,7 +354,7 @@ def main() -> int:
         rss_load = status_kib(gate.pid, "VmHWM")
         gate.stop()
 
-        rounds = 1 if args.quick else 3
+        rounds = 1 if args.quick else 5
         print(f"== Streaming: {big // MIB} MiB GET and PUT, one connection, median of {rounds} "
               "(direct, nginx, apgate)", flush=True)
         gate = Apgate(work, up_port, "stream")
@@ -362,7 +396,7 @@ def main() -> int:
         ready = client.stdout.readline().split()
         if ready != ["ready", str(idle_n)]:
             raise SystemExit(f"idle client: {ready}")
-        time.sleep(1)
+        time.sleep(3)
         rss_idle = status_kib(gate.pid, "VmRSS")
         client.stdin.close()
         still = client.stdout.readline().split()
@@ -386,26 +420,34 @@ def main() -> int:
 
 
 def render(r: dict) -> str:
-    load, paced, streams = r["load"], r["paced"], r["stream"]
+    load, load_put, paced, streams = r["load"], r["load_put"], r["paced"], r["stream"]
     ratio_direct = load["apgate"]["rps"] / load["direct"]["rps"]
     ratio_nginx = load["apgate"]["rps"] / load["nginx"]["rps"]
+    put_nginx = load_put["apgate"]["rps"] / load_put["nginx"]["rps"]
     added_p99 = paced["apgate"]["p99_ms"] - paced["direct"]["p99_ms"]
     get_ratio = streams["GET"]["apgate_mib_s"] / streams["GET"]["direct_mib_s"]
     put_ratio = streams["PUT"]["apgate_mib_s"] / streams["PUT"]["direct_mib_s"]
     ngx_get = streams["GET"]["nginx_mib_s"] / streams["GET"]["direct_mib_s"]
     ngx_put = streams["PUT"]["nginx_mib_s"] / streams["PUT"]["direct_mib_s"]
     added_p99_nginx = paced["nginx"]["p99_ms"] - paced["direct"]["p99_ms"]
-    big = "1 GiB" if not r["quick"] else "64 MiB"
+    big = "64 MiB"
+
+    def cpu(x: dict) -> str:
+        return f"{x['cpu_us']:.1f}" if "cpu_us" in x else ""
+
+    def met(ok: bool) -> str:
+        return "met" if ok else "**NOT met**"
     lines = [
         f"apgate bench — {r['date']} — {r['cpus']} CPUs — {r['seconds']:g} s per point, "
         f"{r['connections']} connections{' (--quick)' if r['quick'] else ''}",
         "",
-        "| target | 1 KiB GET req/s | p50 ms | p99 ms |",
-        "|---|---:|---:|---:|",
+        "| target | 1 KiB GET req/s | p50 ms | p99 ms | CPU µs/req | 1 KiB PUT req/s | p50 ms | p99 ms | CPU µs/req |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name in ("direct", "nginx", "apgate"):
-        x = load[name]
-        lines.append(f"| {name} | {x['rps']:.0f} | {x['p50_ms']:.2f} | {x['p99_ms']:.2f} |")
+        x, y = load[name], load_put[name]
+        lines.append(f"| {name} | {x['rps']:.0f} | {x['p50_ms']:.2f} | {x['p99_ms']:.2f} | {cpu(x)} "
+                     f"| {y['rps']:.0f} | {y['p50_ms']:.2f} | {y['p99_ms']:.2f} | {cpu(y)} |")
     lines += [
         "",
         f"| paced at {paced['apgate']['rps']:.0f} req/s (half of apgate's saturation), "
@@ -414,7 +456,7 @@ def render(r: dict) -> str:
         *(f"| {name} | {paced[name]['p50_ms']:.2f} | {paced[name]['p99_ms']:.2f} | {paced[name]['p999_ms']:.2f} |"
           for name in ("direct", "nginx", "apgate")),
         "",
-        f"| {big}, one stream (median) | direct MiB/s | nginx MiB/s | apgate MiB/s | nginx/direct | apgate/direct |",
+        f"| {big}, one stream (median of {1 if r['quick'] else 5}) | direct MiB/s | nginx MiB/s | apgate MiB/s | nginx/direct | apgate/direct |",
         "|---|---:|---:|---:|---:|---:|",
         f"| GET | {streams['GET']['direct_mib_s']:.0f} | {streams['GET']['nginx_mib_s']:.0f} | "
         f"{streams['GET']['apgate_mib_s']:.0f} | {ngx_get:.2f} | {get_ratio:.2f} |",
@@ -430,17 +472,18 @@ def render(r: dict) -> str:
         "",
         "| target | measured | goal | |",
         "|---|---:|---:|---|",
-        f"| 1 KiB GET req/s apgate/nginx | {ratio_nginx:.2f}× | ≥ 1.0× | {'met' if ratio_nginx >= 1.0 else 'NOT met'} |",
+        f"| 1 KiB GET req/s apgate/nginx | {ratio_nginx:.2f}× | ≥ 0.85× | {met(ratio_nginx >= 0.85)} |",
+        f"| 1 KiB PUT req/s apgate/nginx | {put_nginx:.2f}× | ≥ 0.85× | {met(put_nginx >= 0.85)} |",
         f"| 1 KiB GET req/s apgate/direct | {ratio_direct:.2f}× | | |",
-        f"| p99 added at half saturation | {added_p99:.2f} ms | ≤ 1 ms | {'met' if added_p99 <= 1.0 else 'NOT met'} |",
+        f"| p99 added at half saturation | {added_p99:.2f} ms | ≤ 1 ms | {met(added_p99 <= 1.0)} |",
         f"| (p99 added by nginx at the same rate) | {added_p99_nginx:.2f} ms | | |",
-        f"| GET throughput apgate/direct | {get_ratio:.2f}× | ≥ 0.9× | {'met' if get_ratio >= 0.9 else 'NOT met'} |",
-        f"| PUT throughput apgate/direct | {put_ratio:.2f}× | ≥ 0.9× | {'met' if put_ratio >= 0.9 else 'NOT met'} |",
+        f"| {big} GET apgate/direct | {get_ratio:.2f}× | ≥ 0.85× | {met(get_ratio >= 0.85)} |",
+        f"| {big} PUT apgate/direct | {put_ratio:.2f}× | ≥ 0.9× | {met(put_ratio >= 0.9)} |",
         f"| (nginx/direct: GET, PUT) | {ngx_get:.2f}×, {ngx_put:.2f}× | | |",
         f"| peak RSS streaming | {r['rss_stream']['peak_mib']:.1f} MiB | ≤ 64 MiB | "
-        f"{'met' if r['rss_stream']['peak_mib'] <= 64 else 'NOT met'} |",
-        f"| RSS, {r['rss_idle']['connections']} idle connections | {r['rss_idle']['open_mib']:.1f} MiB | ≤ 200 MiB | "
-        f"{'met' if r['rss_idle']['open_mib'] <= 200 else 'NOT met'} |",
+        f"{met(r['rss_stream']['peak_mib'] <= 64)} |",
+        f"| RSS, {r['rss_idle']['connections']} idle connections | {r['rss_idle']['open_mib']:.1f} MiB | ≤ 100 MiB | "
+        f"{met(r['rss_idle']['open_mib'] <= 100)} |",
         "",
         f"wall time {r['wall_seconds']} s",
     ]

@@ -20,7 +20,9 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes};
 
 use prometheus::IntCounterVec;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -133,8 +135,9 @@ impl Drop for Admitted {
     }
 }
 
-/// What a connection's requests tell its [`GuardedIo`].
-#[derive(Debug, Default)]
+/// What a connection's requests tell its [`GuardedIo`], and what the connection's loop reads to
+/// tell an idle connection (app.rs parks those: no HTTP state, no buffers, until a byte arrives).
+#[derive(Debug)]
 pub struct Signals {
     /// A head has been parsed and its request is not over: hyper's reads are the request's body
     /// (or nothing), not a head.
@@ -143,6 +146,46 @@ pub struct Signals {
     body_complete: AtomicBool,
     /// One more each time the connection goes back to waiting for a head.
     heads: AtomicU64,
+    /// One more for each read from the client that returned bytes.
+    reads: AtomicU64,
+    /// When the connection opened.
+    opened: Instant,
+    /// Milliseconds after `opened` the connection last went back to waiting for a head.
+    idle_since_ms: AtomicU64,
+}
+
+impl Default for Signals {
+    fn default() -> Self {
+        Self {
+            in_request: AtomicBool::new(false),
+            body_complete: AtomicBool::new(false),
+            heads: AtomicU64::new(0),
+            reads: AtomicU64::new(0),
+            opened: Instant::now(),
+            idle_since_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+/// A snapshot of a connection's activity: equal snapshots taken apart mean nothing happened in
+/// between; with `in_request` false, the connection was idle all that time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Activity {
+    heads: u64,
+    reads: u64,
+    in_request: bool,
+}
+
+impl Activity {
+    /// Whether the connection waits for a head.
+    pub fn between_requests(self) -> bool {
+        !self.in_request
+    }
+
+    /// Whether a request ended, with the connection kept, since `earlier`.
+    pub fn answered_since(self, earlier: Self) -> bool {
+        self.heads != earlier.heads
+    }
 }
 
 impl Signals {
@@ -166,9 +209,27 @@ impl Signals {
     /// whole, so what comes next is a head), hyper's next reads are a head again.
     pub fn request_finished(&self, keep_alive: bool) {
         if keep_alive && self.body_is_complete() {
+            let ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+            self.idle_since_ms.store(ms, Ordering::Relaxed);
             self.heads.fetch_add(1, Ordering::Relaxed);
             self.in_request.store(false, Ordering::Release);
         }
+    }
+
+    /// What the connection has done so far.
+    pub fn activity(&self) -> Activity {
+        Activity {
+            heads: self.heads.load(Ordering::Relaxed),
+            reads: self.reads.load(Ordering::Relaxed),
+            in_request: self.in_request.load(Ordering::Acquire),
+        }
+    }
+
+    /// When the next head must be in: `header_read_timeout` after the connection opened or last
+    /// went back to waiting for a head. One deadline for the wait and the head together, however
+    /// often the connection is parked and woken in between.
+    pub fn head_deadline(&self, header_read_timeout: Duration) -> Instant {
+        self.opened + Duration::from_millis(self.idle_since_ms.load(Ordering::Relaxed)) + header_read_timeout
     }
 }
 
@@ -218,6 +279,9 @@ pin_project_lite::pin_project! {
         refusal: Option<(Vec<u8>, usize)>,
         // The connection is over for reading (after a refusal).
         read_closed: bool,
+        // Bytes read from the client while no HTTP connection was on it (parked), given to the
+        // next reader first.
+        replay: Bytes,
     }
 }
 
@@ -232,7 +296,40 @@ impl<I> GuardedIo<I> {
             write_pending: false,
             refusal: None,
             read_closed: false,
+            replay: Bytes::new(),
         }
+    }
+
+    /// Bytes the next reader gets before anything more from the client (what an HTTP connection
+    /// taken off this transport had read and not parsed).
+    pub fn unread(&mut self, bytes: Bytes) {
+        debug_assert!(self.replay.is_empty());
+        // Counted against the head budget when they were read; they are counted again as given.
+        self.head_read = self.head_read.saturating_sub(bytes.len());
+        self.replay = bytes;
+    }
+}
+
+impl<I: AsyncRead + Unpin> GuardedIo<I> {
+    /// Waits for the client's next byte on a parked connection (no HTTP connection on it) and
+    /// keeps it for the next reader: `Ok(true)` when it came, `Ok(false)` at the end of input.
+    /// Reads a single byte, so a parked connection holds no buffer.
+    pub fn poll_wait_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        if !self.replay.is_empty() {
+            return Poll::Ready(Ok(true));
+        }
+        if self.read_closed {
+            return Poll::Ready(Ok(false));
+        }
+        let mut byte = [0u8; 1];
+        let mut buf = ReadBuf::new(&mut byte);
+        ready!(Pin::new(&mut self.inner).poll_read(cx, &mut buf))?;
+        if buf.filled().is_empty() {
+            return Poll::Ready(Ok(false));
+        }
+        self.guard.signals.reads.fetch_add(1, Ordering::Relaxed);
+        self.replay = Bytes::copy_from_slice(buf.filled());
+        Poll::Ready(Ok(true))
     }
 }
 
@@ -309,13 +406,30 @@ impl<I: AsyncRead + AsyncWrite> AsyncRead for GuardedIo<I> {
             *this.read_closed = true;
             return Poll::Ready(Ok(()));
         }
-        if this.guard.signals.in_request.load(Ordering::Acquire) {
-            return this.inner.poll_read(cx, buf);
+        let in_request = this.guard.signals.in_request.load(Ordering::Acquire);
+        if !in_request {
+            let heads = this.guard.signals.heads.load(Ordering::Relaxed);
+            if heads != *this.heads_seen {
+                *this.heads_seen = heads;
+                *this.head_read = 0;
+            }
         }
-        let heads = this.guard.signals.heads.load(Ordering::Relaxed);
-        if heads != *this.heads_seen {
-            *this.heads_seen = heads;
-            *this.head_read = 0;
+        if !this.replay.is_empty() {
+            let n = this.replay.len().min(buf.remaining());
+            buf.put_slice(&this.replay[..n]);
+            this.replay.advance(n);
+            if !in_request {
+                *this.head_read += n;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        if in_request {
+            let before = buf.filled().len();
+            ready!(this.inner.poll_read(cx, buf))?;
+            if buf.filled().len() > before {
+                this.guard.signals.reads.fetch_add(1, Ordering::Relaxed);
+            }
+            return Poll::Ready(Ok(()));
         }
         let room = this.guard.head_budget.saturating_sub(*this.head_read);
         if room == 0 {
@@ -337,7 +451,11 @@ impl<I: AsyncRead + AsyncWrite> AsyncRead for GuardedIo<I> {
         if room >= buf.remaining() {
             let before = buf.filled().len();
             ready!(this.inner.poll_read(cx, buf))?;
-            *this.head_read += buf.filled().len() - before;
+            let n = buf.filled().len() - before;
+            if n > 0 {
+                this.guard.signals.reads.fetch_add(1, Ordering::Relaxed);
+            }
+            *this.head_read += n;
             return Poll::Ready(Ok(()));
         }
         // Less room than hyper offers: read into the first `room` bytes only (initialised first,
@@ -347,6 +465,9 @@ impl<I: AsyncRead + AsyncWrite> AsyncRead for GuardedIo<I> {
         ready!(this.inner.poll_read(cx, &mut limited))?;
         let n = limited.filled().len();
         buf.advance(n);
+        if n > 0 {
+            this.guard.signals.reads.fetch_add(1, Ordering::Relaxed);
+        }
         *this.head_read += n;
         Poll::Ready(Ok(()))
     }

@@ -254,3 +254,83 @@ async fn refused_bodies_are_read_only_when_short() {
     assert_eq!(discarded("closed"), Some(1.0), "{metrics}");
     assert!(up.seen().is_empty());
 }
+
+/// An idle kept-alive connection is parked (src/app.rs: hyper and its buffers let go after
+/// 0.5–1 s without a byte) and served again, on the same connection, when its client sends the
+/// next request, here in two pieces with a pause, and again right after. A connection opened
+/// ahead and idle before its first request is kept alive too (no `Connection: close`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_is_served_again_after_it_was_parked() {
+    let up = Upstream::start(|_, _| Act::ok(b"ok")).await;
+    let gw = gateway(&format!("http://{}", up.addr), Tune::default()).await;
+    let kept = |reply: &Reply| match reply {
+        Reply::Response {
+            status: 200, headers, ..
+        } => !headers
+            .iter()
+            .any(|(name, value)| name.eq_ignore_ascii_case("connection") && value.eq_ignore_ascii_case("close")),
+        _ => false,
+    };
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    let get = head("GET", "/shared/Bob/k", &[], None);
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    stream.write_all(&get).await.unwrap();
+    let reply = read_reply(&mut stream, Duration::from_secs(5)).await;
+    assert!(kept(&reply), "{reply:?}");
+    for pause in [Duration::from_millis(1300), Duration::from_millis(2100)] {
+        tokio::time::sleep(pause).await;
+        stream.write_all(&get[..7]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        stream.write_all(&get[7..]).await.unwrap();
+        let reply = read_reply(&mut stream, Duration::from_secs(5)).await;
+        assert!(kept(&reply), "{reply:?}");
+        stream.write_all(&get).await.unwrap();
+        let reply = read_reply(&mut stream, Duration::from_secs(5)).await;
+        assert!(kept(&reply), "{reply:?}");
+    }
+    assert_eq!(up.seen().len(), 5);
+}
+
+/// `header_read_timeout_seconds` bounds the wait for a head and the head together, however often
+/// the connection is parked and woken on the way: a client that sends a byte of a head now and
+/// then is closed when it runs out, as is one that sends nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_head_deadline_holds_across_parking() {
+    let up = Upstream::start(|_, _| Act::ok(b"ok")).await;
+    let gw = gateway(
+        &format!("http://{}", up.addr),
+        Tune {
+            server: "header_read_timeout_seconds = 3",
+            ..Tune::default()
+        },
+    )
+    .await;
+    let get = head("GET", "/shared/Bob/k", &[], None);
+    for trickle in [true, false] {
+        let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+        stream.write_all(&get).await.unwrap();
+        assert_eq!(
+            read_reply(&mut stream, Duration::from_secs(5)).await.status(),
+            Some(200)
+        );
+        let idle_from = Instant::now();
+        let mut sent = 0;
+        let closed_at = loop {
+            if closed_by_apgate(&mut stream, Duration::from_millis(1100)).await {
+                break idle_from.elapsed();
+            }
+            assert!(
+                idle_from.elapsed() < Duration::from_secs(6),
+                "still open after 6 s (trickle {trickle})"
+            );
+            if trickle && sent < get.len() - 4 {
+                stream.write_all(&get[sent..=sent]).await.unwrap();
+                sent += 1;
+            }
+        };
+        assert!(
+            closed_at >= Duration::from_millis(2900) && closed_at < Duration::from_millis(3700),
+            "closed after {closed_at:?} (trickle {trickle})"
+        );
+    }
+}
