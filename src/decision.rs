@@ -90,6 +90,22 @@ pub struct Forward {
     pub body: BodyPlan,
 }
 
+impl Forward {
+    /// The outbound head, moved out for forwarding (one head, not a copy of it); what is left is
+    /// an empty head that nothing reads.
+    pub fn take_head(&mut self) -> OutboundHead {
+        std::mem::replace(
+            &mut self.head,
+            OutboundHead {
+                method: Method::GET,
+                path_and_query: String::new(),
+                headers: HeaderMap::new(),
+                payload: PayloadHash::Unsigned,
+            },
+        )
+    }
+}
+
 /// The outbound request head, before signing (which adds Host, `x-amz-date`,
 /// `x-amz-content-sha256`, the token and `Authorization`).
 #[derive(Debug, Clone)]

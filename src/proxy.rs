@@ -197,6 +197,8 @@ async fn proxy(
         Outcome::BucketLocation(route) => return Ok(respond::bucket_location(ctx, route.access_point.region())),
         Outcome::Forward(forward) => forward,
     };
+    let mut forward = forward;
+    let head = forward.take_head();
     let (target, operation) = match (&decision.target, decision.operation) {
         (Some(t), Some(op)) => (t, op),
         _ => return Err(GatewayError::internal("a forwarded request without a target")),
@@ -213,7 +215,7 @@ async fn proxy(
         forward: &forward,
         inbound: parts,
     };
-    let up_resp = forward::forward(state, ctx, decided, body, &client).await?;
+    let up_resp = forward::forward(state, ctx, decided, head, body, &client).await?;
     let client_side = respond::ClientSide {
         target,
         bucket: &forward.route.bucket,

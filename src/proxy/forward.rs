@@ -49,11 +49,13 @@ pub(crate) struct Decided<'a> {
     pub(crate) inbound: &'a http::request::Parts,
 }
 
-/// Sends the decided request upstream and returns the upstream's answer.
+/// Sends the decided request upstream (`head`: the decision's outbound head, moved out of its
+/// forward) and returns the upstream's answer.
 pub(crate) async fn forward(
     state: &Arc<State>,
     ctx: &mut Ctx,
     decided: Decided<'_>,
+    mut head: OutboundHead,
     body: Incoming,
     client: &ClientBody,
 ) -> Result<Response<UpstreamBody>, GatewayError> {
@@ -75,7 +77,6 @@ pub(crate) async fn forward(
         .metrics
         .received_bytes
         .with_label_values(&[ctx.identity_label(), ctx.access_point_label()]);
-    let mut head = fwd.head.clone();
     let plan = match fwd.body {
         BodyPlan::Inspect { .. } => {
             let announced = inbound.headers.get("x-amz-trailer").and_then(|v| v.to_str().ok());

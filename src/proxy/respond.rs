@@ -110,7 +110,8 @@ pub(crate) async fn upstream_answer(
     }
     let spec = ctx.operation.map(operation::Operation::spec);
     let headers = answer_headers(ctx, client, spec, &parts.headers);
-    let errors = ErrorContext::new(state, ctx, client);
+    // Built only for the answers that may carry an error (a success relayed as it is needs none).
+    let errors = || ErrorContext::new(state, ctx, client);
 
     if !(status.is_success() || status == StatusCode::NOT_MODIFIED) {
         let document = if ctx.is_head() {
@@ -118,7 +119,7 @@ pub(crate) async fn upstream_answer(
         } else {
             read_bounded(state, resp_body, MAX_ERROR_BODY).await.unwrap_or_default()
         };
-        let error = errors.relay(status, &document);
+        let error = errors().relay(status, &document);
         ctx.error_code = Some(error.code().to_owned());
         return Ok(error_answer(error, ctx, status, headers));
     }
@@ -142,7 +143,7 @@ pub(crate) async fn upstream_answer(
             let mut resp = Response::new(
                 SlowAnswer::new(
                     body::IdleTimeout::new(resp_body, state.config.upstream.body_idle_timeout),
-                    errors,
+                    errors(),
                     spec.map_or(&[][..], |s| s.response_elements),
                     ctx.late_error_code.clone(),
                 )
@@ -163,6 +164,7 @@ pub(crate) async fn upstream_answer(
                 rewritten = Some(0);
                 body::empty()
             } else {
+                let errors = errors();
                 match errors.sanitize(&document, spec.map_or(&[][..], |s| s.response_elements)) {
                     Ok(Sanitized::Document(out)) => {
                         rewritten = Some(out.len());
