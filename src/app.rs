@@ -444,36 +444,38 @@ impl Conn {
                 ))
             })
         };
-        let mut draining: Option<tokio::time::Instant> = None;
+        let mut drain_state = ConnDrain::default();
         // hyper serves the connection while it is in use. When it has been idle for a while,
         // hyper is taken off it (its read and write buffers and cached headers freed: ≈ 10 KiB
         // of an idle connection's ≈ 14) and the connection is parked until its client sends a
         // byte, then served by a new hyper connection. One deadline covers the wait for a head
         // and the head itself, parked or not (`Signals::head_deadline`).
         loop {
-            let deadline = signals.head_deadline(server.header_read_timeout);
-            let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) else {
-                break;
-            };
+            let deadline: tokio::time::Instant = signals.head_deadline(server.header_read_timeout).into();
+            if deadline <= tokio::time::Instant::now() {
+                return;
+            }
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
-                .header_read_timeout(left)
+                // hyper restarts this for every head after an answer; the first head on a woken
+                // connection is held to the shared deadline by `serve_until_idle`.
+                .header_read_timeout(server.header_read_timeout)
                 // The read buffer grows to this for bodies; until a head is parsed, GuardedIo gives hyper
                 // at most max_header_bytes of it (400 RequestHeaderSectionTooLarge beyond).
                 .max_buf_size(server.read_buffer_bytes.max(server.max_header_bytes))
                 .keep_alive(true);
             let mut conn = builder.serve_connection(TokioIo::new(io), svc.clone());
-            match serve_until_idle(&mut conn, &signals, &mut drain, &mut draining).await {
-                Served::Ended(Ok(())) => {
-                    // The exchange is over (the client closed, or an answer said
-                    // `Connection: close`): close the way hyper does.
-                    let mut io = conn.into_parts().io.into_inner();
-                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, tokio::io::AsyncWriteExt::shutdown(&mut io)).await;
+            match serve_until_idle(&mut conn, &signals, deadline, &mut drain, &mut drain_state).await {
+                Served::Closed(Ok(())) => return,
+                Served::Closed(Err(error)) => {
+                    tracing::debug!(%error, %remote, "Connection ended with an error.");
                     return;
                 }
-                Served::Ended(Err(error)) => {
-                    tracing::debug!(%error, %remote, "Connection ended with an error.");
+                Served::Unused => {
+                    // Shutdown, and nothing asked on this hyper connection: close cleanly.
+                    let mut io = conn.into_parts().io.into_inner();
+                    close_quietly(&mut io).await;
                     return;
                 }
                 Served::Idle => {
@@ -486,40 +488,67 @@ impl Conn {
                 }
             }
             // Parked: no HTTP state, until the client sends a byte, closes, the head deadline
-            // passes, or shutdown's idle window ends.
-            let wait_until = match draining {
-                Some(at) => at.min(deadline.into()),
-                None => deadline.into(),
-            };
-            let readable = std::future::poll_fn(|cx| io.poll_wait_readable(cx));
-            let woken = tokio::select! {
-                r = readable => matches!(r, Ok(true)),
-                () = tokio::time::sleep_until(wait_until) => false,
-                window = drain.started(), if draining.is_none() => {
-                    draining = Some(tokio::time::Instant::now() + window);
-                    let until = draining.map_or(wait_until, |d| d.min(wait_until));
-                    let readable = std::future::poll_fn(|cx| io.poll_wait_readable(cx));
-                    matches!(tokio::time::timeout_at(until, readable).await, Ok(Ok(true)))
+            // passes (closed without a word, as hyper does), or shutdown's idle window ends. The
+            // deadline as of now: it counts from this hyper connection's last answer.
+            let deadline: tokio::time::Instant = signals.head_deadline(server.header_read_timeout).into();
+            let woken = loop {
+                let until = drain_state.closes_at.map_or(deadline, |at| at.min(deadline));
+                tokio::select! {
+                    r = std::future::poll_fn(|cx| io.poll_wait_readable(cx)) => break r,
+                    () = tokio::time::sleep_until(until) => {
+                        if until < deadline {
+                            close_quietly(&mut io).await;
+                        }
+                        return;
+                    }
+                    window = drain.started(), if drain_state.closes_at.is_none() => drain_state.start(window),
                 }
             };
-            if !woken {
-                return;
+            match woken {
+                Ok(true) => drain_state.woken(),
+                // The client closed: so does apgate.
+                Ok(false) => {
+                    close_quietly(&mut io).await;
+                    return;
+                }
+                Err(_) => return,
             }
-            if let Some(at) = draining.as_mut() {
-                // Woken by a request during shutdown's idle window: it gets the window to be
-                // answered (with `Connection: close`).
-                *at = (*at).max(tokio::time::Instant::now() + DRAIN_IDLE_WINDOW);
-            }
+        }
+    }
+}
+
+/// Shutdown as one connection sees it.
+#[derive(Debug, Default)]
+struct ConnDrain {
+    /// When the connection closes if it is idle (shutdown's idle window from when it started, or
+    /// from a request that woke the connection during it); `None` while not shutting down.
+    closes_at: Option<tokio::time::Instant>,
+    window: Duration,
+}
+
+impl ConnDrain {
+    fn start(&mut self, window: Duration) {
+        self.window = window;
+        self.closes_at = Some(tokio::time::Instant::now() + window);
+    }
+
+    /// A parked connection was woken by its client during shutdown: the request it is sending
+    /// gets the idle window to come in and be answered (with `Connection: close`).
+    fn woken(&mut self) {
+        if let Some(at) = self.closes_at.as_mut() {
+            *at = (*at).max(tokio::time::Instant::now() + self.window);
         }
     }
 }
 
 /// How a hyper connection's service ended.
 enum Served {
-    /// hyper is done with the connection: `Ok` when the exchange ended cleanly.
-    Ended(hyper::Result<()>),
+    /// hyper is done with the connection and has flushed and shut it down (`Ok`), or it failed.
+    Closed(hyper::Result<()>),
     /// The connection has been idle for [`PARK_AFTER`] and hyper let go of it.
     Idle,
+    /// Shutdown's idle window ended before a request came on this hyper connection.
+    Unused,
 }
 
 /// How long a connection waits for its next request with hyper on it before it is parked. Long
@@ -527,18 +556,27 @@ enum Served {
 /// cost ≈ 4 KiB instead of ≈ 14 after it.
 const PARK_AFTER: Duration = Duration::from_millis(500);
 
-/// How long closing a connection cleanly may take (a TLS close_notify to a client not reading).
+/// How long closing an idle connection cleanly may take (a TLS close_notify to a client not reading).
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Runs hyper on the connection until the exchange ends, or the connection is idle (then hyper
-/// is asked to let go of it: hyper closes an idle connection at once, without a byte written).
+/// Shuts the connection down (FIN, or TLS close_notify first), for at most [`CLOSE_TIMEOUT`].
+async fn close_quietly<I: tokio::io::AsyncWrite + Unpin>(io: &mut I) {
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, tokio::io::AsyncWriteExt::shutdown(io)).await;
+}
+
+/// Runs hyper on the connection until the exchange ends (then hyper flushes and shuts it down,
+/// as a plain `await` of the connection does), or the connection is idle: nothing read, nothing
+/// left to send and no request open for a whole [`PARK_AFTER`] tick after an answer, when hyper
+/// is asked to let go of it (on an idle connection hyper closes at once, without a byte written).
+/// Until this hyper connection has answered, its first head must be in by `deadline`.
 /// Shutdown: answers say `Connection: close` (proxy::handle); a kept-alive connection stays open
 /// for the idle window, for a request its client may already be sending, then hyper closes it.
 async fn serve_until_idle<I, S>(
     conn: &mut hyper::server::conn::http1::Connection<I, S>,
     signals: &Signals,
+    deadline: tokio::time::Instant,
     drain: &mut DrainWatch,
-    draining: &mut Option<tokio::time::Instant>,
+    drain_state: &mut ConnDrain,
 ) -> Served
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin,
@@ -552,25 +590,38 @@ where
     let started = signals.activity();
     let mut seen = started;
     let mut parking = false;
-    let mut closing = false;
+    let mut first_head_pending = true;
     loop {
-        let close_at = draining.unwrap_or_else(far_future);
+        let close_at = drain_state.closes_at.unwrap_or_else(far_future);
         tokio::select! {
             ended = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => {
                 return match ended {
                     Ok(()) if parking => Served::Idle,
-                    ended => Served::Ended(ended),
+                    // Over: hyper flushes what it holds and shuts the connection down.
+                    Ok(()) => Served::Closed(std::future::poll_fn(|cx| std::pin::Pin::new(&mut *conn).poll(cx)).await),
+                    Err(error) => Served::Closed(Err(error)),
                 };
             }
-            window = drain.started(), if draining.is_none() => {
-                *draining = Some(tokio::time::Instant::now() + window);
-            }
-            () = tokio::time::sleep_until(close_at), if draining.is_some() && !closing => {
-                closing = true;
-                parking = false;
+            window = drain.started(), if drain_state.closes_at.is_none() => drain_state.start(window),
+            () = tokio::time::sleep_until(close_at), if drain_state.closes_at.is_some() => {
+                let now = signals.activity();
+                if !now.answered_since(started) && !now.in_request() {
+                    return Served::Unused;
+                }
+                // hyper closes an idle connection at once, a busy one after its answer, and
+                // flushes and shuts down either way.
                 std::pin::Pin::new(&mut *conn).graceful_shutdown();
+                return Served::Closed(std::future::poll_fn(|cx| std::pin::Pin::new(&mut *conn).poll(cx)).await);
             }
-            _ = tick.tick(), if draining.is_none() && !parking => {
+            () = tokio::time::sleep_until(deadline), if first_head_pending => {
+                first_head_pending = false;
+                let now = signals.activity();
+                if !now.answered_since(started) && !now.in_request() {
+                    // The head did not come in time: closed without a word, as hyper does.
+                    return Served::Closed(Ok(()));
+                }
+            }
+            _ = tick.tick(), if !parking && drain_state.closes_at.is_none() => {
                 let now = signals.activity();
                 // Only once this hyper connection has answered a request: before that, hyper
                 // would not let go at once but answer the next request `Connection: close`.

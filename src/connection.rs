@@ -148,6 +148,8 @@ pub struct Signals {
     heads: AtomicU64,
     /// One more for each read from the client that returned bytes.
     reads: AtomicU64,
+    /// A write to the client is waiting: hyper holds bytes it could not send yet.
+    unsent: AtomicBool,
     /// When the connection opened.
     opened: Instant,
     /// Milliseconds after `opened` the connection last went back to waiting for a head.
@@ -161,6 +163,7 @@ impl Default for Signals {
             body_complete: AtomicBool::new(false),
             heads: AtomicU64::new(0),
             reads: AtomicU64::new(0),
+            unsent: AtomicBool::new(false),
             opened: Instant::now(),
             idle_since_ms: AtomicU64::new(0),
         }
@@ -174,12 +177,18 @@ pub struct Activity {
     heads: u64,
     reads: u64,
     in_request: bool,
+    unsent: bool,
 }
 
 impl Activity {
-    /// Whether the connection waits for a head.
+    /// Whether the connection waits for a head, with nothing of the last answer left to send.
     pub fn between_requests(self) -> bool {
-        !self.in_request
+        !self.in_request && !self.unsent
+    }
+
+    /// Whether a request is being answered (its head parsed, its answer not over).
+    pub fn in_request(self) -> bool {
+        self.in_request
     }
 
     /// Whether a request ended, with the connection kept, since `earlier`.
@@ -209,10 +218,24 @@ impl Signals {
     /// whole, so what comes next is a head), hyper's next reads are a head again.
     pub fn request_finished(&self, keep_alive: bool) {
         if keep_alive && self.body_is_complete() {
-            let ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
-            self.idle_since_ms.store(ms, Ordering::Relaxed);
+            self.idle_from_now();
             self.heads.fetch_add(1, Ordering::Relaxed);
             self.in_request.store(false, Ordering::Release);
+        }
+    }
+
+    /// The connection waits for a head from now on (the head deadline counts from here).
+    fn idle_from_now(&self) {
+        let ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.idle_since_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// A write that had to wait went out: if the answer is over, the client has its last bytes
+    /// only now, and the wait for its next head starts now.
+    fn sent_after_waiting(&self) {
+        self.unsent.store(false, Ordering::Relaxed);
+        if !self.in_request.load(Ordering::Acquire) {
+            self.idle_from_now();
         }
     }
 
@@ -222,6 +245,7 @@ impl Signals {
             heads: self.heads.load(Ordering::Relaxed),
             reads: self.reads.load(Ordering::Relaxed),
             in_request: self.in_request.load(Ordering::Acquire),
+            unsent: self.unsent.load(Ordering::Relaxed),
         }
     }
 
@@ -336,21 +360,26 @@ impl<I: AsyncRead + Unpin> GuardedIo<I> {
 impl<I: AsyncWrite> GuardedIo<I> {
     /// After a write: progress disarms the send timer; `Pending` arms it, and past the timeout the
     /// write fails (the connection closes).
-    fn settle_write(
-        polled: Poll<io::Result<usize>>,
+    fn settle_write<T>(
+        polled: Poll<io::Result<T>>,
         stalled: &mut Option<Pin<Box<tokio::time::Sleep>>>,
         write_pending: &mut bool,
         guard: &Guard,
         cx: &mut Context<'_>,
-    ) -> Poll<io::Result<usize>> {
+    ) -> Poll<io::Result<T>> {
         match polled {
             Poll::Ready(r) => {
                 *stalled = None;
-                *write_pending = false;
+                if std::mem::take(write_pending) {
+                    guard.signals.sent_after_waiting();
+                }
                 Poll::Ready(r)
             }
             Poll::Pending => {
-                *write_pending = true;
+                if !*write_pending {
+                    *write_pending = true;
+                    guard.signals.unsent.store(true, Ordering::Relaxed);
+                }
                 if Self::stall_expired(stalled, guard, cx) {
                     return Poll::Ready(Err(not_reading()));
                 }
@@ -496,24 +525,15 @@ impl<I: AsyncWrite> AsyncWrite for GuardedIo<I> {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.project();
-        match this.inner.poll_flush(cx) {
-            Poll::Ready(r) => {
-                *this.stalled = None;
-                *this.write_pending = false;
-                Poll::Ready(r)
-            }
-            Poll::Pending => {
-                *this.write_pending = true;
-                if Self::stall_expired(this.stalled, this.guard, cx) {
-                    return Poll::Ready(Err(not_reading()));
-                }
-                Poll::Pending
-            }
-        }
+        let polled = this.inner.poll_flush(cx);
+        Self::settle_write(polled, this.stalled, this.write_pending, this.guard, cx)
     }
 
+    /// Closing waits on the client too (a TLS close_notify it does not read): bounded the same way.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_shutdown(cx)
+        let this = self.project();
+        let polled = this.inner.poll_shutdown(cx);
+        Self::settle_write(polled, this.stalled, this.write_pending, this.guard, cx)
     }
 }
 

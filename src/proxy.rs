@@ -57,6 +57,7 @@ pub async fn handle(
             .get(header::CONTENT_LENGTH)
             .is_some_and(|v| v.as_bytes() != b"0");
     connection.request_started(has_body);
+    let client_keeps_alive = keeps_alive(req.version(), req.headers());
     // The state as of this request's start: a reload during it does not change it.
     let state = gateway.state();
     let Some(listener) = state.listeners.get(&*listener_name).cloned() else {
@@ -134,7 +135,9 @@ pub async fn handle(
         // sends next is the rest of it, not a request head.
         close(&mut resp);
     }
-    let keep_alive = resp.headers().get(header::CONNECTION).is_none_or(|v| v != "close");
+    // As hyper decides it: the client's wish (HTTP/1.0 keeps only on request, HTTP/1.1 unless
+    // told to close) and the answer's.
+    let keep_alive = client_keeps_alive && resp.headers().get(header::CONNECTION).is_none_or(|v| v != "close");
     // The record travels with the body and is written when it ends (or is dropped).
     let status = resp.status();
     let (resp_parts, resp_body) = resp.into_parts();
@@ -143,6 +146,23 @@ pub async fn handle(
         connection.request_finished(keep_alive && end == BodyEnd::Complete);
     });
     Ok(Response::from_parts(resp_parts, metered.boxed_unsync()))
+}
+
+/// Whether the client wants the connection kept after this request.
+fn keeps_alive(version: http::Version, headers: &http::HeaderMap) -> bool {
+    let has = |token: &str| {
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    match version {
+        http::Version::HTTP_11 => !has("close"),
+        http::Version::HTTP_10 => has("keep-alive"),
+        _ => false,
+    }
 }
 
 fn close(resp: &mut Response<ResponseBody>) {

@@ -334,3 +334,65 @@ async fn the_head_deadline_holds_across_parking() {
         );
     }
 }
+
+/// A client that reads its answer slowly gets all of it, whether it asked to close the connection
+/// or keep it: a connection is never parked, nor its HTTP state dropped, while hyper still holds
+/// bytes of an answer (the answer is whole, and a kept connection serves the next request).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_gets_its_whole_answer_across_the_idle_ticks() {
+    for size in [512 << 10, 1 << 20, 2 << 20] {
+        let body = pattern(7, size);
+        let up = Upstream::start({
+            let body = body.clone();
+            move |_, _| Act::ok(&body)
+        })
+        .await;
+        let gw = gateway(&format!("http://{}", up.addr), Tune::default()).await;
+        for close in [true, false] {
+            let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+            let extra: &[(&str, &str)] = if close { &[("connection", "close")] } else { &[] };
+            stream
+                .write_all(&head("GET", "/shared/Bob/k", extra, None))
+                .await
+                .unwrap();
+            // Read nothing for two idle ticks, then everything.
+            tokio::time::sleep(Duration::from_millis(1600)).await;
+            let reply = read_reply(&mut stream, Duration::from_secs(10)).await;
+            assert!(
+                reply.whole() && reply.body() == &body[..],
+                "{size} bytes, close {close}: {reply:?}"
+            );
+            if !close {
+                stream
+                    .write_all(&head("GET", "/shared/Bob/k", &[], None))
+                    .await
+                    .unwrap();
+                let again = read_reply(&mut stream, Duration::from_secs(10)).await;
+                assert!(again.whole() && again.body() == &body[..], "{size} bytes, again");
+            }
+        }
+    }
+}
+
+/// A connection woken from parking late in its head deadline keeps the whole
+/// `header_read_timeout_seconds` for the waits after its next answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_woken_late_keeps_the_whole_head_timeout_afterwards() {
+    let up = Upstream::start(|_, _| Act::ok(b"ok")).await;
+    let gw = gateway(
+        &format!("http://{}", up.addr),
+        Tune {
+            server: "header_read_timeout_seconds = 3",
+            ..Tune::default()
+        },
+    )
+    .await;
+    let get = head("GET", "/shared/Bob/k", &[], None);
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    for pause in [0, 2500, 1500, 2500] {
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        stream.write_all(&get).await.unwrap();
+        let reply = read_reply(&mut stream, Duration::from_secs(5)).await;
+        assert_eq!(reply.status(), Some(200), "after {pause} ms: {reply:?}");
+    }
+}
