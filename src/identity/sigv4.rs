@@ -437,7 +437,13 @@ impl RequestDate {
         Ok(Self {
             header,
             time,
-            amz_date: amzdate::format(time),
+            // The signer's own text when it is already the basic format (`parse` accepted it):
+            // what it put in its string to sign; a `Date` is turned into that format.
+            amz_date: if header == "x-amz-date" {
+                value.to_owned()
+            } else {
+                amzdate::format(time)
+            },
         })
     }
 }
