@@ -623,6 +623,10 @@ where
             }
             _ = tick.tick(), if !parking && drain_state.closes_at.is_none() => {
                 let now = signals.activity();
+                if now.answered_since(started) {
+                    // Later heads are hyper's to time (its full timeout from each answer).
+                    first_head_pending = false;
+                }
                 // Only once this hyper connection has answered a request: before that, hyper
                 // would not let go at once but answer the next request `Connection: close`.
                 if now == seen && now.between_requests() && now.answered_since(started) {
