@@ -33,6 +33,20 @@ async fn closed_by_apgate(stream: &mut TcpStream, within: Duration) -> bool {
     )
 }
 
+/// An upstream that answers `ok` to everything, and a gateway in front of it with `server` set.
+async fn ok_gateway(server: &str) -> (Upstream, Gw) {
+    let up = Upstream::start(|_, _| Act::ok(b"ok")).await;
+    let gw = gateway(
+        &format!("http://{}", up.addr),
+        Tune {
+            server,
+            ..Tune::default()
+        },
+    )
+    .await;
+    (up, gw)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_head_over_max_header_bytes_is_refused_even_after_the_buffer_grew_for_a_body() {
     let up = Upstream::start(|_, _| Act::ok(b"")).await;
@@ -82,15 +96,7 @@ async fn a_head_over_max_header_bytes_is_refused_even_after_the_buffer_grew_for_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_head_holds_no_more_than_max_header_bytes() {
-    let up = Upstream::start(|_, _| Act::ok(b"ok")).await;
-    let gw = gateway(
-        &format!("http://{}", up.addr),
-        Tune {
-            server: "max_header_bytes = 16384",
-            ..Tune::default()
-        },
-    )
-    .await;
+    let (up, gw) = ok_gateway("max_header_bytes = 16384").await;
     // 1 MB of a head that never ends, sent as fast as the socket takes it: apgate stops reading at
     // 16 KiB and answers; the client cannot make it buffer the rest.
     let mut stream = TcpStream::connect(gw.addr).await.unwrap();
@@ -261,8 +267,7 @@ async fn refused_bodies_are_read_only_when_short() {
 /// ahead and idle before its first request is kept alive too (no `Connection: close`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_connection_is_served_again_after_it_was_parked() {
-    let up = Upstream::start(|_, _| Act::ok(b"ok")).await;
-    let gw = gateway(&format!("http://{}", up.addr), Tune::default()).await;
+    let (up, gw) = ok_gateway("").await;
     let kept = |reply: &Reply| match reply {
         Reply::Response {
             status: 200, headers, ..
@@ -296,15 +301,7 @@ async fn an_idle_connection_is_served_again_after_it_was_parked() {
 /// then is closed when it runs out, as is one that sends nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_head_deadline_holds_across_parking() {
-    let up = Upstream::start(|_, _| Act::ok(b"ok")).await;
-    let gw = gateway(
-        &format!("http://{}", up.addr),
-        Tune {
-            server: "header_read_timeout_seconds = 3",
-            ..Tune::default()
-        },
-    )
-    .await;
+    let (_up, gw) = ok_gateway("header_read_timeout_seconds = 3").await;
     let get = head("GET", "/shared/Bob/k", &[], None);
     for trickle in [true, false] {
         let mut stream = TcpStream::connect(gw.addr).await.unwrap();
@@ -378,15 +375,7 @@ async fn a_slow_reader_gets_its_whole_answer_across_the_idle_ticks() {
 /// `header_read_timeout_seconds` for the waits after its next answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_woken_late_keeps_the_whole_head_timeout_afterwards() {
-    let up = Upstream::start(|_, _| Act::ok(b"ok")).await;
-    let gw = gateway(
-        &format!("http://{}", up.addr),
-        Tune {
-            server: "header_read_timeout_seconds = 3",
-            ..Tune::default()
-        },
-    )
-    .await;
+    let (_up, gw) = ok_gateway("header_read_timeout_seconds = 3").await;
     let get = head("GET", "/shared/Bob/k", &[], None);
     let mut stream = TcpStream::connect(gw.addr).await.unwrap();
     for pause in [0, 2500, 1500, 2500] {
