@@ -598,7 +598,7 @@ where
                 return match ended {
                     Ok(()) if parking => Served::Idle,
                     // Over: hyper flushes what it holds and shuts the connection down.
-                    Ok(()) => Served::Closed(std::future::poll_fn(|cx| std::pin::Pin::new(&mut *conn).poll(cx)).await),
+                    Ok(()) => Served::Closed((&mut *conn).await),
                     Err(error) => Served::Closed(Err(error)),
                 };
             }
@@ -611,7 +611,7 @@ where
                 // hyper closes an idle connection at once, a busy one after its answer, and
                 // flushes and shuts down either way.
                 std::pin::Pin::new(&mut *conn).graceful_shutdown();
-                return Served::Closed(std::future::poll_fn(|cx| std::pin::Pin::new(&mut *conn).poll(cx)).await);
+                return Served::Closed((&mut *conn).await);
             }
             () = tokio::time::sleep_until(deadline), if first_head_pending => {
                 first_head_pending = false;

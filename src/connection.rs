@@ -452,15 +452,12 @@ impl<I: AsyncRead + AsyncWrite> AsyncRead for GuardedIo<I> {
             }
             return Poll::Ready(Ok(()));
         }
-        if in_request {
-            let before = buf.filled().len();
-            ready!(this.inner.poll_read(cx, buf))?;
-            if buf.filled().len() > before {
-                this.guard.signals.reads.fetch_add(1, Ordering::Relaxed);
-            }
-            return Poll::Ready(Ok(()));
-        }
-        let room = this.guard.head_budget.saturating_sub(*this.head_read);
+        // A request's body (or nothing) is read as it comes; a head within what is left of the budget.
+        let room = if in_request {
+            usize::MAX
+        } else {
+            this.guard.head_budget.saturating_sub(*this.head_read)
+        };
         if room == 0 {
             this.guard
                 .closed
@@ -477,27 +474,26 @@ impl<I: AsyncRead + AsyncWrite> AsyncRead for GuardedIo<I> {
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }
-        if room >= buf.remaining() {
+        let n = if room >= buf.remaining() {
             let before = buf.filled().len();
             ready!(this.inner.poll_read(cx, buf))?;
-            let n = buf.filled().len() - before;
-            if n > 0 {
-                this.guard.signals.reads.fetch_add(1, Ordering::Relaxed);
-            }
-            *this.head_read += n;
-            return Poll::Ready(Ok(()));
-        }
-        // Less room than hyper offers: read into the first `room` bytes only (initialised first,
-        // which costs a memset on connections whose buffer grew for a body).
-        let dst = buf.initialize_unfilled_to(room);
-        let mut limited = ReadBuf::new(dst);
-        ready!(this.inner.poll_read(cx, &mut limited))?;
-        let n = limited.filled().len();
-        buf.advance(n);
+            buf.filled().len() - before
+        } else {
+            // Less room than hyper offers: read into the first `room` bytes only (initialised first,
+            // which costs a memset on connections whose buffer grew for a body).
+            let dst = buf.initialize_unfilled_to(room);
+            let mut limited = ReadBuf::new(dst);
+            ready!(this.inner.poll_read(cx, &mut limited))?;
+            let n = limited.filled().len();
+            buf.advance(n);
+            n
+        };
         if n > 0 {
             this.guard.signals.reads.fetch_add(1, Ordering::Relaxed);
         }
-        *this.head_read += n;
+        if !in_request {
+            *this.head_read += n;
+        }
         Poll::Ready(Ok(()))
     }
 }
