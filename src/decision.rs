@@ -24,7 +24,10 @@ use crate::routing::{Denial, Route, Router, Scope};
 use crate::s3::addressing::{parse_target, AddressingError};
 use crate::s3::copy_source::CopySource;
 use crate::s3::encoding::{uri_encode_into, Slash};
-use crate::s3::headers::{X_AMZ_COPY_SOURCE, X_AMZ_DECODED_CONTENT_LENGTH};
+use crate::s3::headers::{
+    X_AMZ_ACL, X_AMZ_BYPASS_GOVERNANCE_RETENTION, X_AMZ_COPY_SOURCE, X_AMZ_DECODED_CONTENT_LENGTH,
+    X_AMZ_EXPECTED_BUCKET_OWNER, X_AMZ_SOURCE_EXPECTED_BUCKET_OWNER, X_AMZ_TRAILER,
+};
 use crate::s3::operation::{self, Payload, Spec};
 use crate::s3::request::{self, is_auth_param, RequestError, FRAMING_HEADERS};
 use crate::s3::{BucketName, Operation, OperationClass, PayloadHash, S3Target, Support};
@@ -342,7 +345,7 @@ fn check_auth_params(caller: &CallerIdentity, target: &S3Target) -> Result<(), G
 
 /// Checks that would name the upstream account: apgate hides it, so it cannot check it either.
 fn refuse_owner_checks(headers: &HeaderMap) -> Result<(), GatewayError> {
-    for name in ["x-amz-expected-bucket-owner", "x-amz-source-expected-bucket-owner"] {
+    for name in [&X_AMZ_EXPECTED_BUCKET_OWNER, &X_AMZ_SOURCE_EXPECTED_BUCKET_OWNER] {
         if headers.contains_key(name) {
             return Err(GatewayError::client(
                 S3ErrorCode::InvalidArgument,
@@ -447,7 +450,7 @@ fn body_plan(
     );
     // A trailer carries one checksum of the body, announced by x-amz-trailer; S3 acts on nothing
     // else in it.
-    match (headers.get("x-amz-trailer"), trailer) {
+    match (headers.get(&X_AMZ_TRAILER), trailer) {
         (None, _) => {}
         (Some(v), true) if v.to_str().is_ok_and(operation::is_checksum_header) => {}
         (Some(_), _) => {
@@ -476,7 +479,7 @@ fn body_plan(
             BodyPlan::SignedChunks {
                 ending: if *trailer {
                     // x-amz-trailer, if given, names one checksum header (checked above).
-                    chunked::Ending::Trailer(headers.get("x-amz-trailer").and_then(|v| v.to_str().ok()).and_then(
+                    chunked::Ending::Trailer(headers.get(&X_AMZ_TRAILER).and_then(|v| v.to_str().ok()).and_then(
                         |name| {
                             Some(chunked::TrailerChecksum {
                                 header: operation::checksum_header(name)?,
@@ -504,11 +507,11 @@ fn inspected(op: Operation) -> bool {
 fn check_access_changes(op: Operation, headers: &HeaderMap, route: &Route) -> Result<(), GatewayError> {
     let acl = op == Operation::PutObjectAcl
         || headers
-            .get("x-amz-acl")
+            .get(&X_AMZ_ACL)
             .is_some_and(|v| !matches!(v.as_bytes(), b"private" | b"bucket-owner-full-control"))
         || headers.keys().any(|k| k.as_str().starts_with("x-amz-grant-"));
     let bypass = headers
-        .get("x-amz-bypass-governance-retention")
+        .get(&X_AMZ_BYPASS_GOVERNANCE_RETENTION)
         .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"false"));
     for (needed, change, what) in [
         (acl, AccessChange::Acl, "ACL or grant changes"),

@@ -25,6 +25,7 @@ use crate::identity::CallerIdentity;
 use crate::metrics::NONE;
 use crate::retry;
 use crate::s3::encoding::hex_lower;
+use crate::s3::headers::X_AMZ_TRAILER;
 use crate::s3::{amzdate, AccessPoint, Operation, PayloadHash};
 use crate::signing::sign_request;
 use crate::sigv4::SigningKeyCache;
@@ -79,7 +80,7 @@ pub(crate) async fn forward(
         .with_label_values(&[ctx.identity_label(), ctx.access_point_label()]);
     let plan = match fwd.body {
         BodyPlan::Inspect { .. } => {
-            let announced = inbound.headers.get("x-amz-trailer").and_then(|v| v.to_str().ok());
+            let announced = inbound.headers.get(&X_AMZ_TRAILER).and_then(|v| v.to_str().ok());
             let content = read_inspected(
                 state,
                 ctx,

@@ -15,7 +15,7 @@ use crate::error::{xml_escape_into, GatewayError, RelayedError, S3ErrorCode};
 use crate::metrics::NONE;
 use crate::s3::addressing::AddressingStyle;
 use crate::s3::encoding::{uri_encode_into, Slash};
-use crate::s3::headers::{X_AMZN_REQUESTID, X_AMZ_ID_2, X_AMZ_REQUEST_ID};
+use crate::s3::headers::{X_AMZN_REQUESTID, X_AMZ_EXPIRATION, X_AMZ_ID_2, X_AMZ_REQUEST_ID};
 use crate::s3::operation::{self, Answer, Spec};
 use crate::s3::xml::{self, ClientView, Sanitized};
 use crate::s3::{BucketName, S3Target};
@@ -109,7 +109,7 @@ pub(crate) async fn upstream_answer(
         ));
     }
     let spec = ctx.operation.map(operation::Operation::spec);
-    let headers = answer_headers(ctx, client, spec, &parts.headers);
+    let headers = answer_headers(ctx.scheme, &ctx.request_id, client, spec, &parts.headers);
     // Built only for the answers that may carry an error (a success relayed as it is needs none).
     let errors = || ErrorContext::new(state, ctx, client);
 
@@ -229,9 +229,16 @@ async fn read_bounded(state: &State, body: UpstreamBody, limit: usize) -> Result
 }
 
 /// The headers of the upstream's answer a client may see (the model's for the operation, and
-/// HTTP's own, less those that name the upstream side), a `Location` pointed at apgate, and
-/// apgate's request id in place of the upstream's.
-fn answer_headers(ctx: &Ctx, client: ClientSide<'_>, spec: Option<&Spec>, upstream: &HeaderMap) -> HeaderMap {
+/// HTTP's own, less those that name the upstream side) in the upstream's order, a `Location`
+/// pointed at apgate, and apgate's request id in place of the upstream's. A new map: filtering the
+/// upstream's in place costs more (each removal moves entries and their indices; measured).
+fn answer_headers(
+    scheme: &str,
+    request_id: &str,
+    client: ClientSide<'_>,
+    spec: Option<&Spec>,
+    upstream: &HeaderMap,
+) -> HeaderMap {
     let mut out = HeaderMap::with_capacity(upstream.len() + 1);
     for (name, value) in upstream {
         let shown = match spec {
@@ -241,7 +248,7 @@ fn answer_headers(ctx: &Ctx, client: ClientSide<'_>, spec: Option<&Spec>, upstre
         if !shown || name == header::LOCATION {
             continue;
         }
-        if name.as_str() == "x-amz-expiration" {
+        if name == X_AMZ_EXPIRATION {
             // `expiry-date="...", rule-id="..."`: the rule's id is the bucket owner's text.
             if let Some(v) = expiry_date_only(value) {
                 out.append(name.clone(), v);
@@ -251,11 +258,11 @@ fn answer_headers(ctx: &Ctx, client: ClientSide<'_>, spec: Option<&Spec>, upstre
         out.append(name.clone(), value.clone());
     }
     if upstream.contains_key(header::LOCATION) {
-        if let Some(v) = client_location(ctx.scheme, client).and_then(|l| HeaderValue::from_str(&l).ok()) {
+        if let Some(v) = client_location(scheme, client).and_then(|l| HeaderValue::from_str(&l).ok()) {
             out.insert(header::LOCATION, v);
         }
     }
-    if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
+    if let Ok(v) = HeaderValue::from_str(request_id) {
         out.insert(X_AMZ_REQUEST_ID.clone(), v);
     }
     out
@@ -821,6 +828,87 @@ mod tests {
             out.last().unwrap().starts_with("<Error><Code>InternalError</Code>"),
             "{out:?}"
         );
+    }
+
+    /// What a client sees of an upstream answer's head: the operation's headers and HTTP's own in
+    /// the upstream's order, never the withheld or unknown ones, an expiration without its rule,
+    /// the Location pointed at apgate, and apgate's request id in place of the upstream's.
+    #[test]
+    fn an_answer_shows_the_operations_headers_and_nothing_of_the_upstream_side() {
+        type Case = (
+            Option<Op>,
+            &'static [(&'static str, &'static str)],
+            &'static [(&'static str, &'static str)],
+        );
+        use operation::Operation as Op;
+        let cases: &[Case] = &[
+            (
+                Some(Op::GetObject),
+                &[
+                    ("content-length", "5"),
+                    ("server", "upstream/1.0"),
+                    ("etag", "\"e\""),
+                    ("x-amz-request-id", "UPSTREAM"),
+                    ("x-amz-id-2", "host-id"),
+                    ("x-amz-meta-a", "1"),
+                    ("x-amz-version-id", "v1"),
+                ],
+                &[
+                    ("content-length", "5"),
+                    ("etag", "\"e\""),
+                    ("x-amz-meta-a", "1"),
+                    ("x-amz-version-id", "v1"),
+                    ("x-amz-request-id", "RID"),
+                ],
+            ),
+            (
+                Some(Op::PutObject),
+                &[
+                    (
+                        "x-amz-expiration",
+                        "expiry-date=\"Fri, 23 Dec 2012 00:00:00 GMT\", rule-id=\"r-123456789012\"",
+                    ),
+                    ("x-amz-expiration", "rule-id=\"only\""),
+                    ("x-amz-server-side-encryption-context", "arn:aws:s3:::real-bucket"),
+                    ("etag", "\"p\""),
+                ],
+                &[
+                    ("x-amz-expiration", "expiry-date=\"Fri, 23 Dec 2012 00:00:00 GMT\""),
+                    ("etag", "\"p\""),
+                    ("x-amz-request-id", "RID"),
+                ],
+            ),
+            (
+                None,
+                &[
+                    ("location", "http://real-bucket.s3.amazonaws.com/dir/k"),
+                    ("date", "Wed, 02 Dec 2026 00:00:00 GMT"),
+                    ("x-amz-version-id", "v1"),
+                ],
+                &[
+                    ("date", "Wed, 02 Dec 2026 00:00:00 GMT"),
+                    ("location", "http://gw.example:8080/shared/dir/k"),
+                    ("x-amz-request-id", "RID"),
+                ],
+            ),
+        ];
+        let target = crate::s3::addressing::parse_target(Some("gw.example:8080"), "/shared/dir/k", None, &[]).unwrap();
+        let bucket = target.bucket.clone().unwrap();
+        let client = ClientSide {
+            target: &target,
+            bucket: &bucket,
+            host: Some("gw.example:8080"),
+            range: None,
+        };
+        for (op, upstream, want) in cases {
+            let mut headers = HeaderMap::new();
+            for (name, value) in *upstream {
+                headers.append(HeaderName::from_static(name), HeaderValue::from_static(value));
+            }
+            let out = answer_headers("http", "RID", client, op.map(Op::spec), &headers);
+            let got: Vec<(&str, &str)> = out.iter().map(|(n, v)| (n.as_str(), v.to_str().unwrap())).collect();
+            assert_eq!(got, *want, "{op:?}");
+        }
     }
 
     #[test]

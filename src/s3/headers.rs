@@ -13,3 +13,10 @@ pub static X_AMZN_REQUESTID: HeaderName = HeaderName::from_static("x-amzn-reques
 pub static X_AMZ_ID_2: HeaderName = HeaderName::from_static("x-amz-id-2");
 pub static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 pub static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+pub static X_AMZ_TRAILER: HeaderName = HeaderName::from_static("x-amz-trailer");
+pub static X_AMZ_ACL: HeaderName = HeaderName::from_static("x-amz-acl");
+pub static X_AMZ_EXPIRATION: HeaderName = HeaderName::from_static("x-amz-expiration");
+pub static X_AMZ_BYPASS_GOVERNANCE_RETENTION: HeaderName = HeaderName::from_static("x-amz-bypass-governance-retention");
+pub static X_AMZ_EXPECTED_BUCKET_OWNER: HeaderName = HeaderName::from_static("x-amz-expected-bucket-owner");
+pub static X_AMZ_SOURCE_EXPECTED_BUCKET_OWNER: HeaderName =
+    HeaderName::from_static("x-amz-source-expected-bucket-owner");

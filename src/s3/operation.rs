@@ -128,9 +128,10 @@ impl Spec {
     /// Whether a client may see this (lower-case) header of the operation's answer: one the model
     /// gives the answer or one of HTTP's own, and not one that names the upstream side.
     pub fn shows_response_header(&self, name: &str) -> bool {
-        let answer = self.response_headers.contains(&name)
-            || self.response_header_prefixes.iter().any(|p| name.starts_with(p))
-            || is_http_response_header(name);
+        // HTTP's own first: most of an answer's headers are (entity headers, the date).
+        let answer = is_http_response_header(name)
+            || self.response_headers.contains(&name)
+            || self.response_header_prefixes.iter().any(|p| name.starts_with(p));
         answer && !WITHHELD_RESPONSE_HEADERS.contains(&name)
     }
 }

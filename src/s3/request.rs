@@ -231,8 +231,8 @@ fn check_params(spec: &Spec, target: &S3Target) -> Result<(), RequestError> {
 /// Every `x-amz-*` header is one the operation takes, or one of authentication, of an aws-chunked
 /// body, or of a body checksum; no header the operation takes is repeated.
 fn check_headers(spec: &Spec, headers: &HeaderMap) -> Result<(), RequestError> {
-    for name in headers.keys() {
-        let name = name.as_str();
+    for key in headers.keys() {
+        let name = key.as_str();
         let amz = name.starts_with("x-amz-");
         let member = spec.takes_header(name);
         if amz && !member && !AUTH_HEADERS.contains(&name) && !body_header(spec, name) {
@@ -241,7 +241,7 @@ fn check_headers(spec: &Spec, headers: &HeaderMap) -> Result<(), RequestError> {
                 operation: spec.operation,
             });
         }
-        if (amz || member) && headers.get_all(name).iter().nth(1).is_some() {
+        if (amz || member) && headers.get_all(key).iter().nth(1).is_some() {
             return Err(RequestError::RepeatedHeader { name: name.to_owned() });
         }
     }
