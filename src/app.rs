@@ -428,6 +428,10 @@ impl Conn {
                 closed: gateway.metrics.client_connections_closed.clone(),
             },
         );
+        let parked = gateway
+            .metrics
+            .client_connections_parked
+            .with_label_values(&[&listener]);
         // Boxed: hyper keeps room for one in-flight service future per connection from the moment
         // it is accepted, and the proxy's future is large. Boxing it makes an idle connection cost
         // a pointer instead (docs/PERFORMANCE.md), for one allocation per request.
@@ -491,6 +495,8 @@ impl Conn {
             // passes (closed without a word, as hyper does), or shutdown's idle window ends. The
             // deadline as of now: it counts from this hyper connection's last answer.
             let deadline: tokio::time::Instant = signals.head_deadline(server.header_read_timeout).into();
+            parked.inc();
+            let _parked = scopeguard_dec(parked.clone());
             let woken = loop {
                 let until = drain_state.closes_at.map_or(deadline, |at| at.min(deadline));
                 tokio::select! {

@@ -26,6 +26,7 @@ pub const CREDENTIAL_REFRESHES_TOTAL: &str = "apgate_credential_refreshes_total"
 pub const CREDENTIAL_REFRESH_DURATION_SECONDS: &str = "apgate_credential_refresh_duration_seconds";
 pub const CLIENT_CONNECTIONS: &str = "apgate_client_connections";
 pub const CLIENT_CONNECTIONS_CLOSED_TOTAL: &str = "apgate_client_connections_closed_total";
+pub const CLIENT_CONNECTIONS_PARKED: &str = "apgate_client_connections_parked";
 pub const DISCARDED_BODIES_TOTAL: &str = "apgate_discarded_bodies_total";
 
 /// The label used when a request never got an identity or an access point.
@@ -52,6 +53,7 @@ pub struct Metrics {
     pub upstream_responses: IntCounterVec,
     pub client_connections: IntGaugeVec,
     pub client_connections_closed: IntCounterVec,
+    pub client_connections_parked: IntGaugeVec,
     pub discarded_bodies: IntCounterVec,
 }
 
@@ -59,6 +61,7 @@ impl Metrics {
     /// A listener's connection series, at 0 until something happens (called when it is served).
     pub fn start_listener(&self, listener: &str) {
         self.client_connections.with_label_values(&[listener]);
+        self.client_connections_parked.with_label_values(&[listener]);
         for reason in crate::connection::CloseReason::ALL {
             self.client_connections_closed
                 .with_label_values(&[listener, reason.as_str()]);
@@ -174,6 +177,13 @@ impl Metrics {
             Opts::new(CLIENT_CONNECTIONS, "Client connections open now, by listener."),
             &["listener"],
         )?;
+        let client_connections_parked = IntGaugeVec::new(
+            Opts::new(
+                CLIENT_CONNECTIONS_PARKED,
+                "Open client connections idle between requests and parked (no HTTP state held), by listener.",
+            ),
+            &["listener"],
+        )?;
         let client_connections_closed = IntCounterVec::new(
             Opts::new(
                 CLIENT_CONNECTIONS_CLOSED_TOTAL,
@@ -223,6 +233,7 @@ impl Metrics {
         registry.register(Box::new(upstream_responses.clone()))?;
         registry.register(Box::new(client_connections.clone()))?;
         registry.register(Box::new(client_connections_closed.clone()))?;
+        registry.register(Box::new(client_connections_parked.clone()))?;
         registry.register(Box::new(discarded_bodies.clone()))?;
         Ok(Self {
             registry,
@@ -243,6 +254,7 @@ impl Metrics {
             upstream_responses,
             client_connections,
             client_connections_closed,
+            client_connections_parked,
             discarded_bodies,
         })
     }

@@ -276,24 +276,38 @@ async fn an_idle_connection_is_served_again_after_it_was_parked() {
             .any(|(name, value)| name.eq_ignore_ascii_case("connection") && value.eq_ignore_ascii_case("close")),
         _ => false,
     };
+    let parked = || metric(&gw.metrics(), "apgate_client_connections_parked", &[]);
     let mut stream = TcpStream::connect(gw.addr).await.unwrap();
     let get = head("GET", "/shared/Bob/k", &[], None);
     tokio::time::sleep(Duration::from_millis(1300)).await;
+    // Not before its first answer: hyper holds no buffers yet, and would answer `Connection: close`.
+    assert_eq!(parked(), Some(0.0));
     stream.write_all(&get).await.unwrap();
     let reply = read_reply(&mut stream, Duration::from_secs(5)).await;
     assert!(kept(&reply), "{reply:?}");
     for pause in [Duration::from_millis(1300), Duration::from_millis(2100)] {
         tokio::time::sleep(pause).await;
+        assert_eq!(parked(), Some(1.0), "idle after an answer");
         stream.write_all(&get[..7]).await.unwrap();
         tokio::time::sleep(Duration::from_millis(1200)).await;
         stream.write_all(&get[7..]).await.unwrap();
         let reply = read_reply(&mut stream, Duration::from_secs(5)).await;
         assert!(kept(&reply), "{reply:?}");
+        assert_eq!(parked(), Some(0.0), "woken by its next request");
         stream.write_all(&get).await.unwrap();
         let reply = read_reply(&mut stream, Duration::from_secs(5)).await;
         assert!(kept(&reply), "{reply:?}");
     }
     assert_eq!(up.seen().len(), 5);
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert_eq!(parked(), Some(1.0));
+    drop(stream);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        parked(),
+        Some(0.0),
+        "a parked connection its client closed is no longer counted"
+    );
 }
 
 /// `header_read_timeout_seconds` bounds the wait for a head and the head together, however often
