@@ -141,14 +141,9 @@ pub fn check(spec: &Spec, target: &S3Target, headers: &HeaderMap) -> Result<(), 
 /// The operation whose markers and required members the request carries, the most of them.
 pub fn select(method: &Method, target: &S3Target, headers: &HeaderMap) -> Result<&'static Spec, RequestError> {
     let method = HttpMethod::of(method).ok_or(RequestError::NoOperation)?;
-    let resource = resource(target);
     let mut best: Option<(usize, &'static Spec)> = None;
     let mut tie: Option<&'static Spec> = None;
-    for op in Operation::ALL {
-        let spec = op.spec();
-        if spec.method != method || spec.resource != resource {
-            continue;
-        }
+    for &spec in candidates(method, resource(target)) {
         let Some(score) = selection_score(spec, target, headers) else {
             continue;
         };
@@ -169,6 +164,36 @@ pub fn select(method: &Method, target: &S3Target, headers: &HeaderMap) -> Result
         }),
         (Some((_, spec)), None) => Ok(spec),
     }
+}
+
+/// The operations of a method and resource, in the model's order: an index built once, so a
+/// request is scored against its handful of candidates instead of scanning all 105.
+fn candidates(method: HttpMethod, resource: Resource) -> &'static [&'static Spec] {
+    fn slot(method: HttpMethod, resource: Resource) -> usize {
+        let m = match method {
+            HttpMethod::Get => 0,
+            HttpMethod::Put => 1,
+            HttpMethod::Post => 2,
+            HttpMethod::Delete => 3,
+            HttpMethod::Head => 4,
+        };
+        let r = match resource {
+            Resource::Service => 0,
+            Resource::Bucket => 1,
+            Resource::Object => 2,
+        };
+        m * 3 + r
+    }
+    static INDEX: std::sync::OnceLock<[Vec<&'static Spec>; 15]> = std::sync::OnceLock::new();
+    let index = INDEX.get_or_init(|| {
+        let mut index: [Vec<&'static Spec>; 15] = Default::default();
+        for op in Operation::ALL {
+            let spec = op.spec();
+            index[slot(spec.method, spec.resource)].push(spec);
+        }
+        index
+    });
+    &index[slot(method, resource)]
 }
 
 /// How many of the operation's markers and required members the request carries, `None` when one
