@@ -627,3 +627,34 @@ fn example_get_vanilla_dated_by_the_date_header() {
         ("x-amz-date", "20110909T233700Z")
     );
 }
+
+/// The byte splitters read a header as `str::split` and `str::split_once` do, whatever the text
+/// around the separator (empty parts, separators at the ends, non-ASCII text).
+#[test]
+fn byte_splits_agree_with_str_split() {
+    let texts = [
+        "",
+        ",",
+        ",,",
+        "a",
+        "a,b",
+        ",a,",
+        "Credential=AKID/20130524/us-east-1/s3/aws4_request, SignedHeaders=host;x-amz-date, Signature=ab",
+        "é,ü=ß,",
+        "=",
+        "k==v",
+    ];
+    for text in texts {
+        for sep in [',', '=', '/', ';', ' '] {
+            let byte = u8::try_from(sep).unwrap();
+            let ours: Vec<&str> = super::split_at_byte(text, byte).collect();
+            let std: Vec<&str> = text.split(sep).collect();
+            assert_eq!(ours, std, "{text:?} at {sep:?}");
+            assert_eq!(
+                super::split_once_at_byte(text, byte),
+                text.split_once(sep),
+                "{text:?} at {sep:?}"
+            );
+        }
+    }
+}
