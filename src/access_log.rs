@@ -286,13 +286,25 @@ fn push_str_field(out: &mut String, name: &str, value: &str) {
     out.push('"');
 }
 
+/// The bytes a JSON string may hold as they are (printable ASCII but `"` and `\\`): a table, one
+/// load a byte.
+static PLAIN_JSON: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0x20;
+    while b < 0x7f {
+        table[b] = b != b'"' as usize && b != b'\\' as usize;
+        b += 1;
+    }
+    table
+};
+
 /// JSON string escaping (RFC 8259 §7): quote, backslash and control characters, and also every
 /// character a reader may take for a line or paragraph break (the C1 controls, NEL U+0085 among
 /// them, and U+2028, U+2029), so a log line stays one line for any consumer.
 pub fn push_json_escaped(out: &mut String, s: &str) {
     // Most values need no escaping: one pass over the bytes, then a single copy. Non-ASCII text
     // takes the careful path, which escapes only what it must.
-    if s.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\') {
+    if s.bytes().all(|b| PLAIN_JSON[usize::from(b)]) {
         out.push_str(s);
         return;
     }
@@ -429,6 +441,15 @@ mod tests {
             let doc: serde_json::Value = serde_json::from_str(&line).unwrap();
             assert_eq!(doc["key"], key, "{line}");
             assert_eq!(doc["identity"], "bob", "{line}");
+        }
+        // Every ASCII character, alone and between others, reads back as itself.
+        for c in (0u8..0x80).map(char::from) {
+            let text = format!("a{c}b");
+            let mut s = String::from("\"");
+            push_json_escaped(&mut s, &text);
+            s.push('"');
+            let back: String = serde_json::from_str(&s).unwrap();
+            assert_eq!(back, text, "{s:?}");
         }
     }
 }
