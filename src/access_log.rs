@@ -442,6 +442,20 @@ mod tests {
             assert_eq!(doc["key"], key, "{line}");
             assert_eq!(doc["identity"], "bob", "{line}");
         }
+        // The exact escapes of what must not appear raw: quote, backslash, C0 controls and DEL.
+        for (text, want) in [
+            ("\"", "\\\""),
+            ("\\", "\\\\"),
+            ("\n", "\\n"),
+            ("\u{1}", "\\u0001"),
+            ("\u{1f}", "\\u001f"),
+            ("\u{7f}", "\\u007f"),
+            (" ~", " ~"),
+        ] {
+            let mut s = String::new();
+            push_json_escaped(&mut s, text);
+            assert_eq!(s, want, "{text:?}");
+        }
         // Every ASCII character, alone and between others, reads back as itself.
         for c in (0u8..0x80).map(char::from) {
             let text = format!("a{c}b");

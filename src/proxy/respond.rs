@@ -271,10 +271,10 @@ fn answer_headers(
 /// `x-amz-expiration` without its `rule-id` (the bucket's lifecycle rule's name).
 fn expiry_date_only(value: &HeaderValue) -> Option<HeaderValue> {
     let text = value.to_str().ok()?;
-    let date = text
-        .split(", rule-id=")
-        .next()
-        .filter(|d| d.starts_with("expiry-date=\"") && d.ends_with('"') && !d[13..d.len() - 1].contains('"'))?;
+    let date = text.split(", rule-id=").next().filter(|d| {
+        // `expiry-date="` alone ends with its opening quote: no date, and no slice to take.
+        d.len() > 13 && d.starts_with("expiry-date=\"") && d.ends_with('"') && !d[13..d.len() - 1].contains('"')
+    })?;
     HeaderValue::from_str(date).ok()
 }
 
@@ -924,6 +924,10 @@ mod tests {
             ),
             ("rule-id=\"x\", expiry-date=\"Fri, 23 Dec 2012 00:00:00 GMT\"", None),
             ("expiry-date=\"a\" \"123456789012\"", None),
+            // An opening quote and nothing after it (this slice used to panic).
+            ("expiry-date=\"", None),
+            ("expiry-date=\", rule-id=\"x\"", None),
+            ("expiry-date=\"\"", Some("expiry-date=\"\"")),
         ];
         for (value, want) in cases {
             let got = expiry_date_only(&HeaderValue::from_str(value).unwrap());

@@ -302,7 +302,10 @@ async fn an_idle_connection_is_served_again_after_it_was_parked() {
     tokio::time::sleep(Duration::from_millis(1300)).await;
     assert_eq!(parked(), Some(1.0));
     drop(stream);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let closed = Instant::now();
+    while parked() != Some(0.0) && closed.elapsed() < Duration::from_secs(3) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(
         parked(),
         Some(0.0),
