@@ -209,3 +209,30 @@ fn duplicated_parameters_are_refused_by_the_parse() {
         );
     }
 }
+
+/// The index holds, for every method and resource, exactly the model's operations of that
+/// method and resource, in the model's order (selection's tie rule depends on the order), and
+/// every operation is in one slot.
+#[test]
+fn the_candidate_index_is_the_model_filtered_in_order() {
+    use crate::s3::operation::{HttpMethod, Resource};
+    let mut seen = 0;
+    for method in [
+        HttpMethod::Get,
+        HttpMethod::Put,
+        HttpMethod::Post,
+        HttpMethod::Delete,
+        HttpMethod::Head,
+    ] {
+        for resource in [Resource::Service, Resource::Bucket, Resource::Object] {
+            let want: Vec<Operation> = Operation::ALL
+                .into_iter()
+                .filter(|op| op.spec().method == method && op.spec().resource == resource)
+                .collect();
+            let got: Vec<Operation> = candidates(method, resource).iter().map(|s| s.operation).collect();
+            assert_eq!(got, want, "{method:?} {resource:?}");
+            seen += got.len();
+        }
+    }
+    assert_eq!(seen, Operation::ALL.len());
+}
