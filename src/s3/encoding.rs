@@ -63,10 +63,7 @@ pub fn push_hex(out: &mut String, bytes: &[u8], digits: &[u8; 16]) {
     // char push (with its capacity check) per digit.
     let mut buf = [0u8; 64];
     for chunk in bytes.chunks(32) {
-        for (pair, &b) in buf.chunks_exact_mut(2).zip(chunk) {
-            pair[0] = digits[usize::from(b >> 4)];
-            pair[1] = digits[usize::from(b & 0x0f)];
-        }
+        write_hex(&mut buf, chunk, digits);
         // Hex digits are ASCII, so this never falls back.
         out.push_str(std::str::from_utf8(&buf[..chunk.len() * 2]).unwrap_or_default());
     }
@@ -75,11 +72,16 @@ pub fn push_hex(out: &mut String, bytes: &[u8], digits: &[u8; 16]) {
 /// A 32-byte digest (SHA-256, HMAC-SHA256) in lowercase hex, on the stack.
 pub fn hex32(bytes: &[u8; 32]) -> [u8; 64] {
     let mut out = [0u8; 64];
-    for (i, &b) in bytes.iter().enumerate() {
-        out[2 * i] = HEX_LOWER[usize::from(b >> 4)];
-        out[2 * i + 1] = HEX_LOWER[usize::from(b & 0x0f)];
-    }
+    write_hex(&mut out, bytes, HEX_LOWER);
     out
+}
+
+/// `bytes` in hex into the start of `dst` (two digits a byte, as many as `dst` holds).
+fn write_hex(dst: &mut [u8], bytes: &[u8], digits: &[u8; 16]) {
+    for (pair, &b) in dst.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = digits[usize::from(b >> 4)];
+        pair[1] = digits[usize::from(b & 0x0f)];
+    }
 }
 
 pub fn uri_encode(input: &[u8], slash: Slash) -> String {
