@@ -33,6 +33,24 @@ async fn closed_by_apgate(stream: &mut TcpStream, within: Duration) -> bool {
     )
 }
 
+/// Waits until apgate counts `n` open client connections: a connection the kernel completed is
+/// not yet accepted, and each data thread accepts from its own socket, so the order in which
+/// apgate admits connections is not the order in which they were made.
+async fn until_open(gw: &Gw, n: usize) {
+    let started = Instant::now();
+    loop {
+        let open = metric(&gw.metrics(), "apgate_client_connections", &[]);
+        if open == Some(n as f64) {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "apgate counts {open:?} open connections, not {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// An upstream that answers `ok` to everything, and a gateway in front of it with `server` set.
 async fn ok_gateway(server: &str) -> (Upstream, Gw) {
     let up = Upstream::start(|_, _| Act::ok(b"ok")).await;
@@ -195,6 +213,7 @@ async fn connections_over_the_listener_or_source_limit_are_closed_at_once() {
     .await;
     let _a1 = connect_from([127, 0, 0, 1], gw.addr).await;
     let _a2 = connect_from([127, 0, 0, 1], gw.addr).await;
+    until_open(&gw, 2).await;
     // A third from the same source: over max_connections_per_source.
     let mut a3 = connect_from([127, 0, 0, 1], gw.addr).await;
     assert!(closed_by_apgate(&mut a3, Duration::from_secs(2)).await);
@@ -222,7 +241,7 @@ async fn connections_over_the_listener_or_source_limit_are_closed_at_once() {
     );
     // A connection that ends gives its place back.
     drop(b1);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    until_open(&gw, 2).await;
     let mut c2 = connect_from([127, 0, 0, 3], gw.addr).await;
     c2.write_all(&head("GET", "/shared/Bob/k", &[], None)).await.unwrap();
     assert_eq!(read_reply(&mut c2, Duration::from_secs(5)).await.status(), Some(200));
