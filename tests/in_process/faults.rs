@@ -135,7 +135,15 @@ async fn client_disconnecting_while_the_upstream_is_slow_frees_its_slot() {
         .unwrap();
     assert_eq!(up.wait_for(1, Duration::from_secs(5)).await, 1);
     drop(client);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // apgate notices the client left and ends the request.
+    let started = Instant::now();
+    while metric(&gw.metrics(), "apgate_inflight_requests", &[]) != Some(0.0) {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the abandoned request stayed in flight"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // bob's only slot is free again: the next request is served, not refused with SlowDown.
     let reply = request(gw.addr, "GET", "/shared/Bob/next", b"", Duration::from_secs(5)).await;
     assert_eq!(reply.status(), Some(200), "{reply:?}");

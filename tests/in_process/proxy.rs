@@ -240,7 +240,7 @@ async fn a_reload_changes_routes_without_a_restart_and_a_bad_one_changes_nothing
 
 #[tokio::test]
 async fn a_caller_over_its_concurrency_limit_gets_slow_down() {
-    let (up, _) = scripted_upstream().await;
+    let (up, seen) = scripted_upstream().await;
     let gw = gateway(up).await;
     let dir = std::env::temp_dir().join(format!("apgate-limit-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -254,7 +254,15 @@ async fn a_caller_over_its_concurrency_limit_gets_slow_down() {
     // The first request holds bob's only slot while the upstream stalls (until the 0.5 s timeout).
     let sidecar = gw.addr;
     let first = tokio::spawn(async move { send(sidecar, Method::GET, "/shared/Bob/slow").await.0 });
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Once the upstream has it, the first request holds the slot.
+    let started = std::time::Instant::now();
+    while seen.lock().unwrap().is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the first request never reached the upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let (status, _, body) = send(gw.addr, Method::GET, "/shared/Bob/x").await;
     assert_eq!(status, 503);
     assert!(std::str::from_utf8(&body).unwrap().contains("<Code>SlowDown</Code>"));
