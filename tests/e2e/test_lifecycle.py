@@ -302,7 +302,10 @@ def obj(key: str) -> str:
 def test_valid_reload_takes_effect_without_restart(start_apgate, upstream: FakeUpstream):
     ap = start_apgate([route("app/")])
     pid = ap.proc.pid
+    logged = len(upstream.requests())
     assert get(ap.sidecar, obj("app/x"))[0] == 200
+    # The fake upstream logs a GET once it has sent the body, which can be after the client read it.
+    assert len(upstream.requests_after(logged, 1)) == 1
     status, body = get(ap.sidecar, obj("other/x"))
     assert status == 403, (status, body)
     assert b"AccessDenied" in body
@@ -310,7 +313,7 @@ def test_valid_reload_takes_effect_without_restart(start_apgate, upstream: FakeU
     loaded_at = ap.metrics()["apgate_config_last_reload_success_timestamp_seconds"]
 
     # File change (rename-over): picked up by the 2 s poll.
-    mark = len(upstream.requests())
+    mark = logged + 1
     ap.write_config([route("app/"), route("other/", ap=OTHER_AP_ARN)])
     status, took = wait_status(ap.sidecar, obj("other/x"), 200, timeout=5)
     assert status == 200, f"GET other/x still {status} {took:.1f}s after the config gained the route:\n{ap.tail()}"
