@@ -496,13 +496,15 @@ impl Conn {
             // deadline as of now: it counts from this hyper connection's last answer.
             let deadline: tokio::time::Instant = signals.head_deadline(server.header_read_timeout).into();
             parked.inc();
-            let _parked = scopeguard_dec(parked.clone());
+            // Dropped before a close: a connection apgate is closing is no longer parked.
+            let parked_now = scopeguard_dec(parked.clone());
             let woken = loop {
                 let until = drain_state.closes_at.map_or(deadline, |at| at.min(deadline));
                 tokio::select! {
                     r = std::future::poll_fn(|cx| io.poll_wait_readable(cx)) => break r,
                     () = tokio::time::sleep_until(until) => {
                         if until < deadline {
+                            drop(parked_now);
                             close_quietly(&mut io).await;
                         }
                         return;
@@ -514,11 +516,13 @@ impl Conn {
                 Ok(true) => drain_state.woken(),
                 // The client closed: so does apgate.
                 Ok(false) => {
+                    drop(parked_now);
                     close_quietly(&mut io).await;
                     return;
                 }
                 Err(_) => return,
             }
+            drop(parked_now);
         }
     }
 }
