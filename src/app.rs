@@ -325,8 +325,10 @@ async fn accept_loop(
         let live = shard.balance.hold(shard.index);
         tokio::spawn(async move {
             let _live = live;
-            let _admitted = admitted;
+            // Locals drop in reverse: the gauge falls after the limit's count is released, so a
+            // reader that sees the gauge fall can rely on the place being free.
             let _open = scopeguard_dec(open);
+            let _admitted = admitted;
             let conn = Conn {
                 gateway,
                 listener: listener.name.clone(),

@@ -299,7 +299,13 @@ def test_upstream_reset_before_the_response_is_retried(moto, moto_s3, tmp_path):
             assert len(puts_for(moto.log_since(mark), key)) == 1, "moto got the PUT exactly once"
             text = gw.metrics()
             assert metric(text, "apgate_upstream_retries_total", reason="connect_error") == 1, text
-            access = [line for line in gw.tail().splitlines() if key in line and "apgate::access" in line]
+            # The access log's writer thread writes the line shortly after the answer.
+            deadline = time.monotonic() + 5
+            while True:
+                access = [line for line in gw.tail().splitlines() if key in line and "apgate::access" in line]
+                if access or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
             assert len(access) == 1 and '"attempts":2' in access[0] and '"status":200' in access[0], access
     finally:
         proxy.close()
@@ -324,8 +330,7 @@ def test_sigterm_under_concurrent_load_fails_nothing_in_flight(moto, tmp_path):
         # flight at SIGTERM (with 256 KiB, a fast gateway sometimes had none).
         payload = os.urandom(4 * 1024 * 1024)
 
-        def worker(n: int) -> None:
-            bob = gw.bob()
+        def worker(n: int, bob) -> None:
             i = 0
             while not stop_at.is_set():
                 key = f"Bob/fault-drain-{n}-{i}.bin"
@@ -345,10 +350,21 @@ def test_sigterm_under_concurrent_load_fails_nothing_in_flight(moto, tmp_path):
                     calls.append(Call(t0, time.monotonic(), outcome))
                 i += 1
 
-        threads = [threading.Thread(target=worker, args=(n,), daemon=True) for n in range(16)]
+        # The clients first: making sixteen boto3 clients at once inside the threads holds the GIL
+        # for a while on a loaded machine.
+        clients = [gw.bob() for _ in range(16)]
+        threads = [threading.Thread(target=worker, args=(n, clients[n]), daemon=True) for n in range(16)]
+        started = time.monotonic()
         for th in threads:
             th.start()
+        # Under load for at least 2 s, and until 32 calls have been completed (a slow machine
+        # takes longer than 2 s to get there).
         time.sleep(2.0)
+        while time.monotonic() - started < 60:
+            with lock:
+                if len(calls) >= 32:
+                    break
+            time.sleep(0.1)
         t_term = time.monotonic()
         gw.proc.send_signal(signal.SIGTERM)
         time.sleep(1.5)

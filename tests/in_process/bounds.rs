@@ -160,7 +160,7 @@ async fn a_client_that_does_not_read_its_answer_is_cut_off_and_its_slot_freed() 
     let gw = gateway(
         &format!("http://{}", up.addr),
         Tune {
-            server: "client_send_timeout_seconds = 1\nmax_concurrent_requests_per_identity = 1",
+            server: "client_send_timeout_seconds = 2\nmax_concurrent_requests_per_identity = 1",
             upstream: "body_idle_timeout_seconds = 30",
             ..Tune::default()
         },
@@ -174,8 +174,7 @@ async fn a_client_that_does_not_read_its_answer_is_cut_off_and_its_slot_freed() 
         .await
         .unwrap();
     assert_eq!(up.wait_for(1, Duration::from_secs(5)).await, 1);
-    // While the reader holds bob's only slot, bob is at his limit.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // While the reader holds bob's only slot (taken when he was authenticated), bob is at his limit.
     let busy = request(gw.addr, "GET", "/shared/Bob/small", b"", Duration::from_secs(5)).await;
     assert_eq!(busy.error(), Some((503, "SlowDown")), "{busy:?}");
     // It never reads: within the send timeout (plus the time to fill the socket buffers) it is
@@ -354,12 +353,14 @@ async fn the_head_deadline_holds_across_parking() {
     let get = head("GET", "/shared/Bob/k", &[], None);
     for trickle in [true, false] {
         let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+        // The deadline counts from the answer, which is after this: apgate cannot close the
+        // connection earlier than 3 s from here, however late this task reads the answer.
+        let idle_from = Instant::now();
         stream.write_all(&get).await.unwrap();
         assert_eq!(
             read_reply(&mut stream, Duration::from_secs(5)).await.status(),
             Some(200)
         );
-        let idle_from = Instant::now();
         let mut sent = 0;
         let closed_at = loop {
             if closed_by_apgate(&mut stream, Duration::from_millis(1100)).await {
@@ -375,7 +376,7 @@ async fn the_head_deadline_holds_across_parking() {
             }
         };
         assert!(
-            closed_at >= Duration::from_millis(2900) && closed_at < Duration::from_millis(3700),
+            closed_at >= Duration::from_millis(2950) && closed_at < Duration::from_millis(4000),
             "closed after {closed_at:?} (trickle {trickle})"
         );
     }
@@ -424,10 +425,12 @@ async fn a_slow_reader_gets_its_whole_answer_across_the_idle_ticks() {
 /// `header_read_timeout_seconds` for the waits after its next answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_woken_late_keeps_the_whole_head_timeout_afterwards() {
-    let (_up, gw) = ok_gateway("header_read_timeout_seconds = 3").await;
+    let (_up, gw) = ok_gateway("header_read_timeout_seconds = 4").await;
     let get = head("GET", "/shared/Bob/k", &[], None);
     let mut stream = TcpStream::connect(gw.addr).await.unwrap();
-    for pause in [0, 2500, 1500, 2500] {
+    // Each pause leaves at least 1 s of its deadline; 3 s and then 2 s would overrun one 4 s
+    // deadline that an answer failed to restart.
+    for pause in [0, 3000, 2000, 3000] {
         tokio::time::sleep(Duration::from_millis(pause)).await;
         stream.write_all(&get).await.unwrap();
         let reply = read_reply(&mut stream, Duration::from_secs(5)).await;
