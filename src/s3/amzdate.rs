@@ -32,54 +32,110 @@ pub fn format(t: SystemTime) -> String {
 /// Appends a time as `YYYYMMDDTHHMMSSZ` (on the request path: no `fmt`, no allocation of its own).
 pub fn push(out: &mut String, t: SystemTime) {
     let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let (y, m, d) = civil_from_days(i64::try_from(secs / 86_400).unwrap_or(0));
-    let rem = secs % 86_400;
-    push_digits(out, y, 4);
-    push_digits(out, m, 2);
-    push_digits(out, d, 2);
-    out.push('T');
-    push_digits(out, (rem / 3600) as i64, 2);
-    push_digits(out, (rem % 3600 / 60) as i64, 2);
-    push_digits(out, (rem % 60) as i64, 2);
-    out.push('Z');
+    let (y, m, d, hh, mm, ss) = civil_time(secs);
+    let mut b = *b"00000000T000000Z";
+    if !fill(&mut b[0..4], y) {
+        return push_slowly(
+            out,
+            &[(y, 4), (m, 2), (d, 2)],
+            &[(hh, 2), (mm, 2), (ss, 2)],
+            "",
+            "",
+            None,
+        );
+    }
+    fill(&mut b[4..6], m);
+    fill(&mut b[6..8], d);
+    fill(&mut b[9..11], hh);
+    fill(&mut b[11..13], mm);
+    fill(&mut b[13..15], ss);
+    out.push_str(ascii(&b));
 }
 
 /// Appends a time as RFC 3339 UTC with microseconds, `2026-11-28T02:38:57.727172Z` (log timestamps).
 pub fn push_rfc3339_micros(out: &mut String, t: SystemTime) {
     let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = since.as_secs();
+    let (y, m, d, hh, mm, ss) = civil_time(since.as_secs());
+    let micros = u64::from(since.subsec_micros());
+    let mut b = *b"0000-00-00T00:00:00.000000Z";
+    if !fill(&mut b[0..4], y) {
+        let fields = [(hh, 2), (mm, 2), (ss, 2)];
+        return push_slowly(out, &[(y, 4), (m, 2), (d, 2)], &fields, "-", ":", Some(micros));
+    }
+    fill(&mut b[5..7], m);
+    fill(&mut b[8..10], d);
+    fill(&mut b[11..13], hh);
+    fill(&mut b[14..16], mm);
+    fill(&mut b[17..19], ss);
+    fill(&mut b[20..26], micros);
+    out.push_str(ascii(&b));
+}
+
+/// (year, month, day, hour, minute, second) of a Unix time, UTC.
+fn civil_time(secs: u64) -> (u64, u64, u64, u64, u64, u64) {
     let (y, m, d) = civil_from_days(i64::try_from(secs / 86_400).unwrap_or(0));
     let rem = secs % 86_400;
-    push_digits(out, y, 4);
-    out.push('-');
-    push_digits(out, m, 2);
-    out.push('-');
-    push_digits(out, d, 2);
+    let unsigned = |n: i64| u64::try_from(n).unwrap_or(0);
+    (
+        unsigned(y),
+        unsigned(m),
+        unsigned(d),
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+    )
+}
+
+/// Writes `n` zero-padded into all of `digits`; false (and `digits` unspecified) if it has more.
+fn fill(digits: &mut [u8], mut n: u64) -> bool {
+    for c in digits.iter_mut().rev() {
+        *c = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    n == 0
+}
+
+/// The buffers above hold ASCII digits and separators only.
+fn ascii(b: &[u8]) -> &str {
+    std::str::from_utf8(b).unwrap_or_default()
+}
+
+/// Years past 9999: the same layout with as many digits as the year needs.
+fn push_slowly(
+    out: &mut String,
+    date: &[(u64, usize)],
+    time: &[(u64, usize)],
+    date_sep: &str,
+    time_sep: &str,
+    micros: Option<u64>,
+) {
+    for (i, &(n, width)) in date.iter().enumerate() {
+        if i > 0 {
+            out.push_str(date_sep);
+        }
+        push_digits(out, n, width);
+    }
     out.push('T');
-    push_digits(out, (rem / 3600) as i64, 2);
-    out.push(':');
-    push_digits(out, (rem % 3600 / 60) as i64, 2);
-    out.push(':');
-    push_digits(out, (rem % 60) as i64, 2);
-    out.push('.');
-    push_digits(out, i64::from(since.subsec_micros()), 6);
+    for (i, &(n, width)) in time.iter().enumerate() {
+        if i > 0 {
+            out.push_str(time_sep);
+        }
+        push_digits(out, n, width);
+    }
+    if let Some(micros) = micros {
+        out.push('.');
+        push_digits(out, micros, 6);
+    }
     out.push('Z');
 }
 
-/// `n` in decimal, zero-padded to `width` digits (more when it needs them; negative years as 0).
-fn push_digits(out: &mut String, n: i64, width: usize) {
-    let mut n = u64::try_from(n).unwrap_or(0);
-    let mut digits = [b'0'; 20];
-    let mut i = digits.len();
-    while n > 0 {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
+/// `n` in decimal, zero-padded to `width` digits (more when it needs them).
+fn push_digits(out: &mut String, n: u64, width: usize) {
+    let digits = n.to_string();
+    for _ in digits.len()..width {
+        out.push('0');
     }
-    let start = i.min(digits.len() - width.min(digits.len()));
-    for &c in &digits[start..] {
-        out.push(char::from(c));
-    }
+    out.push_str(&digits);
 }
 
 fn is_leap(y: i64) -> bool {
@@ -151,6 +207,36 @@ mod tests {
             let mut s = String::from(">");
             push_rfc3339_micros(&mut s, UNIX_EPOCH + Duration::new(secs, nanos));
             assert_eq!(s, format!(">{want}"));
+        }
+    }
+
+    /// Both formatters against `format!` of the same fields, over instants from 1970 past 9999.
+    #[test]
+    fn formatters_agree_with_fmt() {
+        let mut instants = vec![253_402_300_799, 253_402_300_800, 4_102_444_800];
+        let mut secs = 0u64;
+        while secs < 300_000_000_000 {
+            instants.push(secs);
+            secs = secs * 3 / 2 + 86_399;
+        }
+        for secs in instants {
+            for nanos in [0, 1_000, 999_999_999] {
+                let t = UNIX_EPOCH + Duration::new(secs, nanos);
+                let (y, m, d) = civil_from_days(i64::try_from(secs / 86_400).unwrap());
+                let rem = secs % 86_400;
+                let (hh, mm, ss) = (rem / 3600, rem % 3600 / 60, rem % 60);
+                let mut got = String::from("<");
+                push(&mut got, t);
+                assert_eq!(got, format!("<{y:04}{m:02}{d:02}T{hh:02}{mm:02}{ss:02}Z"), "{secs}");
+                let mut got = String::new();
+                push_rfc3339_micros(&mut got, t);
+                let micros = nanos / 1_000;
+                assert_eq!(
+                    got,
+                    format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}.{micros:06}Z"),
+                    "{secs}"
+                );
+            }
         }
     }
 
