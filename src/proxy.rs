@@ -195,7 +195,8 @@ async fn proxy(
     ctx.bucket = decision.bucket().map(|b| b.as_str().to_owned());
     ctx.key = decision.key().map(str::to_owned);
     ctx.identity = decision.caller.as_ref().map(|c| c.name.clone());
-    ctx.access_point = decision.route().map(|r| Arc::from(r.access_point.name()));
+    ctx.access_point = decision.route().map(|r| r.label.clone());
+    ctx.access_point_name = decision.route().map(|r| r.access_point.clone());
     let outcome = decision.outcome.inspect_err(|e| {
         // Authentication is the one step between the parse and knowing the caller.
         if decision.target.is_some() && decision.caller.is_none() {

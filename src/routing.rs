@@ -29,6 +29,9 @@ pub struct Route {
     pub prefix: String,
     pub operations: Vec<OperationClass>,
     pub access_point: Arc<AccessPoint>,
+    /// The access point as metrics label it: its name, or for a template the template's name
+    /// (`{bucket}-rw`), so that bucket names from requests never become label values.
+    pub label: Arc<str>,
     /// The access changes the route lets through (`allow`).
     pub allow: Vec<AccessChange>,
     /// The bucket pattern of the rule, when it has one.
@@ -130,6 +133,8 @@ struct PatternRule {
     prefix: String,
     operations: Vec<OperationClass>,
     access_point: PatternTarget,
+    /// See [`Route::label`].
+    label: Arc<str>,
     allow: Vec<AccessChange>,
 }
 
@@ -190,6 +195,7 @@ impl Router {
                         prefix: r.prefix.clone(),
                         operations: r.operations.clone(),
                         access_point: Arc::new(ap.clone()),
+                        label: Arc::from(ap.name()),
                         allow: r.allow.clone(),
                         pattern: None,
                     };
@@ -214,6 +220,10 @@ impl Router {
                         access_point: match target {
                             RouteAccessPoint::Fixed(ap) => PatternTarget::Fixed(Arc::new(ap.clone())),
                             RouteAccessPoint::Template(t) => PatternTarget::Template(t.clone()),
+                        },
+                        label: match target {
+                            RouteAccessPoint::Fixed(ap) => Arc::from(ap.name()),
+                            RouteAccessPoint::Template(t) => Arc::from(t.name_template()),
                         },
                         allow: r.allow.clone(),
                     };
@@ -282,6 +292,7 @@ impl Router {
             prefix: rule.prefix.clone(),
             operations: rule.operations.clone(),
             access_point,
+            label: rule.label.clone(),
             allow: rule.allow.clone(),
             pattern: Some(group.text.clone()),
         }))

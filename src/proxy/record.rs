@@ -35,7 +35,10 @@ pub(crate) struct Ctx {
     pub(crate) operation: Option<Operation>,
     pub(crate) identity: Option<Arc<str>>,
     pub(crate) bucket: Option<String>,
+    /// The access point as metrics label it ([`crate::routing::Route::label`]).
     pub(crate) access_point: Option<Arc<str>>,
+    /// The access point itself (for a template, made from this request's bucket): logged.
+    pub(crate) access_point_name: Option<Arc<crate::s3::access_point::AccessPoint>>,
     /// The decoded object key (logged as configured).
     pub(crate) key: Option<String>,
     key_logging: KeyLogging,
@@ -112,6 +115,7 @@ impl Record {
                     identity: None,
                     bucket: None,
                     access_point: None,
+                    access_point_name: None,
                     key: None,
                     key_logging: state.config.access_log.key,
                     error_code: None,
@@ -212,7 +216,7 @@ fn write(state: &State, ctx: &Ctx, status: StatusCode, bytes_out: u64, end: Body
         operation,
         bucket: ctx.bucket.as_deref().unwrap_or(NONE),
         key: &key,
-        access_point: ctx.access_point_label(),
+        access_point: ctx.access_point_name.as_deref().map_or(NONE, |ap| ap.name()),
         status: status.as_u16(),
         error_code: ctx
             .error_code

@@ -236,6 +236,11 @@ impl AccessPointTemplate {
         &self.text
     }
 
+    /// The name part with its placeholder, `{bucket}-rw` (what metrics label the access point by).
+    pub fn name_template(&self) -> String {
+        self.parts.join(BUCKET_PLACEHOLDER)
+    }
+
     fn fill(&self, bucket: &str) -> String {
         let mut arn = String::with_capacity(self.arn_head.len() + self.text.len() + bucket.len() * 2);
         arn.push_str(&self.arn_head);

@@ -330,3 +330,48 @@ async fn the_upstream_receives_exactly_the_decided_request() {
     }
     assert_eq!(seen.lock().unwrap().len(), 1);
 }
+
+/// The `access_point` label values of apgate's request series.
+fn access_point_labels(metrics: &str) -> std::collections::BTreeSet<String> {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("apgate_"))
+        .filter_map(|l| {
+            let rest = &l[l.find("access_point=\"")? + "access_point=\"".len()..];
+            Some(rest[..rest.find('"')?].to_owned())
+        })
+        .collect()
+}
+
+/// A caller with a bucket pattern names as many buckets as it likes: each one is its own access
+/// point upstream, but metrics label them all by the template, so no request adds series.
+#[tokio::test]
+async fn bucket_names_from_requests_never_become_metric_labels() {
+    let (up, seen) = scripted_upstream().await;
+    let conf = Conf {
+        routes: r#"
+[[routes]]
+identity = "bob"
+bucket = "team-*"
+access_point = "arn:aws:s3:us-east-1:123456789012:accesspoint/{bucket}-rw"
+"#,
+        ..Conf::default()
+    };
+    let gw = Gw::start(config_toml(&format!("http://{up}"), conf)).await;
+    for i in 0..20 {
+        let (status, _, _) = send(gw.addr, Method::GET, &format!("/team-{i:02}/k")).await;
+        assert_eq!(status, 200);
+    }
+    let (status, _, _) = send(gw.addr, Method::GET, "/shared/Bob/k").await;
+    assert_eq!(status, 200);
+    let hosts: std::collections::BTreeSet<String> =
+        seen.lock().unwrap().iter().map(|r| r.host().to_owned()).collect();
+    assert_eq!(hosts.len(), 21, "each bucket goes to its own access point: {hosts:?}");
+    let labels = access_point_labels(&gw.metrics());
+    assert_eq!(
+        labels,
+        ["bob-ap", "{bucket}-rw"].into_iter().map(str::to_owned).collect(),
+        "{}",
+        gw.metrics()
+    );
+}
