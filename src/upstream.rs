@@ -72,6 +72,8 @@ pub struct Upstream {
     /// Which `Upstream` a thread's pool belongs to (a reload builds a new one).
     generation: u64,
     response_header_timeout: Duration,
+    /// [`POOL_MAX_IDLE_PER_THREAD`] (smaller in tests).
+    max_idle_total: usize,
 }
 
 static GENERATION: AtomicU64 = AtomicU64::new(1);
@@ -80,11 +82,18 @@ thread_local! {
     static POOL: std::cell::RefCell<Pool> = std::cell::RefCell::new(Pool::default());
 }
 
+/// Idle connections one thread keeps across all hosts. Pattern routes make an access point host
+/// per bucket a caller names, so without this bound a caller inventing bucket names would have
+/// apgate keep a connection (a descriptor and a TLS session) per name for `pool_idle_timeout`.
+pub const POOL_MAX_IDLE_PER_THREAD: usize = 1024;
+
 /// One thread's idle upstream connections: by scheme (`https` or not), then host.
 #[derive(Default)]
 struct Pool {
     generation: u64,
     idle: [HashMap<Arc<str>, Vec<Idle>>; 2],
+    /// How many connections `idle` holds.
+    count: usize,
     sweeping: bool,
 }
 
@@ -98,12 +107,15 @@ impl Pool {
     /// Drops connections idle for longer than `timeout` (the oldest are at the front) and closed ones.
     fn sweep(&mut self, timeout: Duration) {
         let now = Instant::now();
+        let mut count = 0;
         for by_host in &mut self.idle {
             by_host.retain(|_, list| {
                 list.retain(|i| !i.sender.is_closed() && now.duration_since(i.since) < timeout);
+                count += list.len();
                 !list.is_empty()
             });
         }
+        self.count = count;
     }
 }
 
@@ -114,6 +126,7 @@ struct PoolReturn {
     host: Arc<str>,
     generation: u64,
     max_idle: usize,
+    max_idle_total: usize,
     idle_timeout: Duration,
 }
 
@@ -129,7 +142,13 @@ impl PoolReturn {
             if pool.generation != self.generation {
                 return;
             }
-            let list = pool.idle[usize::from(self.https)].entry(self.host.clone()).or_default();
+            let pool = &mut *pool;
+            let by_host = &mut pool.idle[usize::from(self.https)];
+            if pool.count >= self.max_idle_total && !by_host.contains_key(&self.host) {
+                // Full: no new host's entry (the sweep makes room as connections expire).
+                return;
+            }
+            let list = by_host.entry(self.host.clone()).or_default();
             // Entries are pushed in time order: the expired ones are a prefix.
             let now = Instant::now();
             let expired = list
@@ -137,12 +156,14 @@ impl PoolReturn {
                 .take_while(|i| now.duration_since(i.since) >= self.idle_timeout)
                 .count();
             list.drain(..expired);
-            if list.len() < self.max_idle {
+            pool.count -= expired;
+            if list.len() < self.max_idle && pool.count < self.max_idle_total {
                 list.push(Idle {
                     sender: self.sender,
                     host: self.host,
                     since: now,
                 });
+                pool.count += 1;
             }
         });
     }
@@ -227,6 +248,7 @@ impl Upstream {
             config: config.clone(),
             generation: GENERATION.fetch_add(1, Ordering::Relaxed),
             response_header_timeout: config.response_header_timeout,
+            max_idle_total: POOL_MAX_IDLE_PER_THREAD,
         })
     }
 
@@ -262,8 +284,10 @@ impl Upstream {
                 }
             }
             let now = Instant::now();
+            let pool = &mut *pool;
             let list = pool.idle[usize::from(https)].get_mut(host)?;
             while let Some(idle) = list.pop() {
+                pool.count -= 1;
                 if !idle.sender.is_closed() && now.duration_since(idle.since) < self.config.pool_idle_timeout {
                     return Some((idle.sender, idle.host));
                 }
@@ -330,6 +354,7 @@ impl Upstream {
                         host,
                         generation: self.generation,
                         max_idle: self.config.pool_max_idle_per_host,
+                        max_idle_total: self.max_idle_total,
                         idle_timeout: self.config.pool_idle_timeout,
                     };
                     return Ok(resp.map(|inner| UpstreamBody {
@@ -714,6 +739,27 @@ mod tests {
             }
             assert_eq!(accepted.load(Ordering::SeqCst), want, "{name}");
         }
+    }
+
+    /// However many hosts a thread talks to, it keeps at most `max_idle_total` idle connections:
+    /// a connection to a host past that bound is closed after its answer, not pooled.
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_pool_keeps_a_bounded_number_of_connections_across_hosts() {
+        let mut hosts = Vec::new();
+        for _ in 0..3 {
+            hosts.push(upstream(Then::KeepOpen, 5).await);
+        }
+        let mut up = Upstream::new(&config(&hosts[0].0, 4, Duration::from_secs(30))).unwrap();
+        up.max_idle_total = 2;
+        for _ in 0..3 {
+            for (url, _) in &hosts {
+                assert_eq!(read_all(&up, url).await, 5);
+            }
+        }
+        let accepted: Vec<usize> = hosts.iter().map(|(_, n)| n.load(Ordering::SeqCst)).collect();
+        // The first two hosts' connections are pooled and reused; the third host's never is.
+        assert_eq!(accepted, [1, 1, 3]);
+        POOL.with(|pool| assert_eq!(pool.borrow().count, 2));
     }
 
     #[tokio::test(flavor = "current_thread")]
