@@ -61,6 +61,9 @@ pub enum Denial {
     /// A pattern route's template makes no valid access point name of this bucket's (over 50
     /// characters): nothing is sent.
     NoAccessPointName { route: usize },
+    /// A listing whose range holds the prefix of a narrower route, and no route for that prefix
+    /// allows listing: the listing would show keys the caller may not list.
+    ListingCoversUnlisted { route: usize, prefix: String },
 }
 
 impl Denial {
@@ -79,6 +82,9 @@ impl Denial {
             }
             Self::NoAccessPointName { .. } => {
                 "Access Denied: this bucket's name is too long for the access point its route names.".to_owned()
+            }
+            Self::ListingCoversUnlisted { .. } => {
+                "Access Denied: the listing would include keys this caller may not list (give a narrower prefix).".to_owned()
             }
         }
     }
@@ -102,6 +108,11 @@ impl Denial {
             }
             Self::NoAccessPointName { route } => {
                 format!("routes[{route}]'s access point template makes a name over 50 characters of this bucket's")
+            }
+            Self::ListingCoversUnlisted { route, prefix } => {
+                format!(
+                    "the listing's range holds routes[{route}]'s prefix {prefix:?}, and no route for that prefix allows list operations"
+                )
             }
         }
     }
@@ -317,6 +328,23 @@ fn select<'r, R: Rule>(rules: &'r [R], scope: Scope<'_>, class: OperationClass) 
             prefixes: rules.iter().map(|r| r.prefix().to_owned()).collect(),
         });
     };
+    // A listing shows the keys under its prefix, those of narrower rules inside it included: if
+    // one of those prefixes has no rule allowing the listing, the keys it keeps unlisted would
+    // show here. (A caller with `Bob/` for all and `Bob/secret/` for writes only cannot list
+    // `Bob/secret/`, so it cannot list `Bob/` or `Bob/s` either.)
+    if let Scope::ListPrefix(listed) = scope {
+        let nested = |r: &&R| r.prefix().len() > listed.len() && r.prefix().starts_with(listed);
+        if let Some(hidden) = rules.iter().filter(nested).find(|r| {
+            !rules
+                .iter()
+                .any(|other| other.prefix() == r.prefix() && other.operations().contains(&class))
+        }) {
+            return Err(Denial::ListingCoversUnlisted {
+                route: hidden.index(),
+                prefix: hidden.prefix().to_owned(),
+            });
+        }
+    }
     rules
         .iter()
         .filter(covering)
@@ -361,6 +389,9 @@ mod tests {
             route("app", "shared", "app/", &[Read, List], "app-ap"),
             route("app", "shared", "app/", &[Write], "app-writer-ap"),
             route("ops", "logs", "", &[Read, Write, Delete, List], "ops-ap"),
+            // A drop box inside bob's prefix of another bucket: written, never listed or read.
+            route("bob", "drop", "Bob/", &[Read, Write, List], "bob-drop-ap"),
+            route("bob", "drop", "Bob/inbox/", &[Write], "bob-inbox-ap"),
         ])
     }
 
@@ -390,12 +421,24 @@ mod tests {
             ("ops", "logs", Scope::Key("anything/at/all"), Delete, Ok("ops-ap")),
             ("ops", "logs", Scope::ListPrefix(""), List, Ok("ops-ap")),
             ("nobody", "shared", Scope::Key("Bob/x"), Read, Err("bucket")),
+            // A listing never shows what a narrower route keeps unlisted: not at its prefix, not
+            // from any shorter one. Beside it, and for other classes, the wider route still holds.
+            ("bob", "drop", Scope::ListPrefix("Bob/inbox/"), List, Err("op")),
+            ("bob", "drop", Scope::ListPrefix("Bob/"), List, Err("listing")),
+            ("bob", "drop", Scope::ListPrefix("Bob/i"), List, Err("listing")),
+            ("bob", "drop", Scope::ListPrefix("Bob/other/"), List, Ok("bob-drop-ap")),
+            ("bob", "drop", Scope::ListPrefix("Bob/inbox-old/"), List, Ok("bob-drop-ap")),
+            ("bob", "drop", Scope::Key("Bob/inbox/x"), Write, Ok("bob-inbox-ap")),
+            ("bob", "drop", Scope::Key("Bob/x"), Read, Ok("bob-drop-ap")),
+            // A narrower route that allows listing hides nothing.
+            ("bob", "shared", Scope::ListPrefix("Bob/"), List, Ok("bob-ap")),
         ];
         for (id, bucket, scope, class, want) in cases {
             let got = r.route(id, &b(bucket), *scope, *class);
             match (got, want) {
                 (Ok(route), Ok(ap)) => assert_eq!(route.access_point.name(), *ap, "{id} {scope:?}"),
                 (Err(Denial::OperationNotAllowed { .. }), Err("op"))
+                | (Err(Denial::ListingCoversUnlisted { route: 6, .. }), Err("listing"))
                 | (Err(Denial::OutsidePrefixes { .. }), Err("prefix"))
                 | (Err(Denial::NoRouteForBucket), Err("bucket")) => {}
                 (got, want) => panic!("{id} {bucket} {scope:?} {class:?}: got {got:?}, want {want:?}"),
@@ -410,7 +453,7 @@ mod tests {
             r.buckets_of("ops").iter().map(BucketName::as_str).collect::<Vec<_>>(),
             ["logs"]
         );
-        assert_eq!(r.buckets_of("bob").len(), 1);
+        assert_eq!(r.buckets_of("bob").len(), 2);
         assert!(r.buckets_of("nobody").is_empty());
     }
 

@@ -375,3 +375,42 @@ access_point = "arn:aws:s3:us-east-1:123456789012:accesspoint/{bucket}-rw"
         gw.metrics()
     );
 }
+
+/// bob may use `Bob/` for everything but `Bob/secret/` only to write: no listing shows what is
+/// under `Bob/secret/`, whatever shorter prefix it asks for, and none of them reaches the upstream.
+#[tokio::test]
+async fn a_listing_never_shows_keys_a_narrower_route_keeps_unlisted() {
+    let (up, seen) = scripted_upstream().await;
+    let conf = Conf {
+        routes: r#"
+[[routes]]
+identity = "bob"
+bucket = "shared"
+prefix = "Bob/secret/"
+operations = ["write"]
+access_point = "arn:aws:s3:us-east-1:123456789012:accesspoint/bob-ap"
+"#,
+        ..Conf::default()
+    };
+    let gw = Gw::start(config_toml(&format!("http://{up}"), conf)).await;
+    for target in [
+        "/shared/Bob/secret/payroll.csv",
+        "/shared?list-type=2&prefix=Bob%2Fsecret%2F",
+        "/shared?list-type=2&prefix=Bob%2F",
+        "/shared?list-type=2&prefix=Bob%2Fs",
+        "/shared?versions&prefix=Bob%2F",
+        "/shared?uploads&prefix=Bob%2F",
+    ] {
+        let (status, _, body) = send(gw.addr, Method::GET, target).await;
+        assert_eq!(status, 403, "{target}: {}", String::from_utf8_lossy(&body));
+    }
+    assert!(seen.lock().unwrap().is_empty());
+    // Beside the narrower prefix, listing and reading work as before (the scripted upstream's
+    // answer is no listing document: apgate forwards the listing and refuses what came back).
+    let (status, _, _) = send(gw.addr, Method::GET, "/shared?list-type=2&prefix=Bob%2Fpublic%2F").await;
+    assert_ne!(status, 403);
+    let (status, _, _) = send(gw.addr, Method::GET, "/shared/Bob/public/x").await;
+    assert_eq!(status, 200);
+    let forwarded: Vec<String> = seen.lock().unwrap().iter().map(|r| r.path_and_query.clone()).collect();
+    assert_eq!(forwarded, ["/?list-type=2&prefix=Bob%2Fpublic%2F", "/Bob/public/x"]);
+}
