@@ -309,10 +309,14 @@ pub enum AccessChange {
     /// `"bypass-governance-retention"`: `x-amz-bypass-governance-retention: true`, which deletes or
     /// shortens governance-mode retention.
     BypassGovernanceRetention,
+    /// `"object-lock"`: any `x-amz-object-lock-*` header (a retention mode and date, a legal hold
+    /// on an object being written), PutObjectRetention and PutObjectLegalHold. Compliance-mode
+    /// retention cannot be undone by anyone until it ends, the account's root included.
+    ObjectLock,
 }
 
 impl AccessChange {
-    pub const ALL: [Self; 2] = [Self::Acl, Self::BypassGovernanceRetention];
+    pub const ALL: [Self; 3] = [Self::Acl, Self::BypassGovernanceRetention, Self::ObjectLock];
 
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|a| a.as_str() == s)
@@ -322,6 +326,7 @@ impl AccessChange {
         match self {
             Self::Acl => "acl",
             Self::BypassGovernanceRetention => "bypass-governance-retention",
+            Self::ObjectLock => "object-lock",
         }
     }
 }

@@ -513,12 +513,19 @@ fn check_access_changes(op: Operation, headers: &HeaderMap, route: &Route) -> Re
     let bypass = headers
         .get(&X_AMZ_BYPASS_GOVERNANCE_RETENTION)
         .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"false"));
+    let lock = matches!(op, Operation::PutObjectRetention | Operation::PutObjectLegalHold)
+        || headers.keys().any(|k| k.as_str().starts_with("x-amz-object-lock-"));
     for (needed, change, what) in [
         (acl, AccessChange::Acl, "ACL or grant changes"),
         (
             bypass,
             AccessChange::BypassGovernanceRetention,
             "bypassing governance retention",
+        ),
+        (
+            lock,
+            AccessChange::ObjectLock,
+            "object lock settings (retention, legal hold)",
         ),
     ] {
         if needed && !route.allow.contains(&change) && op == Operation::PutObjectAcl {

@@ -53,7 +53,7 @@ identity = "bob"
 bucket = "shared"
 prefix = "Bob/open/"
 access_point = "arn:aws:s3:us-east-1:123456789012:accesspoint/bob-ap"
-allow = ["acl", "bypass-governance-retention"]
+allow = ["acl", "bypass-governance-retention", "object-lock"]
 "#;
 
 struct World {
@@ -211,6 +211,37 @@ fn refuses_each_finding_of_issue_15_from_the_head() {
             "/shared/Bob/k",
             &[("x-amz-bypass-governance-retention", "true")],
             "AccessDenied",
+        ),
+        // Object lock needs "object-lock": a lock set on a write, retention, a legal hold.
+        (
+            "PUT",
+            "/shared/Bob/k",
+            &[
+                ("x-amz-object-lock-mode", "COMPLIANCE"),
+                ("x-amz-object-lock-retain-until-date", "2126-01-01T00:00:00Z"),
+                ("content-length", "0"),
+            ],
+            "AccessDenied",
+        ),
+        (
+            "PUT",
+            "/shared/Bob/k",
+            &[("x-amz-object-lock-legal-hold", "ON"), ("content-length", "0")],
+            "AccessDenied",
+        ),
+        ("PUT", "/shared/Bob/k?retention", &[("content-length", "0")], "AccessDenied"),
+        ("PUT", "/shared/Bob/k?legal-hold", &[("content-length", "0")], "AccessDenied"),
+        (
+            "PUT",
+            "/shared/Bob/open/k",
+            &[("x-amz-object-lock-legal-hold", "ON"), ("content-length", "0")],
+            "Forward /Bob/open/k",
+        ),
+        (
+            "PUT",
+            "/shared/Bob/open/k?retention",
+            &[("content-length", "0")],
+            "Forward /Bob/open/k?retention",
         ),
         // 6: the fidelity rules of the head.
         (

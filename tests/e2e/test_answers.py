@@ -361,7 +361,7 @@ def gw(moto, stand_in, tmp_path_factory):
 identity = "bob"
 bucket = "{SWEEP_BUCKET}"
 prefix = "Bob/"
-allow = ["acl", "bypass-governance-retention"]
+allow = ["acl", "bypass-governance-retention", "object-lock"]
 access_point = "{AP_ARN}"
 """
     with run_apgate(moto, tmp_path_factory.mktemp("answers"), upstream_port=stand_in.server_port,
