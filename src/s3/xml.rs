@@ -458,6 +458,10 @@ pub fn parse_strict(body: &[u8]) -> Result<Element, XmlError> {
     config.expand_empty_elements = true;
     // Open elements: (element, whether it has seen text).
     let mut stack: Vec<Element> = Vec::new();
+    // Per open element: whether a comment or a CDATA section came in it. A value is one run of
+    // text: split by a comment or joined to a CDATA section, it would be the text checked here
+    // but could be one part of it to a reader that keeps one text node (`<Key>Bob/<!---->Alice/x`).
+    let mut cut: Vec<bool> = Vec::new();
     let mut root: Option<Element> = None;
     let mut elements = 0usize;
     let mut first = true;
@@ -483,7 +487,16 @@ pub fn parse_strict(body: &[u8]) -> Result<Element, XmlError> {
             }
             Event::DocType(_) => return Err(xml_err("a document type declaration is not accepted")),
             Event::PI(_) => return Err(xml_err("a processing instruction is not accepted")),
-            Event::Comment(_) => {}
+            Event::Comment(_) => {
+                if let Some(open) = stack.last() {
+                    if !open.text.trim_matches(XML_SPACE).is_empty() {
+                        return Err(xml_err("a comment inside a value is not accepted"));
+                    }
+                }
+                if let Some(c) = cut.last_mut() {
+                    *c = true;
+                }
+            }
             Event::Start(start) => {
                 if root.is_some() {
                     return Err(xml_err("there is more than one root element"));
@@ -516,11 +529,13 @@ pub fn parse_strict(body: &[u8]) -> Result<Element, XmlError> {
                     text: String::new(),
                     children: Vec::new(),
                 });
+                cut.push(false);
             }
             Event::End(_) => {
                 let Some(mut done) = stack.pop() else {
                     return Err(xml_err("an end tag without its start"));
                 };
+                cut.pop();
                 if !done.children.is_empty() {
                     done.text.clear();
                 }
@@ -532,16 +547,28 @@ pub fn parse_strict(body: &[u8]) -> Result<Element, XmlError> {
             Event::Empty(_) => return Err(xml_err("unexpected empty element")),
             Event::Text(t) => {
                 let text = t.decode().map_err(xml_err)?;
+                if cut.last() == Some(&true) && !text.trim_matches(XML_SPACE).is_empty() {
+                    return Err(xml_err("a value continues after a comment or CDATA section"));
+                }
                 push_text(&mut stack, &text, false)?;
             }
             Event::CData(t) => {
                 let text = t.decode().map_err(xml_err)?;
-                if stack.is_empty() {
+                let Some(open) = stack.last() else {
                     return Err(xml_err("text outside the root element"));
+                };
+                if !open.text.is_empty() || cut.last() == Some(&true) {
+                    return Err(xml_err("a CDATA section must be the whole value"));
                 }
                 push_text(&mut stack, &text, false)?;
+                if let Some(c) = cut.last_mut() {
+                    *c = true;
+                }
             }
             Event::GeneralRef(r) => {
+                if cut.last() == Some(&true) {
+                    return Err(xml_err("a value continues after a comment or CDATA section"));
+                }
                 let name: &[u8] = &r;
                 let text = resolve_ref(name, &r)?;
                 push_text(&mut stack, &text, true)?;
@@ -902,6 +929,14 @@ mod tests {
             ("utf-16", b"<?xml version=\"1.0\" encoding=\"UTF-16\"?><Delete><Object><Key>Bob/x</Key></Object></Delete>"),
             ("bom", b"\xEF\xBB\xBF<Delete><Object><Key>Bob/x</Key></Object></Delete>"),
             ("bad comment", b"<Delete><!-- a -- b --><Object><Key>Bob/x</Key></Object></Delete>"),
+            // A value split by a comment, or a CDATA section joined to other text: one reader
+            // keeps the joined text (Bob/Alice/x, under Bob/), another one part (Alice/x).
+            ("comment in a value", b"<Delete><Object><Key>Bob/<!-- x -->Alice/x</Key></Object></Delete>"),
+            ("comment before a value", b"<Delete><Object><Key><!-- x -->Alice/x</Key></Object></Delete>"),
+            ("empty CDATA in a value", b"<Delete><Object><Key>Bob/<![CDATA[]]>Alice/x</Key></Object></Delete>"),
+            ("text after CDATA", b"<Delete><Object><Key><![CDATA[Bob/]]>Alice/x</Key></Object></Delete>"),
+            ("two CDATA", b"<Delete><Object><Key><![CDATA[Bob/]]><![CDATA[x]]></Key></Object></Delete>"),
+            ("reference after CDATA", b"<Delete><Object><Key><![CDATA[Bob/]]>&#65;</Key></Object></Delete>"),
             ("unterminated comment", b"<Delete><Object><Key>Bob/x</Key></Object><!-- <Object><Key>ro/y</Key></Object></Delete>"),
             ("text outside the root", b"<Delete><Object><Key>Bob/x</Key></Object></Delete>tail"),
             ("two roots", b"<Delete><Object><Key>Bob/x</Key></Object></Delete><Delete/>"),
