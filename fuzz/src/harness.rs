@@ -1189,6 +1189,24 @@ pub fn config(data: &[u8]) {
                         assert!(route.prefix.len() >= r.prefix.len(), "a less specific route won");
                     }
                     Err(Denial::OperationNotAllowed { .. }) => {}
+                    // A listing of the route's prefix is refused when a narrower prefix inside it
+                    // has no rule that allows the class: check that claim against the routes.
+                    Err(Denial::ListingCoversUnlisted { route, prefix }) => {
+                        assert!(matches!(scope, Scope::ListPrefix(_)), "a listing denial for a key");
+                        let hidden = &c.routes[route];
+                        assert_eq!(hidden.prefix, prefix);
+                        assert!(
+                            prefix.len() > covered.len() && prefix.starts_with(covered),
+                            "{prefix:?} is not inside the listing of {covered:?}"
+                        );
+                        assert!(
+                            !c.routes.iter().any(|o| o.identity == r.identity
+                                && o.bucket == r.bucket
+                                && o.prefix == prefix
+                                && o.operations.contains(&class)),
+                            "a route for {prefix:?} allows {class:?}"
+                        );
+                    }
                     Err(d) => panic!("route {r:?} does not route its own prefix: {d:?}"),
                 }
             }
