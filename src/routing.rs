@@ -427,7 +427,13 @@ mod tests {
             ("bob", "drop", Scope::ListPrefix("Bob/"), List, Err("listing")),
             ("bob", "drop", Scope::ListPrefix("Bob/i"), List, Err("listing")),
             ("bob", "drop", Scope::ListPrefix("Bob/other/"), List, Ok("bob-drop-ap")),
-            ("bob", "drop", Scope::ListPrefix("Bob/inbox-old/"), List, Ok("bob-drop-ap")),
+            (
+                "bob",
+                "drop",
+                Scope::ListPrefix("Bob/inbox-old/"),
+                List,
+                Ok("bob-drop-ap"),
+            ),
             ("bob", "drop", Scope::Key("Bob/inbox/x"), Write, Ok("bob-inbox-ap")),
             ("bob", "drop", Scope::Key("Bob/x"), Read, Ok("bob-drop-ap")),
             // A narrower route that allows listing hides nothing.

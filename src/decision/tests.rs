@@ -229,8 +229,18 @@ fn refuses_each_finding_of_issue_15_from_the_head() {
             &[("x-amz-object-lock-legal-hold", "ON"), ("content-length", "0")],
             "AccessDenied",
         ),
-        ("PUT", "/shared/Bob/k?retention", &[("content-length", "0")], "AccessDenied"),
-        ("PUT", "/shared/Bob/k?legal-hold", &[("content-length", "0")], "AccessDenied"),
+        (
+            "PUT",
+            "/shared/Bob/k?retention",
+            &[("content-length", "0")],
+            "AccessDenied",
+        ),
+        (
+            "PUT",
+            "/shared/Bob/k?legal-hold",
+            &[("content-length", "0")],
+            "AccessDenied",
+        ),
         (
             "PUT",
             "/shared/Bob/open/k",

@@ -364,8 +364,7 @@ access_point = "arn:aws:s3:us-east-1:123456789012:accesspoint/{bucket}-rw"
     }
     let (status, _, _) = send(gw.addr, Method::GET, "/shared/Bob/k").await;
     assert_eq!(status, 200);
-    let hosts: std::collections::BTreeSet<String> =
-        seen.lock().unwrap().iter().map(|r| r.host().to_owned()).collect();
+    let hosts: std::collections::BTreeSet<String> = seen.lock().unwrap().iter().map(|r| r.host().to_owned()).collect();
     assert_eq!(hosts.len(), 21, "each bucket goes to its own access point: {hosts:?}");
     let labels = access_point_labels(&gw.metrics());
     assert_eq!(
