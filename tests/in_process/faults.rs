@@ -136,14 +136,7 @@ async fn client_disconnecting_while_the_upstream_is_slow_frees_its_slot() {
     assert_eq!(up.wait_for(1, Duration::from_secs(5)).await, 1);
     drop(client);
     // apgate notices the client left and ends the request.
-    let started = Instant::now();
-    while metric(&gw.metrics(), "apgate_inflight_requests", &[]) != Some(0.0) {
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "the abandoned request stayed in flight"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_nothing_in_flight(&gw, "the abandoned request").await;
     // bob's only slot is free again: the next request is served, not refused with SlowDown.
     let reply = request(gw.addr, "GET", "/shared/Bob/next", b"", Duration::from_secs(5)).await;
     assert_eq!(reply.status(), Some(200), "{reply:?}");
@@ -384,11 +377,7 @@ async fn client_aborts_mid_upload() {
         }
         reset(stream);
         // apgate notices the reset and ends the request.
-        let started = Instant::now();
-        while metric(&gw.metrics(), "apgate_inflight_requests", &[]) != Some(0.0) {
-            assert!(started.elapsed() < Duration::from_secs(5), "{name}: still in flight");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        until_nothing_in_flight(&gw, name).await;
         let key = format!("/Bob/aborted-{name}");
         assert!(up.stored(&key).is_empty(), "{name}: an object was created");
         let seen: Vec<_> = up.seen().into_iter().filter(|s| s.target == key).collect();
@@ -584,6 +573,16 @@ async fn sigterm_under_load_fails_no_in_flight_request() {
         .await
         .expect("serve() returned once the in-flight requests were done")
         .unwrap();
+}
+
+/// Waits (5 s at most) until apgate has no request in flight: it ends one whose client left
+/// when it notices.
+async fn until_nothing_in_flight(gw: &Gw, what: &str) {
+    let started = Instant::now();
+    while metric(&gw.metrics(), "apgate_inflight_requests", &[]) != Some(0.0) {
+        assert!(started.elapsed() < Duration::from_secs(5), "{what}: still in flight");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Waits until connecting to `addr` is refused: each data thread closes its copy of the listening
