@@ -128,6 +128,7 @@ decide_seed("list-v2", "GET", "/access-point-test?list-type=2&prefix=Bob%2Fro%2F
 decide_seed("list-and-tagging", "GET", "/access-point-test?list-type=2&prefix=Bob%2F&tagging", [])
 decide_seed("put", "PUT", "/access-point-test/Bob/k", [("content-length", "5"), ("x-amz-meta-a", "b")])
 decide_seed("put-acl-header", "PUT", "/access-point-test/Bob/acl/k", [("content-length", "0"), ("x-amz-acl", "public-read")])
+decide_seed("put-kms-key", "PUT", "/access-point-test/Bob/acl/k", [("content-length", "0"), ("x-amz-server-side-encryption", "aws:kms"), ("x-amz-server-side-encryption-aws-kms-key-id", "alias/bob")])
 decide_seed("put-object-acl", "PUT", "/access-point-test/Bob/acl/k?acl", [("content-length", "0")])
 decide_seed("copy", "PUT", "/access-point-test/Bob/dst", [("content-length", "0"), ("x-amz-copy-source", "/access-point-test/Bob/ro/src%20a")])
 decide_seed("upload-part", "PUT", "/access-point-test/Bob/k?partNumber=1&uploadId=u", [("content-length", "5")])

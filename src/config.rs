@@ -258,6 +258,10 @@ pub struct RouteConfig {
     /// Requests that change who may access objects, which this route lets through (none unless
     /// listed): apgate signs them with an identity that can do more than the caller.
     pub allow: Vec<AccessChange>,
+    /// The KMS keys a request through this route may name in
+    /// `x-amz-server-side-encryption-aws-kms-key-id`, as the client writes them (none unless
+    /// listed): S3 uses the key with apgate's role, which may use keys the caller may not.
+    pub kms_key_ids: Vec<String>,
 }
 
 /// The buckets a route is for: one name, or a pattern (docs/CONFIG.md "Route patterns").

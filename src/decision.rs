@@ -26,7 +26,7 @@ use crate::s3::copy_source::CopySource;
 use crate::s3::encoding::{uri_encode_into, Slash};
 use crate::s3::headers::{
     X_AMZ_ACL, X_AMZ_BYPASS_GOVERNANCE_RETENTION, X_AMZ_COPY_SOURCE, X_AMZ_DECODED_CONTENT_LENGTH,
-    X_AMZ_EXPECTED_BUCKET_OWNER, X_AMZ_SOURCE_EXPECTED_BUCKET_OWNER, X_AMZ_TRAILER,
+    X_AMZ_EXPECTED_BUCKET_OWNER, X_AMZ_SOURCE_EXPECTED_BUCKET_OWNER, X_AMZ_SSE_KMS_KEY_ID, X_AMZ_TRAILER,
 };
 use crate::s3::operation::{self, Payload, Spec};
 use crate::s3::request::{self, is_auth_param, RequestError, FRAMING_HEADERS};
@@ -503,8 +503,21 @@ fn inspected(op: Operation) -> bool {
     matches!(op, Operation::DeleteObjects | Operation::RestoreObject)
 }
 
-/// Requests that widen access need the route's `allow`.
+/// Requests that widen access need the route's `allow`; a KMS key named for encryption must be one
+/// of the route's `kms_key_ids`.
 fn check_access_changes(op: Operation, headers: &HeaderMap, route: &Route) -> Result<(), GatewayError> {
+    // S3 encrypts with the named key as apgate's role, which may use keys (another team's, another
+    // account's) the caller may not. Compared as written: a key listed in another form (its ARN
+    // for its id, an alias for the key) is refused, never taken for a different one. The header
+    // is one the operations take, so it is not repeated (request::check).
+    if let Some(key) = headers.get(&X_AMZ_SSE_KMS_KEY_ID) {
+        if !route.kms_key_ids.iter().any(|k| k.as_bytes() == key.as_bytes()) {
+            return Err(GatewayError::client(
+                S3ErrorCode::AccessDenied,
+                "Access Denied: the KMS key named in x-amz-server-side-encryption-aws-kms-key-id is not one the route lists in kms_key_ids.",
+            ));
+        }
+    }
     let acl = op == Operation::PutObjectAcl
         || headers
             .get(&X_AMZ_ACL)

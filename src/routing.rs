@@ -34,6 +34,8 @@ pub struct Route {
     pub label: Arc<str>,
     /// The access changes the route lets through (`allow`).
     pub allow: Vec<AccessChange>,
+    /// The KMS key ids a request may name (`kms_key_ids`).
+    pub kms_key_ids: Arc<[Box<str>]>,
     /// The bucket pattern of the rule, when it has one.
     pub pattern: Option<Arc<str>>,
 }
@@ -147,6 +149,7 @@ struct PatternRule {
     /// See [`Route::label`].
     label: Arc<str>,
     allow: Vec<AccessChange>,
+    kms_key_ids: Arc<[Box<str>]>,
 }
 
 #[derive(Debug)]
@@ -208,6 +211,7 @@ impl Router {
                         access_point: Arc::new(ap.clone()),
                         label: Arc::from(ap.name()),
                         allow: r.allow.clone(),
+                        kms_key_ids: kms_key_ids(r),
                         pattern: None,
                     };
                     table
@@ -237,6 +241,7 @@ impl Router {
                             RouteAccessPoint::Template(t) => Arc::from(t.name_template()),
                         },
                         allow: r.allow.clone(),
+                        kms_key_ids: kms_key_ids(r),
                     };
                     let groups = patterns.entry(identity).or_default();
                     match groups.iter_mut().find(|g| g.pattern == *pattern) {
@@ -305,6 +310,7 @@ impl Router {
             access_point,
             label: rule.label.clone(),
             allow: rule.allow.clone(),
+            kms_key_ids: rule.kms_key_ids.clone(),
             pattern: Some(group.text.clone()),
         }))
     }
@@ -313,6 +319,10 @@ impl Router {
     pub fn buckets_of(&self, identity: &str) -> &[BucketName] {
         self.buckets.get(identity).map_or(&[], Vec::as_slice)
     }
+}
+
+fn kms_key_ids(r: &RouteConfig) -> Arc<[Box<str>]> {
+    r.kms_key_ids.iter().map(|k| Box::from(k.as_str())).collect()
 }
 
 /// Among rules sorted longest prefix first, the one for a request: the longest prefix covering
@@ -379,6 +389,7 @@ mod tests {
                 RouteAccessPoint::Fixed(AccessPoint::parse(&arn).unwrap())
             },
             allow: Vec::new(),
+            kms_key_ids: Vec::new(),
         }
     }
 

@@ -90,6 +90,7 @@ fn route_and_classify(c: &mut Criterion) {
                 AccessPoint::parse(&format!("arn:aws:s3:us-east-1:123456789012:accesspoint/ap-{i}")).unwrap(),
             ),
             allow: Vec::new(),
+            kms_key_ids: Vec::new(),
         })
         .collect();
     let router = Router::new(&routes);
@@ -119,6 +120,7 @@ fn route_and_classify(c: &mut Criterion) {
                 AccessPoint::parse(&format!("arn:aws:s3:us-east-1:123456789012:accesspoint/ap-{i}")).unwrap(),
             ),
             allow: Vec::new(),
+            kms_key_ids: Vec::new(),
         })
         .collect();
     platform.extend((0..100).map(|i| RouteConfig {
@@ -130,6 +132,7 @@ fn route_and_classify(c: &mut Criterion) {
             AccessPointTemplate::parse("arn:aws:s3:us-east-1:123456789012:accesspoint/{bucket}-rw").unwrap(),
         ),
         allow: Vec::new(),
+        kms_key_ids: Vec::new(),
     }));
     platform.push(RouteConfig {
         identity: "platform".to_owned(),
@@ -140,6 +143,7 @@ fn route_and_classify(c: &mut Criterion) {
             AccessPointTemplate::parse("arn:aws:s3:us-east-1:123456789012:accesspoint/{bucket}-any").unwrap(),
         ),
         allow: Vec::new(),
+        kms_key_ids: Vec::new(),
     });
     let platform = Router::new(&platform);
     for (name, bucket) in [

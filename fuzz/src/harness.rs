@@ -899,6 +899,7 @@ bucket = "access-point-test"
 prefix = "Bob/acl/"
 access_point = "arn:aws:s3:us-east-1:123456789012:accesspoint/bob-ap"
 allow = ["acl"]
+kms_key_ids = ["alias/bob"]
 [[routes]]
 identity = "app"
 bucket = "access-point-test"
@@ -1068,6 +1069,12 @@ pub fn decide(data: &[u8]) {
         assert!(
             route.allow.contains(&apgate::config::AccessChange::Acl),
             "an ACL change without the opt-in"
+        );
+    }
+    if let Some(kms_key) = out.headers.get("x-amz-server-side-encryption-aws-kms-key-id") {
+        assert!(
+            route.kms_key_ids.iter().any(|k| k.as_bytes() == kms_key.as_bytes()),
+            "a KMS key the route does not list: {kms_key:?}"
         );
     }
     match (out.headers.get("x-amz-copy-source"), fwd.copy_source.as_deref()) {

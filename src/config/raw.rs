@@ -214,4 +214,6 @@ pub(crate) struct RawRoute {
     pub(crate) access_point: String,
     #[serde(default)]
     pub(crate) allow: Vec<String>,
+    #[serde(default)]
+    pub(crate) kms_key_ids: Vec<String>,
 }

@@ -689,11 +689,30 @@ fn validate(raw: RawConfig, env: &dyn Env, secrets_may_be_absent: bool) -> Resul
                 Some(_) => c.problem(format!("{p}.allow[{j}]"), format!("{a:?} is listed twice")),
                 None => c.problem(
                     format!("{p}.allow[{j}]"),
-                    format!("{a:?}: want \"acl\" or \"bypass-governance-retention\""),
+                    format!(
+                        "{a:?}: want one of {}",
+                        AccessChange::ALL.map(|a| format!("{:?}", a.as_str())).join(", ")
+                    ),
                 ),
             }
         }
         allow.sort();
+        let mut kms_key_ids: Vec<String> = Vec::new();
+        for (j, k) in r.kms_key_ids.iter().enumerate() {
+            let at = format!("{p}.kms_key_ids[{j}]");
+            if k.is_empty() || k.len() > 2048 || !k.bytes().all(|b| b.is_ascii_graphic()) {
+                c.problem(
+                    at,
+                    format!(
+                        "{k:?}: want a KMS key id, key ARN, alias/NAME or alias ARN (1-2048 visible ASCII characters)"
+                    ),
+                );
+            } else if kms_key_ids.contains(k) {
+                c.problem(at, format!("{k:?} is listed twice"));
+            } else {
+                kms_key_ids.push(k.clone());
+            }
+        }
         if let (Some(bucket), Some(access_point)) = (bucket, ap) {
             routes.push(RouteConfig {
                 identity: r.identity.clone(),
@@ -702,6 +721,7 @@ fn validate(raw: RawConfig, env: &dyn Env, secrets_may_be_absent: bool) -> Resul
                 operations,
                 access_point,
                 allow,
+                kms_key_ids,
             });
         }
     }

@@ -54,7 +54,10 @@ bucket = "shared"
 prefix = "Bob/open/"
 access_point = "arn:aws:s3:us-east-1:123456789012:accesspoint/bob-ap"
 allow = ["acl", "bypass-governance-retention", "object-lock"]
+kms_key_ids = ["arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab", "alias/bob"]
 "#;
+
+const KEY_ARN: &str = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab";
 
 struct World {
     config: Config,
@@ -252,6 +255,106 @@ fn refuses_each_finding_of_issue_15_from_the_head() {
             "/shared/Bob/open/k?retention",
             &[("content-length", "0")],
             "Forward /Bob/open/k?retention",
+        ),
+        // A KMS key named for encryption must be one the route lists, as it lists it.
+        (
+            "PUT",
+            "/shared/Bob/k",
+            &[
+                ("x-amz-server-side-encryption", "aws:kms"),
+                ("x-amz-server-side-encryption-aws-kms-key-id", KEY_ARN),
+                ("content-length", "0"),
+            ],
+            "AccessDenied",
+        ),
+        (
+            "PUT",
+            "/shared/Bob/k",
+            &[("x-amz-server-side-encryption", "aws:kms"), ("content-length", "0")],
+            "Forward /Bob/k",
+        ),
+        (
+            "PUT",
+            "/shared/Bob/open/k",
+            &[
+                ("x-amz-server-side-encryption", "aws:kms"),
+                ("x-amz-server-side-encryption-aws-kms-key-id", KEY_ARN),
+                ("content-length", "0"),
+            ],
+            "Forward /Bob/open/k",
+        ),
+        (
+            "PUT",
+            "/shared/Bob/open/k",
+            &[
+                ("x-amz-server-side-encryption", "aws:kms:dsse"),
+                ("x-amz-server-side-encryption-aws-kms-key-id", "alias/bob"),
+                ("content-length", "0"),
+            ],
+            "Forward /Bob/open/k",
+        ),
+        (
+            "PUT",
+            "/shared/Bob/open/k",
+            &[
+                ("x-amz-server-side-encryption", "aws:kms"),
+                (
+                    "x-amz-server-side-encryption-aws-kms-key-id",
+                    "1234abcd-12ab-34cd-56ef-1234567890ab",
+                ),
+                ("content-length", "0"),
+            ],
+            "AccessDenied",
+        ),
+        (
+            "PUT",
+            "/shared/Bob/open/k",
+            &[
+                ("x-amz-server-side-encryption", "aws:kms"),
+                ("x-amz-server-side-encryption-aws-kms-key-id", "alias/Bob"),
+                ("content-length", "0"),
+            ],
+            "AccessDenied",
+        ),
+        (
+            "PUT",
+            "/shared/Bob/open/k",
+            &[
+                ("x-amz-server-side-encryption", "aws:kms"),
+                ("x-amz-server-side-encryption-aws-kms-key-id", "alias/bob"),
+                ("x-amz-server-side-encryption-aws-kms-key-id", "alias/other"),
+                ("content-length", "0"),
+            ],
+            "InvalidArgument",
+        ),
+        (
+            "POST",
+            "/shared/Bob/k?uploads",
+            &[
+                ("x-amz-server-side-encryption", "aws:kms"),
+                ("x-amz-server-side-encryption-aws-kms-key-id", "alias/bob"),
+            ],
+            "AccessDenied",
+        ),
+        (
+            "POST",
+            "/shared/Bob/open/k?uploads",
+            &[
+                ("x-amz-server-side-encryption", "aws:kms"),
+                ("x-amz-server-side-encryption-aws-kms-key-id", "alias/bob"),
+            ],
+            "Forward /Bob/open/k?uploads",
+        ),
+        (
+            "PUT",
+            "/shared/Bob/k",
+            &[
+                ("x-amz-copy-source", "shared/Bob/open/src"),
+                ("x-amz-server-side-encryption", "aws:kms"),
+                ("x-amz-server-side-encryption-aws-kms-key-id", "alias/bob"),
+                ("content-length", "0"),
+            ],
+            "AccessDenied",
         ),
         // 6: the fidelity rules of the head.
         (

@@ -17,6 +17,7 @@ pub static X_AMZ_TRAILER: HeaderName = HeaderName::from_static("x-amz-trailer");
 pub static X_AMZ_ACL: HeaderName = HeaderName::from_static("x-amz-acl");
 pub static X_AMZ_EXPIRATION: HeaderName = HeaderName::from_static("x-amz-expiration");
 pub static X_AMZ_BYPASS_GOVERNANCE_RETENTION: HeaderName = HeaderName::from_static("x-amz-bypass-governance-retention");
+pub static X_AMZ_SSE_KMS_KEY_ID: HeaderName = HeaderName::from_static("x-amz-server-side-encryption-aws-kms-key-id");
 pub static X_AMZ_EXPECTED_BUCKET_OWNER: HeaderName = HeaderName::from_static("x-amz-expected-bucket-owner");
 pub static X_AMZ_SOURCE_EXPECTED_BUCKET_OWNER: HeaderName =
     HeaderName::from_static("x-amz-source-expected-bucket-owner");

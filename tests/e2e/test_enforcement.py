@@ -32,6 +32,10 @@ from conftest import ACCOUNT, APP_AP, BOB_ACCESS_KEY_ID, BOB_AP, BUCKET, REGION
 from test_faults import run_apgate
 from test_signed_chunks import Outcome, exchange
 
+# A KMS key only Bob/open/ may name, and one no route lists.
+KMS_KEY = f"arn:aws:kms:{REGION}:{ACCOUNT}:key/0b7a1d4e-0000-4000-8000-00000000b0b0"
+OTHER_KMS_KEY = f"arn:aws:kms:{REGION}:{ACCOUNT}:key/0b7a1d4e-0000-4000-8000-0000000a11ce"
+
 ROUTES = f"""
 [[routes]]
 identity = "bob"
@@ -59,6 +63,7 @@ bucket = "{BUCKET}"
 prefix = "Bob/open/"
 access_point = "arn:aws:s3:{REGION}:{ACCOUNT}:accesspoint/{BOB_AP}"
 allow = ["acl", "bypass-governance-retention"]
+kms_key_ids = ["{KMS_KEY}"]
 """
 
 
@@ -365,6 +370,44 @@ def test_finding5_access_widening_headers_need_the_routes_opt_in(gw, moto, moto_
     # A private ACL widens nothing and needs no opt-in.
     out = send(gw, "PUT", t(base + "private"), [("x-amz-acl", "private")], b"data")
     assert out.status == 200, out
+
+
+def sse_kms(key_id: str | None) -> list[tuple[str, str]]:
+    named = [("x-amz-server-side-encryption-aws-kms-key-id", key_id)] if key_id else []
+    return [("x-amz-server-side-encryption", "aws:kms"), *named]
+
+
+def test_a_kms_key_is_named_only_through_a_route_that_lists_it(gw, moto, moto_s3):
+    """S3 encrypts with the named key as apgate's role, which may use keys the caller may not."""
+    base = unique()
+    source = base + "source"
+    put_direct(moto_s3, source)
+    # Not listed by the route (Bob/ lists none): a PUT, a multipart upload's start, a copy.
+    for method, key, query, headers in [
+        ("PUT", base + "put", "", sse_kms(OTHER_KMS_KEY)),
+        ("PUT", base + "listed-elsewhere", "", sse_kms(KMS_KEY)),
+        ("POST", base + "mpu", "uploads", sse_kms(OTHER_KMS_KEY)),
+        ("PUT", base + "copy", "", [("x-amz-copy-source", f"/{BUCKET}/{source}"), *sse_kms(KMS_KEY)]),
+    ]:
+        mark = moto.log_mark()
+        out = send(gw, method, t(key, query), headers, b"data" if method == "PUT" and "copy" not in key else b"")
+        refused_and_nothing_sent(moto, mark, out, 403, "AccessDenied")
+        assert not exists(moto_s3, key)
+    # Bob/open/ lists KMS_KEY: as listed it goes through, and moto stores the object under it.
+    opened = unique("Bob/open/")
+    out = send(gw, "PUT", t(opened + "k"), sse_kms(KMS_KEY), b"data")
+    assert out.status == 200, out
+    assert moto_s3.head_object(Bucket=BUCKET, Key=opened + "k")["SSEKMSKeyId"] == KMS_KEY
+    # The same key in another form (its bare id) is not taken for it; nor is a key it does not list.
+    for other in (KMS_KEY.rsplit("/", 1)[1], OTHER_KMS_KEY):
+        mark = moto.log_mark()
+        out = send(gw, "PUT", t(opened + "other"), sse_kms(other), b"data")
+        refused_and_nothing_sent(moto, mark, out, 403, "AccessDenied")
+    assert not exists(moto_s3, opened + "other")
+    # SSE-KMS with the bucket's own key (none named) needs no list.
+    out = send(gw, "PUT", t(base + "default"), sse_kms(None), b"data")
+    assert out.status == 200, out
+    assert exists(moto_s3, base + "default")
 
 
 # ------------------------------------------------------------------------------ fidelity (item 6)

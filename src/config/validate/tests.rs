@@ -221,6 +221,30 @@ fn reports_each_problem_with_its_key_path() {
             "want \"read\"",
         ),
         (
+            "operations = [\"read\", \"list\"]",
+            "operations = [\"read\", \"list\"]\nallow = [\"acl\", \"public\"]",
+            "routes[1].allow[1]",
+            "want one of \"acl\", \"bypass-governance-retention\", \"object-lock\"",
+        ),
+        (
+            "operations = [\"read\", \"list\"]",
+            "operations = [\"read\", \"list\"]\nkms_key_ids = [\"alias/a\", \"alias/a\"]",
+            "routes[1].kms_key_ids[1]",
+            "listed twice",
+        ),
+        (
+            "operations = [\"read\", \"list\"]",
+            "operations = [\"read\", \"list\"]\nkms_key_ids = [\"alias/a b\"]",
+            "routes[1].kms_key_ids[0]",
+            "want a KMS key id",
+        ),
+        (
+            "operations = [\"read\", \"list\"]",
+            "operations = [\"read\", \"list\"]\nkms_key_ids = [\"\"]",
+            "routes[1].kms_key_ids[0]",
+            "want a KMS key id",
+        ),
+        (
             "address = \"127.0.0.1:9090\"",
             "address = \"localhost\"",
             "admin.address",
