@@ -169,13 +169,15 @@ const HTTP_RESPONSE_HEADERS: &[&str] = &[
 /// Headers of the model's answers that name the upstream side, never shown (docs/SEMANTICS.md):
 /// the bucket's lifecycle rule an upload will be aborted by (its id is the owner's text), a KMS
 /// key's ARN (its account), an encryption context (which holds the real bucket's ARN), the
-/// bucket's ARN, and whether the bucket is an access point alias.
+/// bucket's ARN, whether the bucket is an access point alias, and the bucket's location name (a
+/// zone id for a directory bucket; an upstream may put the real bucket's name there).
 const WITHHELD_RESPONSE_HEADERS: &[&str] = &[
     "x-amz-abort-rule-id",
     "x-amz-server-side-encryption-aws-kms-key-id",
     "x-amz-server-side-encryption-context",
     "x-amz-bucket-arn",
     "x-amz-access-point-alias",
+    "x-amz-bucket-location-name",
 ];
 
 /// What a route may allow.

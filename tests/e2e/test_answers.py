@@ -88,7 +88,8 @@ OPERATIONS = {
 # Headers that name the upstream side: never shown, whatever their value.
 WITHHELD_HEADERS = {"x-amz-server-side-encryption-aws-kms-key-id", "x-amz-server-side-encryption-context",
                     "x-amz-abort-rule-id",
-                    "x-amz-bucket-arn", "x-amz-access-point-alias", "x-amz-id-2", "x-amz-upstream-debug"}
+                    "x-amz-bucket-arn", "x-amz-access-point-alias", "x-amz-bucket-location-name",
+                    "x-amz-id-2", "x-amz-upstream-debug"}
 
 
 def s3_model() -> dict:
@@ -209,6 +210,7 @@ def success_answer(op: str) -> tuple[int, list[tuple[str, str]], bytes]:
             "x-amz-server-side-encryption-context": base64.b64encode(
                 json.dumps({"aws:s3:arn": f"arn:aws:s3:::{BUCKET}/{KEY}"}).encode()).decode(),
             "x-amz-bucket-arn": f"arn:aws:s3:::{BUCKET}",
+            "x-amz-bucket-location-name": f"{BUCKET}-{ACCOUNT}",
             # A lifecycle rule's id is the bucket owner's text (often the bucket's name).
             "x-amz-expiration": f'expiry-date="Fri, 23 Dec 2030 00:00:00 GMT", rule-id="expire-{BUCKET}-{ACCOUNT}"',
             "x-amz-abort-rule-id": f"abort-{BUCKET}-{ACCOUNT}",
