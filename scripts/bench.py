@@ -5,6 +5,9 @@ Everything runs on 127.0.0.1 on this machine, in one run, so the ratios compare 
   upstream  target/<profile>/bench_upstream (bench/: hyper; serves N-byte objects, swallows PUTs)
   nginx     a plain nginx reverse proxy in front of it (keep-alive pool, no signing, no access log;
             1 MiB buffers for the streams)
+  bare      target/<profile>/bench_bare_proxy: hyper's server and client as apgate's data plane runs
+            them (one event loop per core, a per-thread upstream pool) with nothing of apgate's:
+            the floor of apgate's stack (1 KiB phases only)
   apgate    verifying SigV4 inbound and re-signing SigV4 outbound, access log on
 
 Phases: 1 KiB GET and 1 KiB PUT at full speed (wrk, 64 connections; CPU per request of nginx and
@@ -313,6 +316,10 @@ def main() -> int:
         start([str(BIN / "bench_upstream"), f"127.0.0.1:{up_port}"], work / "upstream.log")
         wait_port(up_port)
         ngx, ngx_port, ngx_stream_port = nginx(work, up_port)
+        bare_port = free_port()
+        bare = start([str(BIN / "bench_bare_proxy"), f"127.0.0.1:{bare_port}", f"127.0.0.1:{up_port}"],
+                     work / "bare.log")
+        wait_port(bare_port)
         gate = Apgate(work, up_port, "load")
         key = "obj/1024"
         targets = {
@@ -326,12 +333,15 @@ def main() -> int:
         put_headers = sign("PUT", targets["apgate"])
         put_script = work / "put.lua"
         put_script.write_text('wrk.method = "PUT"\nwrk.body = string.rep("x", 1024)\n')
-        pids = {"direct": None, "nginx": nginx_workers(work / "nginx"), "apgate": [gate.pid]}
+        pids = {"direct": None, "nginx": nginx_workers(work / "nginx"), "bare": [bare.pid], "apgate": [gate.pid]}
+        # The 1 KiB phases also measure the bare proxy, between nginx and apgate.
+        load_targets = {"direct": targets["direct"], "nginx": targets["nginx"],
+                        "bare": f"http://127.0.0.1:{bare_port}/{key}", "apgate": targets["apgate"]}
 
         load, load_put = {}, {}
         for method, table, hdrs, script in (("GET", load, headers, None), ("PUT", load_put, put_headers, put_script)):
             print(f"== 1 KiB {method}, {args.connections} connections, {seconds:g} s per point (wrk)", flush=True)
-            for name, url in targets.items():
+            for name, url in load_targets.items():
                 wrk(url, hdrs, warmup, args.connections, script)
                 table[name] = wrk(url, hdrs, seconds, args.connections, script, pids[name])
                 cpu = f"  CPU {table[name]['cpu_us']:.1f} µs/request" if "cpu_us" in table[name] else ""
@@ -452,7 +462,9 @@ def render(r: dict) -> str:
         "| target | 1 KiB GET req/s | p50 ms | p99 ms | CPU µs/req | 1 KiB PUT req/s | p50 ms | p99 ms | CPU µs/req |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for name in ("direct", "nginx", "apgate"):
+    for name in ("direct", "nginx", "bare", "apgate"):
+        if name not in load:
+            continue
         x, y = load[name], load_put[name]
         lines.append(f"| {name} | {x['rps']:.0f} | {x['p50_ms']:.2f} | {x['p99_ms']:.2f} | {cpu(x)} "
                      f"| {y['rps']:.0f} | {y['p50_ms']:.2f} | {y['p99_ms']:.2f} | {cpu(y)} |")
@@ -483,6 +495,12 @@ def render(r: dict) -> str:
         f"| 1 KiB GET req/s apgate/nginx | {ratio_nginx:.2f}× | ≥ 0.85× | {met(ratio_nginx >= 0.85)} |",
         f"| 1 KiB PUT req/s apgate/nginx | {put_nginx:.2f}× | ≥ 0.85× | {met(put_nginx >= 0.85)} |",
         f"| 1 KiB GET req/s apgate/direct | {ratio_direct:.2f}× | | |",
+        *([f"| (bare hyper proxy/nginx: GET, PUT) | {load['bare']['rps'] / load['nginx']['rps']:.2f}×, "
+           f"{load_put['bare']['rps'] / load_put['nginx']['rps']:.2f}× | | |",
+           f"| CPU µs/request above the bare proxy (apgate's own work): GET, PUT | "
+           f"{load['apgate']['cpu_us'] - load['bare']['cpu_us']:.1f}, "
+           f"{load_put['apgate']['cpu_us'] - load_put['bare']['cpu_us']:.1f} | | |"]
+          if "bare" in load else []),
         f"| p99 added at half saturation | {added_p99:.2f} ms | ≤ 1 ms | {met(added_p99 <= 1.0)} |",
         f"| (p99 added by nginx at the same rate) | {added_p99_nginx:.2f} ms | | |",
         f"| {big} GET apgate/direct | {get_ratio:.2f}× | ≥ 0.85× | {met(get_ratio >= 0.85)} |",
