@@ -503,6 +503,19 @@ fn inspected(op: Operation) -> bool {
     matches!(op, Operation::DeleteObjects | Operation::RestoreObject)
 }
 
+/// The refusals of [`check_access_changes`]: the route was found, and lacks an opt-in.
+const OPT_IN_REFUSALS: [&str; 3] = [
+    "need a route that allows",
+    "is not enabled on this route",
+    "the route lists in kms_key_ids",
+];
+
+/// Whether a refusal is one of a found route lacking an opt-in (`allow`, `kms_key_ids`), for
+/// `apgate explain` to name the route.
+pub fn is_route_opt_in_refusal(e: &GatewayError) -> bool {
+    OPT_IN_REFUSALS.iter().any(|m| e.message().contains(m))
+}
+
 /// Requests that widen access need the route's `allow`; a KMS key named for encryption must be one
 /// of the route's `kms_key_ids`.
 fn check_access_changes(op: Operation, headers: &HeaderMap, route: &Route) -> Result<(), GatewayError> {

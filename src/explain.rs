@@ -98,12 +98,18 @@ impl<'c> Explainer<'c> {
             (None, Some(param)) => Scope::ListPrefix(target.param(param).unwrap_or("")),
             (None, None) => Scope::Bucket,
         };
-        self.router
-            .route(&caller.name, bucket, scope, class)
-            .err()
+        match self.router.route(&caller.name, bucket, scope, class) {
             // Only when it is what refused the request (not, say, a signature before it).
-            .filter(|denial| refusal.message() == denial.message())
-            .map(|denial| denial.explain())
+            Err(denial) => (refusal.message() == denial.message()).then(|| denial.explain()),
+            // The route was found, and what it lacks refused the request (an access change it
+            // does not allow, a KMS key it does not list): name the rule, which the client's
+            // answer does not.
+            Ok(route) if crate::decision::is_route_opt_in_refusal(refusal) => Some(format!(
+                "routes[{}] (keys under {:?}) is the route for the request, and it does not let this through",
+                route.index, route.prefix
+            )),
+            Ok(_) => None,
+        }
     }
 
     /// Explains one request, decided as of `now`.

@@ -140,6 +140,43 @@ fn explains_allowed_and_denied_requests_in_words() {
             false,
             "(copy source)",
         ),
+        // A refusal for what the route lacks names the route (the client's answer does not).
+        (
+            "bob",
+            "PUT",
+            "/shared/Bob/b",
+            &[("content-length", "0"), ("x-amz-acl", "public-read")],
+            false,
+            "why:       routes[0] (keys under \"Bob/\") is the route for the request, and it does not let this through",
+        ),
+        (
+            "bob",
+            "PUT",
+            "/shared/Bob/b",
+            &[
+                ("content-length", "0"),
+                ("x-amz-server-side-encryption", "aws:kms"),
+                ("x-amz-server-side-encryption-aws-kms-key-id", "alias/x"),
+            ],
+            false,
+            "routes[0] (keys under \"Bob/\") is the route for the request",
+        ),
+        (
+            "bob",
+            "PUT",
+            "/shared/Bob/b?acl",
+            cl,
+            false,
+            "routes[0] (keys under \"Bob/\") is the route",
+        ),
+        (
+            "bob",
+            "DELETE",
+            "/shared/Bob/b",
+            &[("x-amz-bypass-governance-retention", "true")],
+            false,
+            "routes[0] (keys under \"Bob/\") is the route",
+        ),
     ];
     for (who, m, t, h, allowed, needle) in cases {
         let x = e.explain(&request(who, m, t, h), SystemTime::now());
