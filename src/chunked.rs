@@ -45,6 +45,7 @@ const MAX_HEADER_LINE: usize = 4096;
 const MAX_TRAILER_BYTES: usize = 16 << 10;
 
 pub mod decode;
+pub mod unsigned;
 
 /// The caller's side: what its chunk signatures are checked against.
 #[derive(Debug, Clone)]
@@ -71,6 +72,10 @@ pub enum ChunkError {
     LengthMismatch,
     #[error("the body ended before its final chunk")]
     Truncated,
+    /// A trailer line S3 would read that is not the one checksum `x-amz-trailer` announced, or
+    /// that checksum malformed (unsigned trailers, `unsigned`).
+    #[error("malformed trailer: {0}")]
+    MalformedTrailer(&'static str),
 }
 
 impl ChunkError {
@@ -82,8 +87,16 @@ impl ChunkError {
             Self::Malformed(_) | Self::ChunkTooLarge | Self::LengthMismatch | Self::Truncated => {
                 S3ErrorCode::IncompleteBody
             }
+            Self::MalformedTrailer(_) => S3ErrorCode::MalformedTrailerError,
         };
-        GatewayError::client(code, format!("{self}."))
+        let message = match self {
+            // S3's sentence for the code, and what was wrong.
+            Self::MalformedTrailer(reason) => format!(
+                "The request contained trailing data that was not well-formed or did not conform to our published schema: {reason}."
+            ),
+            _ => format!("{self}."),
+        };
+        GatewayError::client(code, message)
     }
 }
 

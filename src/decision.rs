@@ -128,8 +128,16 @@ pub struct OutboundHead {
 pub enum BodyPlan {
     /// No body.
     Empty,
-    /// As received: `Content-Length` bytes, or aws-chunked with an unsigned checksum trailer.
+    /// As received: `Content-Length` bytes.
     Stream,
+    /// Unsigned aws-chunked with a checksum trailer (`STREAMING-UNSIGNED-PAYLOAD-TRAILER`):
+    /// forwarded as received, each byte once its framing was read and accepted, the trailer held
+    /// until checked: only the checksum `x-amz-trailer` announced (`checksum`), nothing else
+    /// (`chunked::unsigned`).
+    UnsignedChunks {
+        checksum: Option<chunked::TrailerChecksum>,
+        decoded_length: u64,
+    },
     /// Signed aws-chunked: each chunk verified against the caller's key, the data sent again in
     /// apgate's own signed chunks (`crate::chunked`), `Content-Length` [`chunked::outbound_length`].
     SignedChunks {
@@ -475,26 +483,31 @@ fn body_plan(
         return Ok(BodyPlan::Inspect { framing, length: size });
     }
     Ok(match payload {
-        PayloadHash::StreamingSigned { trailer } => {
-            BodyPlan::SignedChunks {
-                ending: if *trailer {
-                    // x-amz-trailer, if given, names one checksum header (checked above).
-                    chunked::Ending::Trailer(headers.get(&X_AMZ_TRAILER).and_then(|v| v.to_str().ok()).and_then(
-                        |name| {
-                            Some(chunked::TrailerChecksum {
-                                header: operation::checksum_header(name)?,
-                                value_len: operation::checksum_value_len(name)?,
-                            })
-                        },
-                    ))
-                } else {
-                    chunked::Ending::Plain
-                },
-                decoded_length: size,
-            }
-        }
+        PayloadHash::StreamingSigned { trailer } => BodyPlan::SignedChunks {
+            ending: if *trailer {
+                chunked::Ending::Trailer(announced_checksum(headers))
+            } else {
+                chunked::Ending::Plain
+            },
+            decoded_length: size,
+        },
         _ if !has_body => BodyPlan::Empty,
+        // Forwarded as framed, so its framing and trailer are read first: S3 takes trailer lines
+        // as headers of the request, which nothing above has seen.
+        PayloadHash::StreamingUnsignedTrailer => BodyPlan::UnsignedChunks {
+            checksum: announced_checksum(headers),
+            decoded_length: size,
+        },
         _ => BodyPlan::Stream,
+    })
+}
+
+/// The checksum `x-amz-trailer` announces, if given (one checksum header: `body_plan` checked it).
+fn announced_checksum(headers: &HeaderMap) -> Option<chunked::TrailerChecksum> {
+    let name = headers.get(&X_AMZ_TRAILER)?.to_str().ok()?;
+    Some(chunked::TrailerChecksum {
+        header: operation::checksum_header(name)?,
+        value_len: operation::checksum_value_len(name)?,
     })
 }
 
@@ -698,11 +711,13 @@ fn outbound_head(
         }
     }
 
-    let aws_chunked_forwarded = matches!(body, BodyPlan::Stream | BodyPlan::SignedChunks { .. })
-        && matches!(
-            payload,
-            PayloadHash::StreamingUnsignedTrailer | PayloadHash::StreamingSigned { .. }
-        );
+    let aws_chunked_forwarded = matches!(
+        body,
+        BodyPlan::Stream | BodyPlan::UnsignedChunks { .. } | BodyPlan::SignedChunks { .. }
+    ) && matches!(
+        payload,
+        PayloadHash::StreamingUnsignedTrailer | PayloadHash::StreamingSigned { .. }
+    );
     let mut out = HeaderMap::with_capacity(headers.len() + 4);
     for (name, value) in headers {
         let n = name.as_str();
@@ -743,7 +758,8 @@ fn outbound_head(
         );
     } else if let Some(len) = headers.get(header::CONTENT_LENGTH) {
         match body {
-            BodyPlan::Stream => {
+            // The bytes go as they came.
+            BodyPlan::Stream | BodyPlan::UnsignedChunks { .. } => {
                 out.insert(header::CONTENT_LENGTH, len.clone());
             }
             // An empty body said so (a PUT of nothing, a copy).

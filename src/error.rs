@@ -43,6 +43,9 @@ pub enum S3ErrorCode {
     /// The client stopped sending its request body.
     RequestTimeout,
     InvalidChunkSizeError,
+    /// A trailer line other than the checksum `x-amz-trailer` announced, or that checksum
+    /// malformed.
+    MalformedTrailerError,
     MissingContentLength,
     /// A body over S3's 5 GiB limit for one PUT.
     EntityTooLarge,
@@ -81,6 +84,7 @@ impl S3ErrorCode {
             Self::IncompleteBody => "IncompleteBody",
             Self::RequestTimeout => "RequestTimeout",
             Self::InvalidChunkSizeError => "InvalidChunkSizeError",
+            Self::MalformedTrailerError => "MalformedTrailerError",
             Self::MissingContentLength => "MissingContentLength",
             Self::EntityTooLarge => "EntityTooLarge",
             Self::InvalidToken => "InvalidToken",
@@ -113,6 +117,7 @@ impl S3ErrorCode {
             | Self::MalformedXML
             | Self::RequestHeaderSectionTooLarge
             | Self::IncompleteBody
+            | Self::MalformedTrailerError
             | Self::EntityTooLarge
             | Self::InvalidToken
             | Self::XAmzContentSHA256Mismatch
@@ -337,6 +342,7 @@ mod tests {
             (S3ErrorCode::AuthorizationHeaderMalformed, 400),
             (S3ErrorCode::MissingSecurityHeader, 400),
             (S3ErrorCode::InvalidRequest, 400),
+            (S3ErrorCode::MalformedTrailerError, 400),
             (S3ErrorCode::MissingContentLength, 411),
             (S3ErrorCode::NotImplemented, 501),
             (S3ErrorCode::BadGateway, 502),

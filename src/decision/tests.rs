@@ -636,3 +636,88 @@ fn forwarded_values_read_alike_under_every_trimming_rule() {
         );
     }
 }
+
+/// Red-team finding F1: an unsigned-trailer body (botocore's default PUT) is read as it streams,
+/// its trailer held to the checksum `x-amz-trailer` announced; never streamed unread. Bodies apgate
+/// reads whole still are; other bodies still stream.
+#[test]
+fn plans_each_body_by_its_framing() {
+    let crc32 = Some(chunked::TrailerChecksum {
+        header: "x-amz-checksum-crc32",
+        value_len: 8,
+    });
+    let unsigned: &[(&str, &str)] = &[
+        ("content-encoding", "aws-chunked"),
+        ("x-amz-content-sha256", "STREAMING-UNSIGNED-PAYLOAD-TRAILER"),
+        ("x-amz-decoded-content-length", "5"),
+    ];
+    let with = |extra: &[(&'static str, &'static str)]| -> Vec<(&'static str, &'static str)> {
+        unsigned.iter().copied().chain(extra.iter().copied()).collect()
+    };
+    let cases: Vec<(&str, &str, Vec<(&str, &str)>, BodyPlan, Option<&str>)> = vec![
+        (
+            "PUT",
+            "/shared/Bob/k",
+            with(&[
+                ("transfer-encoding", "chunked"),
+                ("x-amz-trailer", "x-amz-checksum-crc32"),
+            ]),
+            BodyPlan::UnsignedChunks {
+                checksum: crc32,
+                decoded_length: 5,
+            },
+            None,
+        ),
+        (
+            "PUT",
+            "/shared/Bob/k?partNumber=2&uploadId=u",
+            with(&[("content-length", "46"), ("x-amz-trailer", "x-amz-checksum-crc32")]),
+            BodyPlan::UnsignedChunks {
+                checksum: crc32,
+                decoded_length: 5,
+            },
+            Some("46"),
+        ),
+        // Nothing announced: the trailer must be empty.
+        (
+            "PUT",
+            "/shared/Bob/k",
+            with(&[("content-length", "15")]),
+            BodyPlan::UnsignedChunks {
+                checksum: None,
+                decoded_length: 5,
+            },
+            Some("15"),
+        ),
+        (
+            "PUT",
+            "/shared/Bob/k",
+            vec![("content-length", "5"), ("x-amz-content-sha256", "UNSIGNED-PAYLOAD")],
+            BodyPlan::Stream,
+            Some("5"),
+        ),
+        (
+            "POST",
+            "/shared?delete",
+            with(&[
+                ("transfer-encoding", "chunked"),
+                ("x-amz-trailer", "x-amz-checksum-crc32"),
+            ]),
+            BodyPlan::Inspect {
+                framing: Framing::UnsignedChunks { trailer: true },
+                length: 5,
+            },
+            None,
+        ),
+    ];
+    for (method, target, headers, want, length) in cases {
+        with_decision(method, target, &headers, |d| {
+            let Ok(Outcome::Forward(f)) = &d.outcome else {
+                panic!("{method} {target}: {:?}", d.outcome.as_ref().err());
+            };
+            assert_eq!(f.body, want, "{method} {target}");
+            let sent = f.head.headers.get(header::CONTENT_LENGTH).map(|v| v.to_str().unwrap());
+            assert_eq!(sent, length, "{method} {target}: the bytes go as they came");
+        });
+    }
+}

@@ -17,6 +17,7 @@ use sha2::Digest;
 
 use super::record::Ctx;
 use crate::body::{self, BodyEnd, Metered};
+use crate::chunked::unsigned::CheckUnsignedChunks;
 use crate::chunked::{ChunkKey, FailureSlot, ResignChunks};
 use crate::config::Endpoint;
 use crate::decision::{inspect_body, BodyPlan, Forward, Framing, OutboundHead, MAX_INSPECTED_BODY};
@@ -109,7 +110,8 @@ pub(crate) async fn forward(
                 retry::BodyPlan::Stream => Planned::Stream(body),
             }
         }
-        BodyPlan::SignedChunks { .. } => Planned::Stream(body),
+        // aws-chunked: never held, so never sent twice (retry::plan would say so too).
+        BodyPlan::SignedChunks { .. } | BodyPlan::UnsignedChunks { .. } => Planned::Stream(body),
     };
     let outgoing = Outgoing::new(
         head,
@@ -156,6 +158,17 @@ pub(crate) async fn forward(
                     )
                     .boxed_unsync();
                     send_signed(state, ctx, parts, resigned, Some(failure), client).await
+                }
+                BodyPlan::UnsignedChunks {
+                    checksum,
+                    decoded_length,
+                } => {
+                    // Forwarded byte for byte, each byte once its framing was read and accepted;
+                    // the trailer only once checked (nothing but the announced checksum).
+                    let failure: FailureSlot = Arc::default();
+                    let checked =
+                        CheckUnsignedChunks::new(metered, checksum, decoded_length, failure.clone()).boxed_unsync();
+                    send_once(state, ctx, outgoing, checked, Some(failure), client).await
                 }
                 _ => send_once(state, ctx, outgoing, metered.boxed_unsync(), None, client).await,
             }
@@ -279,9 +292,10 @@ async fn send_signed(
     ctx.attempts = 1;
     let sent_at = Instant::now();
     let sent = state.upstream.send(Request::from_parts(parts, body)).await;
-    // A refused chunk aborted the upstream request: the caller hears why, whatever the upstream did.
+    // A refused chunk or trailer aborted the upstream request: the caller hears why, whatever the
+    // upstream did.
     if let Some(failure) = failure.as_ref().and_then(|f| f.get()) {
-        tracing::info!(error = %failure, request_id = %ctx.request_id, "Signed aws-chunked body refused; upstream request aborted.");
+        tracing::info!(error = %failure, request_id = %ctx.request_id, "aws-chunked body refused; upstream request aborted.");
         return Err(failure.to_gateway_error());
     }
     if sent.is_err() && client.idle.load(Ordering::Relaxed) {
