@@ -282,6 +282,24 @@ for i, (flags, n, chunk, t) in enumerate([
     data = bytes((j * 31) % 251 for j in range(n))
     write("aws_chunked", f"raw-signed-{i}", bytes([flags]) + struct.pack("<h", 0) + encode(data, chunk, t))
 
+# --- Unsigned aws-chunked bodies with a checksum trailer: flags (checksum: 0 none, 1 CRC32,
+# 2 SHA-256, 3 CRC64NVME; bits 2-4 the piece size), the decoded length (u16), the body ----------
+import base64
+SHA = base64.b64encode(hashlib.sha256(b"hello world").digest()).decode()
+for i, (flags, decoded, body) in enumerate([
+    (1, 11, b"b\r\nhello world\r\n0\r\nx-amz-checksum-crc32:DUoRhQ==\r\n\r\n"),
+    (2 | (2 << 2), 11, b"5\r\nhello\r\n6\r\n world\r\n0\r\nX-Amz-Checksum-SHA256: " + SHA.encode() + b"\t\r\n\r\n"),
+    (0 | (5 << 2), 11, b"b\r\nhello world\r\n0\r\n\r\n"),
+    (3 | (7 << 2), 20, b"14\r\n" + b"0123456789abcdef0123" + b"\r\n0\r\nx-amz-checksum-crc64nvme:AAAAAAAAAAA=\r\n\r\n"),
+    # refused: an extension, a KMS key in the trailer, an unannounced checksum, bytes after the end
+    (1, 11, b"b;x=y\r\nhello world\r\n0\r\nx-amz-checksum-crc32:DUoRhQ==\r\n\r\n"),
+    (1 | (1 << 2), 11, b"b\r\nhello world\r\n0\r\nx-amz-checksum-crc32:DUoRhQ==\r\n"
+        b"x-amz-server-side-encryption-aws-kms-key-id:alias/other\r\n\r\n"),
+    (1 | (4 << 2), 11, b"b\r\nhello world\r\n0\r\nx-amz-checksum-crc32:DUoRhQ==\r\nx-amz-checksum-sha1:AAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\n\r\n"),
+    (1 | (6 << 2), 11, b"b\r\nhello world\r\n0\r\nx-amz-checksum-crc32:DUoRhQ==\r\n\r\nb\r\n"),
+]):
+    write("unsigned_chunks", f"body-{i}", bytes([flags]) + struct.pack("<H", decoded) + body)
+
 total = sum(os.path.getsize(os.path.join(dp, f)) for dp, _, fs in os.walk(OUT) for f in fs)
 for t in sorted(os.listdir(OUT)):
     print(t, len(os.listdir(os.path.join(OUT, t))))

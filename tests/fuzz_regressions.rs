@@ -19,6 +19,7 @@ const TARGETS: &[&str] = &[
     "sigv4_presigned",
     "sigv2",
     "aws_chunked",
+    "unsigned_chunks",
     "addressing",
     "decide",
     "config",
@@ -99,6 +100,11 @@ fn sigv2() {
 #[test]
 fn aws_chunked() {
     replay("aws_chunked", harness::aws_chunked);
+}
+
+#[test]
+fn unsigned_chunks() {
+    replay("unsigned_chunks", harness::unsigned_chunks);
 }
 
 #[test]

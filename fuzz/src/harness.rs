@@ -1559,6 +1559,132 @@ fn chain_ok(key: &ChunkKey, seed: &str, chunks: &[Chunk]) -> Vec<bool> {
 /// of ops (see the match below; a data chunk is op, u16 size, a length byte and that many data
 /// bytes, the rest of the chunk repeating the last one) that write correctly signed chunks (or deliberately broken ones) so the fuzzer reaches
 /// every state past the signature checks.
+/// An unsigned aws-chunked body (`STREAMING-UNSIGNED-PAYLOAD-TRAILER`) through apgate's streaming
+/// check, fed in pieces. Input: a flags byte (bits 0-1: the checksum `x-amz-trailer` announced,
+/// none, CRC32, SHA-256 or CRC64NVME; bits 2-4: the piece size), the decoded length (u16), then
+/// the body. Whatever the input: accepted means forwarded unchanged, and what was forwarded is,
+/// read again here independently, hex chunk sizes without extensions adding up to the decoded
+/// length and a trailer of nothing but the announced checksum, once, with nothing after it;
+/// refused means the upstream never got the whole body.
+pub fn unsigned_chunks(data: &[u8]) {
+    use apgate::chunked::unsigned::UnsignedFraming;
+    use apgate::s3::operation::{checksum_header, checksum_value_len};
+    let mut input = Input(data);
+    let flags = input.byte();
+    let checksum = [None, Some("crc32"), Some("sha256"), Some("crc64nvme")][usize::from(flags & 3)].map(|alg| {
+        let name = format!("x-amz-checksum-{alg}");
+        TrailerChecksum {
+            header: checksum_header(&name).expect("a checksum header"),
+            value_len: checksum_value_len(&name).expect("its length"),
+        }
+    });
+    let piece = [1usize, 2, 3, 5, 8, 17, 64, 4096][usize::from(flags >> 2 & 7)];
+    let decoded = u64::from(input.u16());
+    let wire = input.0;
+
+    let mut framing = UnsignedFraming::new(checksum, decoded);
+    let mut out = std::collections::VecDeque::new();
+    let mut fed = Ok(());
+    for part in wire.chunks(piece) {
+        fed = framing.feed(Bytes::copy_from_slice(part), &mut out);
+        if fed.is_err() {
+            break;
+        }
+    }
+    let end = fed.and_then(|()| framing.finish());
+    let mut sent: Vec<u8> = out.iter().flat_map(|b| b.iter().copied()).collect();
+    match end {
+        Ok(last) => {
+            sent.extend_from_slice(&last);
+            assert_eq!(sent, wire, "accepted, but forwarded something else");
+            check_unsigned_body(wire, checksum, decoded);
+        }
+        Err(e) => {
+            let _ = e.to_gateway_error();
+            assert!(
+                wire.starts_with(&sent),
+                "refused, and forwarded bytes that are not the body's"
+            );
+            assert!(
+                sent.len() < wire.len() || wire.is_empty(),
+                "refused, but forwarded the whole body"
+            );
+        }
+    }
+}
+
+/// An accepted unsigned aws-chunked body, read again with no code of apgate's.
+fn check_unsigned_body(wire: &[u8], checksum: Option<TrailerChecksum>, decoded: u64) {
+    fn line(wire: &[u8], at: usize) -> (&[u8], usize) {
+        let end = wire[at..]
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .expect("an accepted body has CRLF-ended lines");
+        (&wire[at..at + end], at + end + 2)
+    }
+    let mut at = 0;
+    let mut total = 0u64;
+    loop {
+        let (size_line, next) = line(wire, at);
+        assert!(
+            !size_line.is_empty() && size_line.iter().all(u8::is_ascii_hexdigit),
+            "accepted a chunk-size line {:?}",
+            String::from_utf8_lossy(size_line)
+        );
+        let size = u64::from_str_radix(std::str::from_utf8(size_line).unwrap_or("x"), 16).expect("hex");
+        at = next;
+        if size == 0 {
+            break;
+        }
+        let size = usize::try_from(size).expect("a size that fits");
+        assert_eq!(
+            &wire[at + size..at + size + 2],
+            b"\r\n",
+            "chunk data not followed by CRLF"
+        );
+        at += size + 2;
+        total += size as u64;
+    }
+    assert_eq!(
+        total, decoded,
+        "accepted chunks that do not add up to the decoded length"
+    );
+    let mut lines = 0;
+    loop {
+        let (trailer_line, next) = line(wire, at);
+        at = next;
+        if trailer_line.is_empty() {
+            break;
+        }
+        lines += 1;
+        let c = checksum.expect("accepted a trailer line with no checksum announced");
+        let text = std::str::from_utf8(trailer_line).expect("an ASCII trailer line");
+        let (name, value) = text.split_once(':').expect("a trailer line is a header");
+        assert!(
+            name.eq_ignore_ascii_case(c.header),
+            "accepted the trailer line {text:?}"
+        );
+        let value = value.trim_matches([' ', '\t']);
+        assert_eq!(
+            value.len(),
+            c.value_len,
+            "accepted a checksum of the wrong length: {text:?}"
+        );
+        assert!(
+            value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=')),
+            "accepted a checksum that is not base64: {text:?}"
+        );
+    }
+    assert_eq!(
+        lines,
+        usize::from(checksum.is_some()),
+        "accepted {lines} checksum lines"
+    );
+    assert_eq!(at, wire.len(), "accepted bytes after the end");
+}
+
 pub fn aws_chunked(data: &[u8]) {
     let mut input = Input(data);
     let flags = input.byte();
