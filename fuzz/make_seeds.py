@@ -297,6 +297,7 @@ for i, (flags, decoded, body) in enumerate([
         b"x-amz-server-side-encryption-aws-kms-key-id:alias/other\r\n\r\n"),
     (1 | (4 << 2), 11, b"b\r\nhello world\r\n0\r\nx-amz-checksum-crc32:DUoRhQ==\r\nx-amz-checksum-sha1:AAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\n\r\n"),
     (1 | (6 << 2), 11, b"b\r\nhello world\r\n0\r\nx-amz-checksum-crc32:DUoRhQ==\r\n\r\nb\r\n"),
+    (1 | (2 << 2), 11, b"b\r\nhello world\r\n0\r\nx-amz-checksum-crc32:A=======\r\n\r\n"),
 ]):
     write("unsigned_chunks", f"body-{i}", bytes([flags]) + struct.pack("<H", decoded) + body)
 

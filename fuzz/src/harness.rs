@@ -1552,13 +1552,6 @@ fn chain_ok(key: &ChunkKey, seed: &str, chunks: &[Chunk]) -> Vec<bool> {
         .collect()
 }
 
-/// `aws_chunked`: `ResignChunks` over a body the fuzzer describes. First byte: bit 0 verify the
-/// caller's signatures (else re-sign unchecked, as for `source` callers), bit 1 trailer expected,
-/// bit 2 raw (the rest is the wire body as is), bits 3-5 how the body is split into frames. Then
-/// two bytes of `x-amz-decoded-content-length` adjustment. In structured mode the rest is a list
-/// of ops (see the match below; a data chunk is op, u16 size, a length byte and that many data
-/// bytes, the rest of the chunk repeating the last one) that write correctly signed chunks (or deliberately broken ones) so the fuzzer reaches
-/// every state past the signature checks.
 /// An unsigned aws-chunked body (`STREAMING-UNSIGNED-PAYLOAD-TRAILER`) through apgate's streaming
 /// check, fed in pieces. Input: a flags byte (bits 0-1: the checksum `x-amz-trailer` announced,
 /// none, CRC32, SHA-256 or CRC64NVME; bits 2-4: the piece size), the decoded length (u16), then
@@ -1670,11 +1663,14 @@ fn check_unsigned_body(wire: &[u8], checksum: Option<TrailerChecksum>, decoded: 
             c.value_len,
             "accepted a checksum of the wrong length: {text:?}"
         );
+        let pad = apgate::s3::operation::checksum_padding(c.header).expect("a checksum");
+        let (digits, padding) = value.split_at(value.len() - pad);
         assert!(
-            value
+            digits
                 .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=')),
-            "accepted a checksum that is not base64: {text:?}"
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/'))
+                && padding.bytes().all(|b| b == b'='),
+            "accepted a checksum that is not base64 of its digest: {text:?}"
         );
     }
     assert_eq!(
@@ -1685,6 +1681,13 @@ fn check_unsigned_body(wire: &[u8], checksum: Option<TrailerChecksum>, decoded: 
     assert_eq!(at, wire.len(), "accepted bytes after the end");
 }
 
+/// `aws_chunked`: `ResignChunks` over a body the fuzzer describes. First byte: bit 0 verify the
+/// caller's signatures (else re-sign unchecked, as for `source` callers), bit 1 trailer expected,
+/// bit 2 raw (the rest is the wire body as is), bits 3-5 how the body is split into frames. Then
+/// two bytes of `x-amz-decoded-content-length` adjustment. In structured mode the rest is a list
+/// of ops (see the match below; a data chunk is op, u16 size, a length byte and that many data
+/// bytes, the rest of the chunk repeating the last one) that write correctly signed chunks (or deliberately broken ones) so the fuzzer reaches
+/// every state past the signature checks.
 pub fn aws_chunked(data: &[u8]) {
     let mut input = Input(data);
     let flags = input.byte();

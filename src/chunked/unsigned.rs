@@ -130,6 +130,13 @@ impl UnsignedFraming {
         Ok(())
     }
 
+    /// How many `=` end the announced checksum's value.
+    fn padding(&self) -> usize {
+        self.checksum
+            .and_then(|c| crate::s3::operation::checksum_padding(c.header))
+            .unwrap_or(0)
+    }
+
     /// The body ended: the held final chunk and trailer, if the body ended right after them.
     pub fn finish(&mut self) -> Result<Bytes, ChunkError> {
         if self.state == State::Done {
@@ -276,13 +283,17 @@ impl UnsignedFraming {
                             "the checksum is not of its algorithm's length",
                         ))
                     }
-                    b'=' => {
+                    // Exactly the digest's padding, at the end: base64 as S3 reads it.
+                    b'=' if len >= expected.saturating_sub(self.padding()) => {
                         self.state = State::Value {
                             len: len + 1,
                             padded: true,
                         }
                     }
-                    _ if !padded && (b.is_ascii_alphanumeric() || b == b'+' || b == b'/') => {
+                    _ if !padded
+                        && len < expected.saturating_sub(self.padding())
+                        && (b.is_ascii_alphanumeric() || b == b'+' || b == b'/') =>
+                    {
                         self.state = State::Value { len: len + 1, padded };
                     }
                     _ => return Err(ChunkError::MalformedTrailer("the checksum is not base64")),
@@ -404,8 +415,16 @@ where
     }
 
     fn size_hint(&self) -> SizeHint {
-        // The bytes go out as they came.
-        self.inner.size_hint()
+        // The bytes go out as they came: what the inner body has yet to give, and what was read
+        // from it and not handed out yet.
+        let pending = (self.framing.held.len() + self.out.iter().map(Bytes::len).sum::<usize>()) as u64;
+        let inner = self.inner.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(inner.lower().saturating_add(pending));
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper.saturating_add(pending));
+        }
+        hint
     }
 }
 

@@ -321,6 +321,14 @@ pub fn checksum_value_len(header: &str) -> Option<usize> {
     Some(bytes.div_ceil(3) * 4)
 }
 
+/// How many `=` end the base64 value of a checksum header (the model's name): its digest's length
+/// decides it, which the value's length alone does not.
+pub fn checksum_padding(header: &str) -> Option<usize> {
+    let (algorithm, _) = model::CHECKSUM_ALGORITHMS.iter().find(|(_, h)| *h == header)?;
+    let (_, bytes) = CHECKSUM_DIGEST_BYTES.iter().find(|(a, _)| a == algorithm)?;
+    Some((3 - bytes % 3) % 3)
+}
+
 /// The model's header name for a (lower-case) checksum header, as a static string.
 pub fn checksum_header(name: &str) -> Option<&'static str> {
     model::CHECKSUM_ALGORITHMS

@@ -247,6 +247,12 @@ fn refuses_each_violation_whatever_the_splits() {
         ("empty value", format!("{HELLO}x-amz-checksum-crc32:\r\n\r\n"), CRC32, 11, "MalformedTrailer"),
         ("value not base64", format!("{HELLO}x-amz-checksum-crc32:DU:RhQ==\r\n\r\n"), CRC32, 11, "MalformedTrailer"),
         ("data after padding", format!("{HELLO}x-amz-checksum-crc32:DUoRh=Q=\r\n\r\n"), CRC32, 11, "MalformedTrailer"),
+        // A CRC32 is 4 bytes: six characters and exactly two `=`.
+        ("all padding", format!("{HELLO}x-amz-checksum-crc32:========\r\n\r\n"), CRC32, 11, "MalformedTrailer"),
+        ("no padding", format!("{HELLO}x-amz-checksum-crc32:AAAAAAAA\r\n\r\n"), CRC32, 11, "MalformedTrailer"),
+        ("padding too early", format!("{HELLO}x-amz-checksum-crc32:A=======\r\n\r\n"), CRC32, 11, "MalformedTrailer"),
+        ("one pad short", format!("{HELLO}x-amz-checksum-crc32:AAAAAAA=\r\n\r\n"), CRC32, 11, "MalformedTrailer"),
+        ("SHA-256 padded twice", format!("{HELLO}x-amz-checksum-sha256:{}==\r\n\r\n", "A".repeat(42)), SHA256, 11, "MalformedTrailer"),
         ("a second value", format!("{HELLO}x-amz-checksum-crc32:DUoRhQ== x\r\n\r\n"), CRC32, 11, "MalformedTrailer"),
         ("bare LF in the trailer", format!("{HELLO}x-amz-checksum-crc32:DUoRhQ==\n\r\n"), CRC32, 11, "MalformedTrailer"),
         ("CR without LF at the end", format!("{HELLO}{CRC_LINE}\rx"), CRC32, 11, "MalformedTrailer"),
