@@ -517,11 +517,11 @@ fn inspected(op: Operation) -> bool {
 }
 
 /// The refusals of [`check_access_changes`]: the route was found, and lacks an opt-in.
-const OPT_IN_REFUSALS: [&str; 3] = [
-    "need a route that allows",
-    "is not enabled on this route",
-    "the route lists in kms_key_ids",
-];
+const OPT_IN_REFUSALS: [&str; 3] = [NEEDS_ALLOW, ACL_NOT_ENABLED, KMS_KEY_NOT_LISTED];
+const NEEDS_ALLOW: &str = "need a route that allows";
+const ACL_NOT_ENABLED: &str = "PutObjectAcl is not enabled on this route: a route must allow \"acl\".";
+const KMS_KEY_NOT_LISTED: &str =
+    "Access Denied: the KMS key named in x-amz-server-side-encryption-aws-kms-key-id is not one the route lists in kms_key_ids.";
 
 /// Whether a refusal is one of a found route lacking an opt-in (`allow`, `kms_key_ids`), for
 /// `apgate explain` to name the route.
@@ -538,10 +538,7 @@ fn check_access_changes(op: Operation, headers: &HeaderMap, route: &Route) -> Re
     // is one the operations take, so it is not repeated (request::check).
     if let Some(key) = headers.get(&X_AMZ_SSE_KMS_KEY_ID) {
         if !route.kms_key_ids.iter().any(|k| k.as_bytes() == key.as_bytes()) {
-            return Err(GatewayError::client(
-                S3ErrorCode::AccessDenied,
-                "Access Denied: the KMS key named in x-amz-server-side-encryption-aws-kms-key-id is not one the route lists in kms_key_ids.",
-            ));
+            return Err(GatewayError::client(S3ErrorCode::AccessDenied, KMS_KEY_NOT_LISTED));
         }
     }
     let acl = op == Operation::PutObjectAcl
@@ -570,20 +567,14 @@ fn check_access_changes(op: Operation, headers: &HeaderMap, route: &Route) -> Re
         if needed && !route.allow.contains(&change) && op == Operation::PutObjectAcl {
             // The operation itself is not offered on this route (clients such as s3cmd's copy
             // carry on without setting an ACL when told so; the object keeps the default).
-            return Err(GatewayError::client(
-                S3ErrorCode::NotImplemented,
-                "PutObjectAcl is not enabled on this route: a route must allow \"acl\".",
-            ));
+            return Err(GatewayError::client(S3ErrorCode::NotImplemented, ACL_NOT_ENABLED));
         }
         if needed && !route.allow.contains(&change) {
             return Err(GatewayError::client(
                 S3ErrorCode::AccessDenied,
                 // Not which rule (`routes[N]`): the caller learns nothing of the configuration's
                 // layout; `apgate explain` shows the rule to whoever holds the file.
-                format!(
-                    "Access Denied: {what} need a route that allows \"{}\".",
-                    change.as_str()
-                ),
+                format!("Access Denied: {what} {NEEDS_ALLOW} \"{}\".", change.as_str()),
             ));
         }
     }
