@@ -617,17 +617,6 @@ pub fn warnings(config: &Config) -> Vec<String> {
             ));
         }
     }
-    let (idle, head) = (
-        config.server.client_body_idle_timeout,
-        config.upstream.response_header_timeout,
-    );
-    if idle >= head {
-        out.push(format!(
-            "server.client_body_idle_timeout_seconds ({}) is not below upstream.response_header_timeout_seconds ({}): a client that stalls mid-upload gets 504 GatewayTimeout instead of 400 RequestTimeout",
-            idle.as_secs_f64(),
-            head.as_secs_f64()
-        ));
-    }
     out
 }
 

@@ -2,9 +2,10 @@
 //! connect and response-head timeouts. Bodies stream in both directions.
 //!
 //! **The response-head timeout never cuts a progressing upload.** While a request body is going
-//! out, the clock only runs while the upstream takes none of it; once the body is sent, the
-//! upstream has `response_header_timeout` to answer. A 5 GiB PUT over a slow link is not a
-//! timeout; an upstream that stops reading, or never answers, is.
+//! out, the clock only runs while the upstream takes none of it although apgate has a frame for
+//! it; once the body is sent, the upstream has `response_header_timeout` to answer. A 5 GiB PUT
+//! over a slow link is not a timeout; an upstream that stops reading, or never answers, is. Time
+//! the body waits on the client is the client's, bounded by `client_body_idle_timeout`.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -486,6 +487,9 @@ struct Progress {
     origin: Instant,
     /// Milliseconds after `origin` when the upstream last took a frame.
     last_ms: AtomicU64,
+    /// The upstream connection asked for the next frame and the body had none yet: it waits on the
+    /// client (or on bytes apgate holds until they are checked), not the upstream on apgate.
+    waiting_on_client: AtomicBool,
     finished: AtomicBool,
     done: tokio::sync::Notify,
 }
@@ -496,6 +500,7 @@ impl Progress {
             body: Mutex::new(Some(body)),
             origin: Instant::now(),
             last_ms: AtomicU64::new(0),
+            waiting_on_client: AtomicBool::new(false),
             finished: AtomicBool::new(false),
             done: tokio::sync::Notify::new(),
         }
@@ -524,7 +529,25 @@ impl Progress {
         self.finished.load(Ordering::Acquire)
     }
 
+    /// Records that the upstream connection asked for a frame: it got one (`Some(true)`: the
+    /// stall clock starts again), the body has none yet (`Some(false)`: the clock stops until it
+    /// has), or the body ended or failed (`None`).
+    fn polled(&self, frame: Option<bool>) {
+        if frame == Some(true) {
+            self.touch();
+        }
+        // Release: whoever sees the flag cleared sees the touch before it.
+        self.waiting_on_client.store(frame == Some(false), Ordering::Release);
+    }
+
+    /// How long the upstream has taken none of the body while it had a frame to take. Time in
+    /// which the body waits on the client is the client's (`client_body_idle_timeout` bounds it)
+    /// and is not counted: a client that trickles the bytes apgate holds until they are checked
+    /// (an aws-chunked piece or trailer) is not an upstream that stopped reading.
     fn stalled_for(&self) -> Duration {
+        if self.waiting_on_client.load(Ordering::Acquire) {
+            return Duration::ZERO;
+        }
         self.origin
             .elapsed()
             .saturating_sub(Duration::from_millis(self.last_ms.load(Ordering::Relaxed)))
@@ -555,14 +578,18 @@ impl Body for Tracked {
         let polled = Pin::new(&mut *body).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(_))) => {
-                progress.touch();
+                progress.polled(Some(true));
                 // hyper stops polling a body that reports its end after its last frame.
                 if body.is_end_stream() {
                     progress.finish();
                 }
             }
-            Poll::Ready(None) => progress.finish(),
-            Poll::Ready(Some(Err(_))) | Poll::Pending => {}
+            Poll::Ready(None) => {
+                progress.polled(None);
+                progress.finish();
+            }
+            Poll::Ready(Some(Err(_))) => progress.polled(None),
+            Poll::Pending => progress.polled(Some(false)),
         }
         polled
     }

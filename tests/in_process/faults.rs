@@ -14,10 +14,11 @@
 //! | upstream slow to send headers | `upstream_slow_to_send_headers` | within the timeout: 200; slower: 504 GatewayTimeout at the timeout |
 //! | upstream stops reading an upload | `upstream_stops_reading_an_upload` | 504 GatewayTimeout after the timeout, and the client connection ends; no object |
 //! | slow but steady upload, longer than the timeout | `slow_upload_longer_than_the_response_header_timeout_succeeds` | 200, stored whole |
+//! | client trickles an aws-chunked trailer apgate holds, longer than the timeout | `a_trickled_aws_chunked_trailer_is_not_an_upstream_timeout` | 200, forwarded whole; no upstream error counted |
 //! | client pauses reading a download longer than the body idle timeout | `client_pausing_a_download_longer_than_the_body_idle_timeout_still_gets_it_all` | every byte arrives |
 //! | client aborts mid-upload | `client_aborts_mid_upload` | streamed: the upstream request is aborted before its end; held (≤ replay buffer): nothing sent; no object; slots freed |
 //! | client aborts mid-upload, real S3 (moto) | tests/e2e/test_faults.py `test_client_abort_mid_upload_leaves_no_object` | no object (head_object 404), nothing or an incomplete request upstream |
-//! | client stalls mid-upload | `client_stalls_mid_upload` | 400 RequestTimeout after `client_body_idle_timeout_seconds`, `Connection: close`; no object |
+//! | client stalls mid-upload | `client_stalls_mid_upload` | 400 RequestTimeout after `client_body_idle_timeout_seconds`, also when the upstream's response-head timeout is shorter; `Connection: close`; no object; no upstream error counted |
 //! | client disconnects while the upstream is slow | `client_disconnecting_while_the_upstream_is_slow_frees_its_slot` | its concurrency slot is freed (next request 200, not SlowDown); counted as 499 |
 //! | slow-loris clients | `slow_loris_clients_do_not_stop_service` | 200 trickling connections: a normal request is served at once; each is closed after `header_read_timeout_seconds` |
 //! | credential endpoint down | tests/e2e/test_credentials.py `test_ecs_endpoint_down_then_back` | cached credentials keep serving (and /readyz 200) until they expire; then 503 ServiceUnavailable, nothing forwarded; recovers without a restart |
@@ -72,6 +73,59 @@ async fn slow_upload_longer_than_the_response_header_timeout_succeeds() {
     );
     assert_eq!(reply.status(), Some(200), "{reply:?}");
     assert_eq!(up.stored("/Bob/slow-upload"), vec![body]);
+}
+
+/// A client that trickles the bytes apgate holds until it has checked them (here an aws-chunked
+/// trailer, never idle for `client_body_idle_timeout`) waits on itself, not on the upstream: the
+/// upstream's stall clock does not run, so it is not cut off as `504` and no upstream timeout is
+/// counted (review of 2026-12-03).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_aws_chunked_trailer_is_not_an_upstream_timeout() {
+    let up = Upstream::start(|_, _| Act::ok(b"")).await;
+    let gw = gateway(
+        &url(&up),
+        Tune {
+            server: "client_body_idle_timeout_seconds = 0.4",
+            upstream: "response_header_timeout_seconds = 0.5",
+            ..Tune::default()
+        },
+    )
+    .await;
+    let chunked = "5\r\nhello\r\n0\r\nx-amz-checksum-crc32:NhCmhg==\r\n\r\n";
+    let (data, trailer) = chunked.split_at(chunked.find("0\r\n").unwrap());
+    let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let mut bytes = head(
+        "PUT",
+        "/shared/Bob/trickled",
+        &[
+            ("x-amz-content-sha256", "STREAMING-UNSIGNED-PAYLOAD-TRAILER"),
+            ("content-encoding", "aws-chunked"),
+            ("x-amz-decoded-content-length", "5"),
+            ("x-amz-trailer", "x-amz-checksum-crc32"),
+        ],
+        Some(chunked.len()),
+    );
+    bytes.extend_from_slice(data.as_bytes());
+    stream.write_all(&bytes).await.unwrap();
+    let started = Instant::now();
+    // 36 bytes 50 ms apart: 1.8 s in which the upstream is given nothing new.
+    for byte in trailer.as_bytes() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if stream.write_all(std::slice::from_ref(byte)).await.is_err() {
+            break; // apgate gave up on the request: the reply says why
+        }
+    }
+    let reply = read_reply(&mut stream, WITHIN).await;
+    assert_eq!(reply.status(), Some(200), "{reply:?}");
+    assert!(
+        started.elapsed() > Duration::from_secs(1),
+        "the trailer must outlast the 0.5 s timeout"
+    );
+    let seen: Vec<_> = up.seen().into_iter().filter(|s| s.target == "/Bob/trickled").collect();
+    assert!(seen.len() == 1 && seen[0].complete, "{seen:?}");
+    assert_eq!(seen[0].body, chunked.as_bytes());
+    let m = gw.metrics();
+    assert_eq!(metric(&m, "apgate_upstream_errors_total", &[]), None, "{m}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -394,37 +448,44 @@ async fn client_aborts_mid_upload() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_stalls_mid_upload() {
-    let up = Upstream::start(|_, _| Act::ok(b"")).await;
-    let gw = gateway(
-        &url(&up),
-        Tune {
-            server: "client_body_idle_timeout_seconds = 0.5",
-            ..Tune::default()
-        },
-    )
-    .await;
-    for (name, size) in [("streamed", 4 * MIB), ("held", 512 * 1024)] {
-        let path = format!("/shared/Bob/stalled-{name}");
-        let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-        stream.write_all(&head("PUT", &path, &[], Some(size))).await.unwrap();
-        stream.write_all(&pattern(0, size / 4)).await.unwrap();
-        let started = Instant::now();
-        let reply = read_reply(&mut stream, WITHIN).await;
-        let took = started.elapsed();
-        assert_eq!(reply.error(), Some((400, "RequestTimeout")), "{name}: {reply:?}");
-        assert_eq!(reply.header("connection"), Some("close"));
-        assert!(took < Duration::from_millis(1500), "{name}: {took:?}");
-        let key = format!("/Bob/stalled-{name}");
-        assert!(up.stored(&key).is_empty());
-        let seen: Vec<_> = up.seen().into_iter().filter(|s| s.target == key).collect();
-        match name {
-            "streamed" => assert!(seen.len() == 1 && !seen[0].complete, "{name}: {seen:?}"),
-            _ => assert!(seen.is_empty(), "{name}: {seen:?}"),
+    // A stalled client is the client's fault whichever timeout is shorter: while the body waits on
+    // the client, the upstream's stall clock does not run.
+    for upstream in ["", "response_header_timeout_seconds = 0.3"] {
+        let up = Upstream::start(|_, _| Act::ok(b"")).await;
+        let gw = gateway(
+            &url(&up),
+            Tune {
+                server: "client_body_idle_timeout_seconds = 0.5",
+                upstream,
+                ..Tune::default()
+            },
+        )
+        .await;
+        for (name, size) in [("streamed", 4 * MIB), ("held", 512 * 1024)] {
+            let path = format!("/shared/Bob/stalled-{name}");
+            let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+            stream.write_all(&head("PUT", &path, &[], Some(size))).await.unwrap();
+            stream.write_all(&pattern(0, size / 4)).await.unwrap();
+            let started = Instant::now();
+            let reply = read_reply(&mut stream, WITHIN).await;
+            let took = started.elapsed();
+            let case = format!("{name} ({upstream:?})");
+            assert_eq!(reply.error(), Some((400, "RequestTimeout")), "{case}: {reply:?}");
+            assert_eq!(reply.header("connection"), Some("close"));
+            assert!(took < Duration::from_millis(1500), "{case}: {took:?}");
+            let key = format!("/Bob/stalled-{name}");
+            assert!(up.stored(&key).is_empty());
+            let seen: Vec<_> = up.seen().into_iter().filter(|s| s.target == key).collect();
+            match name {
+                "streamed" => assert!(seen.len() == 1 && !seen[0].complete, "{case}: {seen:?}"),
+                _ => assert!(seen.is_empty(), "{case}: {seen:?}"),
+            }
         }
+        let m = gw.metrics();
+        let timed_out = [("operation", "PutObject"), ("status", "400")];
+        assert_eq!(metric(&m, "apgate_requests_total", &timed_out), Some(2.0), "{m}");
+        assert_eq!(metric(&m, "apgate_upstream_errors_total", &[]), None, "{m}");
     }
-    let m = gw.metrics();
-    let timed_out = [("operation", "PutObject"), ("status", "400")];
-    assert_eq!(metric(&m, "apgate_requests_total", &timed_out), Some(2.0), "{m}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
