@@ -155,8 +155,8 @@ pub(crate) async fn forward(
                         ending,
                         decoded_length,
                         failure.clone(),
-                    )
-                    .boxed_unsync();
+                    );
+                    let resigned = held_idle(resigned, idle, client).boxed_unsync();
                     send_signed(state, ctx, parts, resigned, Some(failure), client).await
                 }
                 BodyPlan::UnsignedChunks {
@@ -166,8 +166,8 @@ pub(crate) async fn forward(
                     // Forwarded byte for byte, each byte once its framing was read and accepted;
                     // the trailer only once checked (nothing but the announced checksum).
                     let failure: FailureSlot = Arc::default();
-                    let checked =
-                        CheckUnsignedChunks::new(metered, checksum, decoded_length, failure.clone()).boxed_unsync();
+                    let checked = CheckUnsignedChunks::new(metered, checksum, decoded_length, failure.clone());
+                    let checked = held_idle(checked, idle, client).boxed_unsync();
                     send_once(state, ctx, outgoing, checked, Some(failure), client).await
                 }
                 _ => send_once(state, ctx, outgoing, metered.boxed_unsync(), None, client).await,
@@ -336,6 +336,15 @@ fn metered_client_body(
             BodyEnd::Aborted => {}
         }
     })
+}
+
+/// A body that holds the client's bytes until it has checked them (an aws-chunked piece or
+/// trailer) fails as idle, like the client's own body, once it has given the upstream nothing for
+/// `idle`: a client that trickles what apgate holds, never idle itself, holds the upstream request
+/// and its slot no longer than one that stops (the upstream's stall clock does not run while a
+/// body waits on its client: `upstream::Progress`).
+fn held_idle<B>(body: B, idle: std::time::Duration, client: &ClientBody) -> crate::body::IdleTimeout<B> {
+    crate::body::IdleTimeout::new(body, idle).flagging(client.idle.clone())
 }
 
 /// Reads a body into memory, at most `limit` bytes: `exact` when it must be exactly that long.

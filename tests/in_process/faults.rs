@@ -14,7 +14,7 @@
 //! | upstream slow to send headers | `upstream_slow_to_send_headers` | within the timeout: 200; slower: 504 GatewayTimeout at the timeout |
 //! | upstream stops reading an upload | `upstream_stops_reading_an_upload` | 504 GatewayTimeout after the timeout, and the client connection ends; no object |
 //! | slow but steady upload, longer than the timeout | `slow_upload_longer_than_the_response_header_timeout_succeeds` | 200, stored whole |
-//! | client trickles an aws-chunked trailer apgate holds, longer than the timeout | `a_trickled_aws_chunked_trailer_is_not_an_upstream_timeout` | 200, forwarded whole; no upstream error counted |
+//! | client trickles what apgate holds of an aws-chunked body (an unsigned trailer, a signed final chunk) | `a_trickled_aws_chunked_trailer_is_the_clients_delay` | longer than the response-head timeout: 200, forwarded whole; giving the upstream nothing for `client_body_idle_timeout_seconds`: 400 RequestTimeout, no object; no upstream error counted either way |
 //! | client pauses reading a download longer than the body idle timeout | `client_pausing_a_download_longer_than_the_body_idle_timeout_still_gets_it_all` | every byte arrives |
 //! | client aborts mid-upload | `client_aborts_mid_upload` | streamed: the upstream request is aborted before its end; held (≤ replay buffer): nothing sent; no object; slots freed |
 //! | client aborts mid-upload, real S3 (moto) | tests/e2e/test_faults.py `test_client_abort_mid_upload_leaves_no_object` | no object (head_object 404), nothing or an incomplete request upstream |
@@ -75,55 +75,87 @@ async fn slow_upload_longer_than_the_response_header_timeout_succeeds() {
     assert_eq!(up.stored("/Bob/slow-upload"), vec![body]);
 }
 
-/// A client that trickles the bytes apgate holds until it has checked them (here an aws-chunked
-/// trailer, never idle for `client_body_idle_timeout`) waits on itself, not on the upstream: the
-/// upstream's stall clock does not run, so it is not cut off as `504` and no upstream timeout is
-/// counted (review of 2026-12-03).
+/// A client that trickles the bytes apgate holds until it has checked them (an aws-chunked trailer,
+/// a signed chunk), never idle for `client_body_idle_timeout` itself, waits on itself and not on the
+/// upstream: the upstream's stall clock does not run, so it is not cut off as `504` nor counted as
+/// an upstream timeout (review of 2026-12-03). What apgate holds, though, counts as idle from the
+/// upstream's side: given nothing for `client_body_idle_timeout`, the client gets `400
+/// RequestTimeout` and no object is made, so trickling holds an upstream request no longer than
+/// stopping does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_trickled_aws_chunked_trailer_is_not_an_upstream_timeout() {
+async fn a_trickled_aws_chunked_trailer_is_the_clients_delay() {
     let up = Upstream::start(|_, _| Act::ok(b"")).await;
     let gw = gateway(
         &url(&up),
         Tune {
-            server: "client_body_idle_timeout_seconds = 0.4",
-            upstream: "response_header_timeout_seconds = 0.5",
+            server: "client_body_idle_timeout_seconds = 2",
+            upstream: "response_header_timeout_seconds = 0.4",
             ..Tune::default()
         },
     )
     .await;
-    let chunked = "5\r\nhello\r\n0\r\nx-amz-checksum-crc32:NhCmhg==\r\n\r\n";
-    let (data, trailer) = chunked.split_at(chunked.find("0\r\n").unwrap());
-    let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    let mut bytes = head(
-        "PUT",
-        "/shared/Bob/trickled",
-        &[
-            ("x-amz-content-sha256", "STREAMING-UNSIGNED-PAYLOAD-TRAILER"),
-            ("content-encoding", "aws-chunked"),
-            ("x-amz-decoded-content-length", "5"),
-            ("x-amz-trailer", "x-amz-checksum-crc32"),
-        ],
-        Some(chunked.len()),
+    // An unsigned body's trailer, and a signed body's final chunk (its signature is not checked on
+    // the source listener, but the chunk is held and re-signed all the same).
+    let sig = "0".repeat(64);
+    let unsigned = (
+        "5\r\nhello\r\n0\r\nx-amz-checksum-crc32:NhCmhg==\r\n\r\n".to_owned(),
+        "STREAMING-UNSIGNED-PAYLOAD-TRAILER",
+        vec![("x-amz-trailer", "x-amz-checksum-crc32")],
     );
-    bytes.extend_from_slice(data.as_bytes());
-    stream.write_all(&bytes).await.unwrap();
-    let started = Instant::now();
-    // 36 bytes 50 ms apart: 1.8 s in which the upstream is given nothing new.
-    for byte in trailer.as_bytes() {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        if stream.write_all(std::slice::from_ref(byte)).await.is_err() {
-            break; // apgate gave up on the request: the reply says why
+    let signed = (
+        format!("5;chunk-signature={sig}\r\nhello\r\n0;chunk-signature={sig}\r\n\r\n"),
+        "STREAMING-AWS4-HMAC-SHA256-PAYLOAD",
+        vec![],
+    );
+    for (framing, (chunked, payload, extra)) in [("signed", signed), ("unsigned", unsigned)] {
+        let (data, ending) = chunked.split_at(chunked.find("\r\n0").unwrap() + 2);
+        // The ending byte by byte: quick (under 1 s of nothing new for the upstream, well past its
+        // 0.4 s), then slow (past the 2 s idle timeout, each gap far below it).
+        let quick = 900 / ending.len() as u64;
+        for (pace, gap, expected) in [
+            ("quick", quick, Ok(200)),
+            ("slow", 4 * quick, Err((400, "RequestTimeout"))),
+        ] {
+            let name = format!("{framing} {pace}");
+            let key = format!("/Bob/trickled-{framing}-{pace}");
+            let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+            let mut headers = vec![
+                ("x-amz-content-sha256", payload),
+                ("content-encoding", "aws-chunked"),
+                ("x-amz-decoded-content-length", "5"),
+            ];
+            headers.extend_from_slice(&extra);
+            let mut bytes = head("PUT", &format!("/shared{key}"), &headers, Some(chunked.len()));
+            bytes.extend_from_slice(data.as_bytes());
+            stream.write_all(&bytes).await.unwrap();
+            let started = Instant::now();
+            for byte in ending.as_bytes() {
+                tokio::time::sleep(Duration::from_millis(gap)).await;
+                if stream.write_all(std::slice::from_ref(byte)).await.is_err() {
+                    break; // apgate gave up on the request: the reply says why
+                }
+            }
+            let reply = read_reply(&mut stream, WITHIN).await;
+            let took = started.elapsed();
+            let seen: Vec<_> = up.seen().into_iter().filter(|s| s.target == key).collect();
+            match expected {
+                Ok(status) => {
+                    assert_eq!(reply.status(), Some(status), "{name}: {reply:?}");
+                    assert!(
+                        took > Duration::from_millis(600),
+                        "{name}: must outlast the 0.4 s timeout"
+                    );
+                    assert!(seen.len() == 1 && seen[0].complete, "{name}: {seen:?}");
+                    assert_eq!(up.stored(&key).len(), 1, "{name}");
+                }
+                Err(error) => {
+                    assert_eq!(reply.error(), Some(error), "{name}: {reply:?}");
+                    assert!(seen.len() == 1 && !seen[0].complete, "{name}: {seen:?}");
+                    assert!(up.stored(&key).is_empty(), "{name}");
+                }
+            }
         }
     }
-    let reply = read_reply(&mut stream, WITHIN).await;
-    assert_eq!(reply.status(), Some(200), "{reply:?}");
-    assert!(
-        started.elapsed() > Duration::from_secs(1),
-        "the trailer must outlast the 0.5 s timeout"
-    );
-    let seen: Vec<_> = up.seen().into_iter().filter(|s| s.target == "/Bob/trickled").collect();
-    assert!(seen.len() == 1 && seen[0].complete, "{seen:?}");
-    assert_eq!(seen[0].body, chunked.as_bytes());
     let m = gw.metrics();
     assert_eq!(metric(&m, "apgate_upstream_errors_total", &[]), None, "{m}");
 }
