@@ -91,6 +91,10 @@ pub struct Forward {
     pub copy_source: Option<Arc<Route>>,
     pub head: OutboundHead,
     pub body: BodyPlan,
+    /// What the request asks for that needs a route's opt-in, read from its head once: checked
+    /// against `route`, or, for an operation whose keys are in its body (DeleteObjects), against
+    /// the route of each key by [`inspect_body`].
+    pub changes: AccessChanges,
 }
 
 impl Forward {
@@ -296,7 +300,13 @@ fn decide_into<'p>(
     if op == Operation::GetBucketLocation {
         return Ok(Outcome::BucketLocation(route));
     }
-    check_access_changes(op, headers, &route)?;
+    let changes = AccessChanges::requested(op, headers);
+    // DeleteObjects names its keys in its body: the route found for the bucket is none of theirs
+    // (any route of the bucket that may delete), so the opt-ins are judged per key, by
+    // `inspect_body`, which every DeleteObjects passes through before it is sent (`inspected`).
+    if !keys_in_body(op) {
+        changes.check(op, &route)?;
+    }
     let (copy_source, copy_header) = match headers.get(&X_AMZ_COPY_SOURCE) {
         Some(raw) => {
             let (r, value) = copy_source(policy.router, caller, raw, &route)?;
@@ -310,6 +320,7 @@ fn decide_into<'p>(
         copy_source,
         head: outbound,
         body,
+        changes,
     }))
 }
 
@@ -513,10 +524,16 @@ fn announced_checksum(headers: &HeaderMap) -> Option<chunked::TrailerChecksum> {
 
 /// Operations whose body apgate reads before it forwards it.
 fn inspected(op: Operation) -> bool {
-    matches!(op, Operation::DeleteObjects | Operation::RestoreObject)
+    keys_in_body(op) || op == Operation::RestoreObject
 }
 
-/// The refusals of [`check_access_changes`]: the route was found, and lacks an opt-in.
+/// Operations whose keys are named in their body, not their target: routed by each key once the
+/// body is read (`inspect_body`).
+fn keys_in_body(op: Operation) -> bool {
+    op == Operation::DeleteObjects
+}
+
+/// The refusals of [`AccessChanges::check`]: the route was found, and lacks an opt-in.
 const OPT_IN_REFUSALS: [&str; 3] = [NEEDS_ALLOW, ACL_NOT_ENABLED, KMS_KEY_NOT_LISTED];
 const NEEDS_ALLOW: &str = "need a route that allows";
 const ACL_NOT_ENABLED: &str = "PutObjectAcl is not enabled on this route: a route must allow \"acl\".";
@@ -529,56 +546,77 @@ pub fn is_route_opt_in_refusal(e: &GatewayError) -> bool {
     OPT_IN_REFUSALS.iter().any(|m| e.message().contains(m))
 }
 
-/// Requests that widen access need the route's `allow`; a KMS key named for encryption must be one
-/// of the route's `kms_key_ids`.
-fn check_access_changes(op: Operation, headers: &HeaderMap, route: &Route) -> Result<(), GatewayError> {
-    // S3 encrypts with the named key as apgate's role, which may use keys (another team's, another
-    // account's) the caller may not. Compared as written: a key listed in another form (its ARN
-    // for its id, an alias for the key) is refused, never taken for a different one. The header
-    // is one the operations take, so it is not repeated (request::check).
-    if let Some(key) = headers.get(&X_AMZ_SSE_KMS_KEY_ID) {
-        if !route.kms_key_ids.iter().any(|k| k.as_bytes() == key.as_bytes()) {
-            return Err(GatewayError::client(S3ErrorCode::AccessDenied, KMS_KEY_NOT_LISTED));
+/// What a request asks for that widens access (ACL or grant changes, bypassing governance
+/// retention, object lock settings) or names a KMS key to encrypt with: each needs the opt-in of
+/// the route it goes through (`allow`, `kms_key_ids`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccessChanges {
+    acl: bool,
+    bypass: bool,
+    lock: bool,
+    kms_key: Option<HeaderValue>,
+}
+
+impl AccessChanges {
+    /// Read from the request's operation and head (the headers it forwards).
+    fn requested(op: Operation, headers: &HeaderMap) -> Self {
+        Self {
+            acl: op == Operation::PutObjectAcl
+                || headers
+                    .get(&X_AMZ_ACL)
+                    .is_some_and(|v| !matches!(v.as_bytes(), b"private" | b"bucket-owner-full-control"))
+                || headers.keys().any(|k| k.as_str().starts_with("x-amz-grant-")),
+            bypass: headers
+                .get(&X_AMZ_BYPASS_GOVERNANCE_RETENTION)
+                .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"false")),
+            lock: matches!(op, Operation::PutObjectRetention | Operation::PutObjectLegalHold)
+                || headers.keys().any(|k| k.as_str().starts_with("x-amz-object-lock-")),
+            // The header is one the operations take, so it is not repeated (request::check).
+            kms_key: headers.get(&X_AMZ_SSE_KMS_KEY_ID).cloned(),
         }
     }
-    let acl = op == Operation::PutObjectAcl
-        || headers
-            .get(&X_AMZ_ACL)
-            .is_some_and(|v| !matches!(v.as_bytes(), b"private" | b"bucket-owner-full-control"))
-        || headers.keys().any(|k| k.as_str().starts_with("x-amz-grant-"));
-    let bypass = headers
-        .get(&X_AMZ_BYPASS_GOVERNANCE_RETENTION)
-        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"false"));
-    let lock = matches!(op, Operation::PutObjectRetention | Operation::PutObjectLegalHold)
-        || headers.keys().any(|k| k.as_str().starts_with("x-amz-object-lock-"));
-    for (needed, change, what) in [
-        (acl, AccessChange::Acl, "ACL or grant changes"),
-        (
-            bypass,
-            AccessChange::BypassGovernanceRetention,
-            "bypassing governance retention",
-        ),
-        (
-            lock,
-            AccessChange::ObjectLock,
-            "object lock settings (retention, legal hold)",
-        ),
-    ] {
-        if needed && !route.allow.contains(&change) && op == Operation::PutObjectAcl {
-            // The operation itself is not offered on this route (clients such as s3cmd's copy
-            // carry on without setting an ACL when told so; the object keeps the default).
-            return Err(GatewayError::client(S3ErrorCode::NotImplemented, ACL_NOT_ENABLED));
+
+    /// Whether `route` allows them all.
+    fn check(&self, op: Operation, route: &Route) -> Result<(), GatewayError> {
+        // S3 encrypts with the named key as apgate's role, which may use keys (another team's,
+        // another account's) the caller may not. Compared as written: a key listed in another
+        // form (its ARN for its id, an alias for the key) is refused, never taken for a different
+        // one.
+        if let Some(key) = &self.kms_key {
+            if !route.kms_key_ids.iter().any(|k| k.as_bytes() == key.as_bytes()) {
+                return Err(GatewayError::client(S3ErrorCode::AccessDenied, KMS_KEY_NOT_LISTED));
+            }
         }
-        if needed && !route.allow.contains(&change) {
-            return Err(GatewayError::client(
-                S3ErrorCode::AccessDenied,
-                // Not which rule (`routes[N]`): the caller learns nothing of the configuration's
-                // layout; `apgate explain` shows the rule to whoever holds the file.
-                format!("Access Denied: {what} {NEEDS_ALLOW} \"{}\".", change.as_str()),
-            ));
+        for (needed, change, what) in [
+            (self.acl, AccessChange::Acl, "ACL or grant changes"),
+            (
+                self.bypass,
+                AccessChange::BypassGovernanceRetention,
+                "bypassing governance retention",
+            ),
+            (
+                self.lock,
+                AccessChange::ObjectLock,
+                "object lock settings (retention, legal hold)",
+            ),
+        ] {
+            if needed && !route.allow.contains(&change) && op == Operation::PutObjectAcl {
+                // The operation itself is not offered on this route (clients such as s3cmd's copy
+                // carry on without setting an ACL when told so; the object keeps the default).
+                return Err(GatewayError::client(S3ErrorCode::NotImplemented, ACL_NOT_ENABLED));
+            }
+            if needed && !route.allow.contains(&change) {
+                return Err(GatewayError::client(
+                    S3ErrorCode::AccessDenied,
+                    // Not which rule (`routes[N]`): the caller learns nothing of the
+                    // configuration's layout; `apgate explain` shows the rule to whoever holds the
+                    // file.
+                    format!("Access Denied: {what} {NEEDS_ALLOW} \"{}\".", change.as_str()),
+                ));
+            }
         }
+        Ok(())
     }
-    Ok(())
 }
 
 /// The copy source: readable by the caller through a route, in the destination's region; its
@@ -790,7 +828,7 @@ fn canonical_value(value: &HeaderValue) -> HeaderValue {
 }
 
 /// The content of an inspected body, decoded and checked.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Inspected {
     /// The payload, as forwarded.
     pub content: bytes::Bytes,
@@ -798,12 +836,16 @@ pub struct Inspected {
     pub trailer_checksum: Option<(HeaderName, HeaderValue)>,
     /// DeleteObjects: the keys it deletes.
     pub keys: Vec<String>,
+    /// DeleteObjects: the route of its first key, whose access point every key shares and the
+    /// request goes through (the forward's route was found for the bucket, not for these keys).
+    pub route: Option<Arc<Route>>,
 }
 
 /// Decodes an inspected body from its wire bytes (verifying chunk signatures) and checks the
-/// content against the operation and the caller's routes (DeleteObjects: every key deletable
-/// through the request's access point; RestoreObject: no SELECT restore). `announced` is the
-/// request's `x-amz-trailer`. What passes is what is forwarded.
+/// content against the operation and the caller's routes (DeleteObjects: every key deletable, with
+/// the opt-ins the request asks for, by routes of one access point, the one it is then sent
+/// through: [`Inspected::route`]; RestoreObject: no SELECT restore). `announced` is the request's
+/// `x-amz-trailer`. What passes is what is forwarded.
 pub fn inspect_body(
     forward: &Forward,
     operation: Operation,
@@ -858,6 +900,7 @@ pub fn inspect_body(
         )
     };
     let mut keys = Vec::new();
+    let mut keys_route: Option<Arc<Route>> = None;
     match operation {
         Operation::DeleteObjects => {
             let entries = crate::s3::xml::delete_objects(&content).map_err(malformed)?;
@@ -866,13 +909,24 @@ pub fn inspect_body(
                 let route = router
                     .route(&caller.name, bucket, Scope::Key(&entry.key), OperationClass::Delete)
                     .map_err(|denial| access_denied(&denial))?;
-                if route.access_point.arn() != forward.route.access_point.arn() {
-                    return Err(GatewayError::client(
-                        S3ErrorCode::AccessDenied,
-                        "Access Denied: the keys of one DeleteObjects request must all be reachable through the same access point.",
-                    ));
+                // A governance bypass asked for one request is asked for every key in it.
+                forward.changes.check(operation, &route)?;
+                match &keys_route {
+                    None => keys_route = Some(route),
+                    Some(first) if first.access_point.arn() != route.access_point.arn() => {
+                        return Err(GatewayError::client(
+                            S3ErrorCode::AccessDenied,
+                            "Access Denied: the keys of one DeleteObjects request must all be reachable through the same access point.",
+                        ));
+                    }
+                    Some(_) => {}
                 }
                 keys.push(entry.key);
+            }
+            if keys_route.is_none() {
+                return Err(GatewayError::internal(
+                    "a DeleteObjects body without a key passed its reader",
+                ));
             }
         }
         Operation::RestoreObject => crate::s3::xml::restore_request(&content).map_err(malformed)?,
@@ -882,6 +936,7 @@ pub fn inspect_body(
         content,
         trailer_checksum,
         keys,
+        route: keys_route,
     })
 }
 

@@ -17,7 +17,7 @@ use std::time::SystemTime;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 
 use crate::config::{Config, Endpoint, IdentityMethod, RetryConfig};
-use crate::decision::{decide, inspect_body, BodyPlan, Decision, Head, Outcome, Policy};
+use crate::decision::{decide, inspect_body, BodyPlan, Decision, Head, Inspected, Outcome, Policy};
 use crate::identity::{ListenerIdentity, SigV4Verifier, SourceMap};
 use crate::routing::{Router, Scope};
 use crate::s3::operation::{self, Support};
@@ -239,7 +239,19 @@ impl<'c> Explainer<'c> {
             }
             Outcome::Forward(f) => f,
         };
-        out.route(&forward.route);
+        // A body apgate reads is checked first: DeleteObjects goes through its keys' route.
+        let inspection = match (forward.body, d.operation, &d.caller, body) {
+            (BodyPlan::Inspect { .. }, Some(op), Some(caller), Some(wire)) => {
+                let announced = headers.get("x-amz-trailer").and_then(|v| v.to_str().ok());
+                Some(inspect_body(forward, op, &self.router, caller, announced, wire))
+            }
+            _ => None,
+        };
+        let route = match &inspection {
+            Some(Ok(Inspected { route: Some(r), .. })) => r,
+            _ => &forward.route,
+        };
+        out.route(route);
         if let Some(source) = &forward.copy_source {
             let copied = headers
                 .get("x-amz-copy-source")
@@ -256,7 +268,7 @@ impl<'c> Explainer<'c> {
             );
             out.json.insert("copy_source_key".into(), key.into());
         }
-        let ap = &forward.route.access_point;
+        let ap = &route.access_point;
         let upstream = format!(
             "{} https://{}{}",
             forward.head.method,
@@ -299,27 +311,21 @@ impl<'c> Explainer<'c> {
         };
         out.line("signed by:", &format!("{signer}, for region {}", ap.region()));
         out.line("retries:", &retries(&self.config.upstream.retry, method));
-        if let (BodyPlan::Inspect { .. }, Some(op), Some(caller)) = (forward.body, d.operation, &d.caller) {
-            match body {
-                None => out.line(
-                    "body:",
-                    "read and checked before it is forwarded (give it with --body to check it here)",
-                ),
-                Some(wire) => {
-                    let announced = headers.get("x-amz-trailer").and_then(|v| v.to_str().ok());
-                    match inspect_body(forward, op, &self.router, caller, announced, wire) {
-                        Ok(inspected) => {
-                            if !inspected.keys.is_empty() {
-                                out.line("body:", &format!("deletes {}", inspected.keys.join(", ")));
-                                out.json.insert("keys".into(), inspected.keys.into());
-                            } else {
-                                out.line("body:", "checked");
-                            }
-                        }
-                        Err(e) => return out.deny_with(&e),
-                    }
+        match inspection {
+            None if matches!(forward.body, BodyPlan::Inspect { .. }) => out.line(
+                "body:",
+                "read and checked before it is forwarded (give it with --body to check it here)",
+            ),
+            None => {}
+            Some(Ok(inspected)) => {
+                if !inspected.keys.is_empty() {
+                    out.line("body:", &format!("deletes {}", inspected.keys.join(", ")));
+                    out.json.insert("keys".into(), inspected.keys.into());
+                } else {
+                    out.line("body:", "checked");
                 }
             }
+            Some(Err(e)) => return out.deny_with(&e),
         }
         out.allow("forwarded")
     }

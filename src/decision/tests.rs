@@ -55,6 +55,12 @@ prefix = "Bob/open/"
 access_point = "arn:aws:s3:us-east-1:123456789012:accesspoint/bob-ap"
 allow = ["acl", "bypass-governance-retention", "object-lock"]
 kms_key_ids = ["arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab", "alias/bob"]
+[[routes]]
+identity = "bob"
+bucket = "shared"
+prefix = "t/"
+operations = ["read", "write", "delete"]
+access_point = "arn:aws:s3:us-east-1:123456789012:accesspoint/team-ap"
 "#;
 
 const KEY_ARN: &str = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab";
@@ -610,6 +616,70 @@ fn delete_objects_bodies_are_checked_decoded_key_by_key() {
         inspect(&[("content-length", len.as_str())], dtd.as_bytes()),
         Err("MalformedXML".to_owned())
     );
+}
+
+/// Red-team pass 3, F1: DeleteObjects is routed for its bucket (any route that may delete, here
+/// `Bob/open/`, which allows a governance bypass); its keys are in its body. Each key's own route
+/// must allow what the request asks for, and the request goes through the access point of its
+/// keys, not the one found for the bucket.
+#[test]
+fn delete_objects_are_judged_by_the_route_of_each_key() {
+    let bypass = [("x-amz-bypass-governance-retention", "true")];
+    let no_bypass = [("x-amz-bypass-governance-retention", "false")];
+    #[allow(clippy::type_complexity)]
+    let rows: &[(&[(&str, &str)], &[&str], Result<&str, &str>)] = &[
+        // The bypass is allowed under Bob/open/ only: one key elsewhere refuses the request.
+        (&bypass, &["Bob/open/a"], Ok("bob-ap")),
+        (&bypass, &["Bob/locked"], Err("AccessDenied")),
+        (&bypass, &["Bob/open/a", "Bob/locked"], Err("AccessDenied")),
+        (&bypass, &["Bob/locked", "Bob/open/a"], Err("AccessDenied")),
+        (&no_bypass, &["Bob/open/a", "Bob/locked"], Ok("bob-ap")),
+        (&[], &["Bob/locked"], Ok("bob-ap")),
+        // Keys of another access point's route go through that access point…
+        (&[], &["t/x", "t/y"], Ok("team-ap")),
+        (&bypass, &["t/x"], Err("AccessDenied")),
+        // …but one request never mixes access points, nor reaches a key no route deletes.
+        (&[], &["t/x", "Bob/a"], Err("AccessDenied")),
+        (&[], &["ro/x"], Err("AccessDenied")),
+    ];
+    for (headers, keys, want) in rows {
+        let xml: String = keys
+            .iter()
+            .map(|k| format!("<Object><Key>{k}</Key></Object>"))
+            .collect();
+        let xml = format!("<Delete>{xml}</Delete>");
+        let len = xml.len().to_string();
+        let mut all = headers.to_vec();
+        all.push(("content-length", len.as_str()));
+        with_decision("POST", "/shared?delete", &all, |d| {
+            let Ok(Outcome::Forward(f)) = &d.outcome else {
+                panic!("{keys:?}: head refused: {:?}", d.outcome.as_ref().err())
+            };
+            let got = inspect_body(
+                f,
+                Operation::DeleteObjects,
+                &world().router,
+                d.caller.as_ref().unwrap(),
+                None,
+                xml.as_bytes(),
+            );
+            let got = got
+                .as_ref()
+                .map(|i| i.route.as_ref().unwrap().access_point.name())
+                .map_err(|e| e.code().as_str());
+            assert_eq!(got, *want, "{headers:?} {keys:?}");
+            if let Ok(i) = inspect_body(
+                f,
+                Operation::DeleteObjects,
+                &world().router,
+                d.caller.as_ref().unwrap(),
+                None,
+                xml.as_bytes(),
+            ) {
+                assert_eq!(i.keys, *keys);
+            }
+        });
+    }
 }
 
 /// Issue 16: a forwarded value with a tab has its white space runs made one space, so botocore's

@@ -25,6 +25,7 @@ use crate::error::{GatewayError, S3ErrorCode};
 use crate::identity::CallerIdentity;
 use crate::metrics::NONE;
 use crate::retry;
+use crate::routing::Route;
 use crate::s3::encoding::hex_lower;
 use crate::s3::headers::X_AMZ_TRAILER;
 use crate::s3::{amzdate, AccessPoint, Operation, PayloadHash};
@@ -67,7 +68,6 @@ pub(crate) async fn forward(
         forward: fwd,
         inbound,
     } = decided;
-    let ap = &fwd.route.access_point;
     let credentials = state.credentials.for_identity(&caller.name).get().await.map_err(|e| {
         tracing::error!(error = %e, "No upstream credentials; refusing the request.");
         GatewayError::upstream(
@@ -75,25 +75,22 @@ pub(crate) async fn forward(
             "apgate has no credentials to sign the upstream request with.",
         )
     })?;
-    let received = state
-        .metrics
-        .received_bytes
-        .with_label_values(&[ctx.identity_label(), ctx.access_point_label()]);
+    // The route the request goes through: the decision's, or, for DeleteObjects, its keys'.
+    let mut route = &fwd.route;
+    let inspected_route;
     let plan = match fwd.body {
         BodyPlan::Inspect { .. } => {
             let announced = inbound.headers.get(&X_AMZ_TRAILER).and_then(|v| v.to_str().ok());
-            let content = read_inspected(
-                state,
-                ctx,
-                body,
-                fwd,
-                operation,
-                caller,
-                announced,
-                &mut head,
-                received.clone(),
-            )
-            .await?;
+            let (content, keys_route) =
+                read_inspected(state, ctx, body, fwd, operation, caller, announced, &mut head).await?;
+            inspected_route = keys_route;
+            if let Some(r) = &inspected_route {
+                route = r;
+                ctx.access_point = Some(r.label.clone());
+                ctx.access_point_name = Some(r.access_point.clone());
+            }
+            // Counted once the route, and so the label, is known.
+            received_bytes(state, ctx).inc_by(ctx.bytes_in.load(Ordering::Relaxed));
             Planned::Held(content)
         }
         BodyPlan::Empty => Planned::Held(Bytes::new()),
@@ -105,7 +102,7 @@ pub(crate) async fn forward(
                 &state.config.upstream.retry,
             ) {
                 retry::BodyPlan::Replay { len } => {
-                    Planned::Held(read_replay_body(state, ctx, body, len, received.clone()).await?)
+                    Planned::Held(read_replay_body(state, ctx, body, len, Some(received_bytes(state, ctx))).await?)
                 }
                 retry::BodyPlan::Stream => Planned::Stream(body),
             }
@@ -113,6 +110,7 @@ pub(crate) async fn forward(
         // aws-chunked: never held, so never sent twice (retry::plan would say so too).
         BodyPlan::SignedChunks { .. } | BodyPlan::UnsignedChunks { .. } => Planned::Stream(body),
     };
+    let ap = &route.access_point;
     let outgoing = Outgoing::new(
         head,
         ap,
@@ -127,7 +125,7 @@ pub(crate) async fn forward(
         Planned::Held(bytes) => send_once(state, ctx, outgoing, body::full(bytes), None, client).await,
         Planned::Stream(incoming) => {
             let idle = state.config.server.client_body_idle_timeout;
-            let metered = metered_client_body(ctx, incoming, idle, client, received);
+            let metered = metered_client_body(ctx, incoming, idle, client, Some(received_bytes(state, ctx)));
             match fwd.body {
                 BodyPlan::SignedChunks { ending, decoded_length } => {
                     let failure: FailureSlot = Arc::default();
@@ -321,14 +319,16 @@ fn metered_client_body(
     body: Incoming,
     idle: std::time::Duration,
     client: &ClientBody,
-    received: prometheus::IntCounter,
+    received: Option<prometheus::IntCounter>,
 ) -> Metered<crate::body::IdleTimeout<Incoming>, impl FnOnce(u64, BodyEnd)> {
     let failed = client.failed.clone();
     let bytes_in = ctx.bytes_in.clone();
     let connection = ctx.connection.clone();
     let body = crate::body::IdleTimeout::new(body, idle).flagging(client.idle.clone());
     Metered::new(body, move |n, end| {
-        received.inc_by(n);
+        if let Some(received) = received {
+            received.inc_by(n);
+        }
         bytes_in.fetch_add(n, Ordering::Relaxed);
         match end {
             BodyEnd::Complete => connection.body_completed(),
@@ -354,7 +354,7 @@ async fn read_body(
     body: Incoming,
     limit: usize,
     exact: bool,
-    received: prometheus::IntCounter,
+    received: Option<prometheus::IntCounter>,
     too_large: fn() -> GatewayError,
 ) -> Result<Bytes, GatewayError> {
     let client = ClientBody::default();
@@ -397,7 +397,7 @@ async fn read_replay_body(
     ctx: &Ctx,
     body: Incoming,
     len: u64,
-    received: prometheus::IntCounter,
+    received: Option<prometheus::IntCounter>,
 ) -> Result<Bytes, GatewayError> {
     if len == 0 {
         return Ok(Bytes::new());
@@ -408,7 +408,9 @@ async fn read_replay_body(
 
 /// Reads a body apgate inspects (bounded), decodes and checks it ([`inspect_body`]), and makes the
 /// outbound head describe the content forwarded: its length, its SHA-256 as the signed payload
-/// hash, the trailer's checksum as a header.
+/// hash, the trailer's checksum as a header. Returns the content and, for DeleteObjects, the route
+/// of its keys, which it goes through. The bytes are not counted as received here: the caller
+/// counts them once it knows the route.
 #[allow(clippy::too_many_arguments)]
 async fn read_inspected(
     state: &State,
@@ -419,8 +421,7 @@ async fn read_inspected(
     caller: &CallerIdentity,
     announced: Option<&str>,
     head: &mut OutboundHead,
-    received: prometheus::IntCounter,
-) -> Result<Bytes, GatewayError> {
+) -> Result<(Bytes, Option<Arc<Route>>), GatewayError> {
     fn too_large() -> GatewayError {
         GatewayError::client(S3ErrorCode::MalformedXML, "The request body is too large.")
     }
@@ -430,12 +431,12 @@ async fn read_inspected(
     let wire = match framing {
         Framing::Plain => {
             let limit = usize::try_from(length).map_err(|_| too_large())?;
-            read_body(state, ctx, body, limit, true, received, too_large).await?
+            read_body(state, ctx, body, limit, true, None, too_large).await?
         }
         // The framing adds a chunk header per chunk and the trailer; twice the cap is plenty.
         _ => {
             let limit = usize::try_from(2 * MAX_INSPECTED_BODY).unwrap_or(usize::MAX);
-            read_body(state, ctx, body, limit, false, received, too_large).await?
+            read_body(state, ctx, body, limit, false, None, too_large).await?
         }
     };
     let inspected = inspect_body(fwd, operation, &state.router, caller, announced, &wire)?;
@@ -454,7 +455,15 @@ async fn read_inspected(
     if let Some((name, value)) = inspected.trailer_checksum {
         head.headers.insert(name, value);
     }
-    Ok(inspected.content)
+    Ok((inspected.content, inspected.route))
+}
+
+/// The counter of body bytes received from this caller for this access point.
+fn received_bytes(state: &State, ctx: &Ctx) -> prometheus::IntCounter {
+    state
+        .metrics
+        .received_bytes
+        .with_label_values(&[ctx.identity_label(), ctx.access_point_label()])
 }
 
 /// Sends a request whose body apgate holds, again on the failures `retry` allows, with

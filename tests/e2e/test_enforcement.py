@@ -64,6 +64,13 @@ prefix = "Bob/open/"
 access_point = "arn:aws:s3:{REGION}:{ACCOUNT}:accesspoint/{BOB_AP}"
 allow = ["acl", "bypass-governance-retention"]
 kms_key_ids = ["{KMS_KEY}"]
+
+[[routes]]
+identity = "bob"
+bucket = "{BUCKET}"
+prefix = "team/"
+operations = ["read", "write", "delete"]
+access_point = "arn:aws:s3:{REGION}:{ACCOUNT}:accesspoint/{APP_AP}"
 """
 
 
@@ -370,6 +377,53 @@ def test_finding5_access_widening_headers_need_the_routes_opt_in(gw, moto, moto_
     # A private ACL widens nothing and needs no opt-in.
     out = send(gw, "PUT", t(base + "private"), [("x-amz-acl", "private")], b"data")
     assert out.status == 200, out
+
+
+def delete_objects(gw, keys: list[str], headers: list[tuple[str, str]] | None = None) -> Outcome:
+    xml = ("<Delete>" + "".join(f"<Object><Key>{k}</Key></Object>" for k in keys) + "</Delete>").encode()
+    md5 = base64.b64encode(hashlib.md5(xml).digest()).decode()
+    target = t("", "delete").replace(f"/{BUCKET}/?", f"/{BUCKET}?")
+    return send(gw, "POST", target, [("Content-MD5", md5), *(headers or [])], xml)
+
+
+def test_delete_objects_is_judged_by_the_routes_of_its_keys(gw, moto, moto_s3):
+    """Red-team pass 3, F1: DeleteObjects names its keys in its body, so the route apgate finds
+    for its head is only one of the bucket's (the longest that may delete: Bob/open/, which
+    allows a governance bypass). Each key's own route must allow what it asks for; the request
+    goes through the access point of its keys."""
+    bypass = [("x-amz-bypass-governance-retention", "true")]
+    plain = unique() + "k"
+    opened = unique("Bob/open/") + "k"
+    for key in (plain, opened):
+        put_direct(moto_s3, key)
+    # A bypass for a key whose route (Bob/) does not allow it: nothing reaches moto, alone or
+    # beside a key whose route does.
+    for keys in ([plain], [opened, plain]):
+        mark = moto.log_mark()
+        out = delete_objects(gw, keys, bypass)
+        refused_and_nothing_sent(moto, mark, out, 403, "AccessDenied")
+        assert exists(moto_s3, plain) and exists(moto_s3, opened)
+    # Where every key's route allows it, it goes through, and moto deletes.
+    out = delete_objects(gw, [opened], bypass)
+    assert out.status == 200 and b"<Deleted>" in out.body, out
+    assert not exists(moto_s3, opened)
+    # Keys of a route through another access point go through that one (refused before: the
+    # head's route was Bob/open/'s access point).
+    team = [unique("team/") + n for n in ("a", "b")]
+    for key in team:
+        put_direct(moto_s3, key)
+    mark = moto.log_mark()
+    out = delete_objects(gw, team)
+    hosts = [r.get("host", "") for r in moto.log_since(mark)]
+    assert out.status == 200 and out.body.count(b"<Deleted>") == 2, out
+    assert hosts and all(h.startswith(f"{APP_AP}-") for h in hosts), hosts
+    assert not any(exists(moto_s3, k) for k in team)
+    # One request never mixes access points.
+    put_direct(moto_s3, team[0])
+    mark = moto.log_mark()
+    out = delete_objects(gw, [team[0], plain])
+    refused_and_nothing_sent(moto, mark, out, 403, "AccessDenied")
+    assert exists(moto_s3, team[0]) and exists(moto_s3, plain)
 
 
 def sse_kms(key_id: str | None) -> list[tuple[str, str]]:
