@@ -898,8 +898,14 @@ identity = "bob"
 bucket = "access-point-test"
 prefix = "Bob/acl/"
 access_point = "arn:aws:s3:us-east-1:123456789012:accesspoint/bob-ap"
-allow = ["acl"]
+allow = ["acl", "bypass-governance-retention", "object-lock"]
 kms_key_ids = ["alias/bob"]
+[[routes]]
+identity = "bob"
+bucket = "access-point-test"
+prefix = "T/"
+operations = ["read", "write", "delete"]
+access_point = "arn:aws:s3:us-east-1:123456789012:accesspoint/bob-team"
 [[routes]]
 identity = "app"
 bucket = "access-point-test"
@@ -937,7 +943,8 @@ fn decider() -> &'static Decider {
 /// exactly what the routes give: the operation the upstream will read from the outbound request
 /// is the one decided, its class is one the route allows, every key it touches (the object, the
 /// listing prefix, the copy source, each key of a DeleteObjects body) is under a route of the
-/// caller that allows it, access changes have the route's opt-in, and nothing of inbound
+/// caller that allows it, access changes (ACL, governance bypass, object lock, KMS key) have the
+/// opt-in of the route of each key they touch, and nothing of inbound
 /// authentication or outside the operation's model goes upstream.
 pub fn decide(data: &[u8]) {
     let (head_bytes, body) = match data.windows(4).position(|w| w == b"\n--\n") {
@@ -1059,23 +1066,42 @@ pub fn decide(data: &[u8]) {
         }
         (None, None) => {}
     }
+    // Every access change the outbound request makes, judged against a route: what the upstream
+    // will read from the headers, not apgate's reading of them.
     let acl_change = op == Operation::PutObjectAcl
         || out
             .headers
             .get("x-amz-acl")
             .is_some_and(|v| !matches!(v.as_bytes(), b"private" | b"bucket-owner-full-control"))
         || out.headers.keys().any(|k| k.as_str().starts_with("x-amz-grant-"));
-    if acl_change {
-        assert!(
-            route.allow.contains(&apgate::config::AccessChange::Acl),
-            "an ACL change without the opt-in"
-        );
-    }
-    if let Some(kms_key) = out.headers.get("x-amz-server-side-encryption-aws-kms-key-id") {
-        assert!(
-            route.kms_key_ids.iter().any(|k| k.as_bytes() == kms_key.as_bytes()),
-            "a KMS key the route does not list: {kms_key:?}"
-        );
+    let bypass = out
+        .headers
+        .get("x-amz-bypass-governance-retention")
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"false"));
+    let lock = matches!(op, Operation::PutObjectRetention | Operation::PutObjectLegalHold)
+        || out.headers.keys().any(|k| k.as_str().starts_with("x-amz-object-lock-"));
+    let judge = |r: &apgate::routing::Route, what: &str| {
+        use apgate::config::AccessChange;
+        for (needed, change) in [
+            (acl_change, AccessChange::Acl),
+            (bypass, AccessChange::BypassGovernanceRetention),
+            (lock, AccessChange::ObjectLock),
+        ] {
+            assert!(
+                !needed || r.allow.contains(&change),
+                "{what}: {change:?} without the opt-in"
+            );
+        }
+        if let Some(kms_key) = out.headers.get("x-amz-server-side-encryption-aws-kms-key-id") {
+            assert!(
+                r.kms_key_ids.iter().any(|k| k.as_bytes() == kms_key.as_bytes()),
+                "{what}: a KMS key the route does not list: {kms_key:?}"
+            );
+        }
+    };
+    // DeleteObjects: judged per key below, once its body is read.
+    if op != Operation::DeleteObjects {
+        judge(route, "the request");
     }
     match (out.headers.get("x-amz-copy-source"), fwd.copy_source.as_deref()) {
         (None, None) => assert!(!matches!(op, Operation::CopyObject | Operation::UploadPartCopy)),
@@ -1108,12 +1134,19 @@ pub fn decide(data: &[u8]) {
                 let entries = apgate::s3::xml::delete_objects(&inspected.content)
                     .unwrap_or_else(|e| panic!("forwarded a body that does not parse: {e}"));
                 assert_eq!(entries.len(), inspected.keys.len());
+                // Sent through the access point of its keys, each deletable there with every
+                // access change the request makes.
+                let through = inspected
+                    .route
+                    .as_ref()
+                    .unwrap_or_else(|| panic!("a DeleteObjects forwarded without its keys' route"));
                 for e in entries {
                     let r = d
                         .router
                         .route(&caller.name, &route.bucket, Scope::Key(&e.key), OperationClass::Delete)
                         .unwrap_or_else(|denial| panic!("deletes {:?}: {denial:?}", e.key));
-                    assert_eq!(r.access_point.arn(), route.access_point.arn());
+                    assert_eq!(r.access_point.arn(), through.access_point.arn());
+                    judge(&r, &e.key);
                 }
             }
         }
@@ -1554,11 +1587,13 @@ fn chain_ok(key: &ChunkKey, seed: &str, chunks: &[Chunk]) -> Vec<bool> {
 
 /// An unsigned aws-chunked body (`STREAMING-UNSIGNED-PAYLOAD-TRAILER`) through apgate's streaming
 /// check, fed in pieces. Input: a flags byte (bits 0-1: the checksum `x-amz-trailer` announced,
-/// none, CRC32, SHA-256 or CRC64NVME; bits 2-4: the piece size), the decoded length (u16), then
-/// the body. Whatever the input: accepted means forwarded unchanged, and what was forwarded is,
-/// read again here independently, hex chunk sizes without extensions adding up to the decoded
-/// length and a trailer of nothing but the announced checksum, once, with nothing after it;
-/// refused means the upstream never got the whole body.
+/// none, CRC32, SHA-256 or CRC64NVME; bits 2-4: the piece size; bit 5: the body has no
+/// Content-Length), the decoded length (u16), then the body. Whatever the input: accepted means
+/// forwarded unchanged, and what was forwarded is, read again here independently, hex chunk sizes
+/// without extensions adding up to the decoded length and a trailer of nothing but the announced
+/// checksum, once, with nothing after it; refused means the upstream never got the whole body
+/// (with a Content-Length, the upstream's too, never as many bytes; without one, the upstream's
+/// HTTP chunked framing is never ended).
 pub fn unsigned_chunks(data: &[u8]) {
     use apgate::chunked::unsigned::UnsignedFraming;
     use apgate::s3::operation::{checksum_header, checksum_value_len};
@@ -1572,10 +1607,11 @@ pub fn unsigned_chunks(data: &[u8]) {
         }
     });
     let piece = [1usize, 2, 3, 5, 8, 17, 64, 4096][usize::from(flags >> 2 & 7)];
+    let sized = flags & 0x20 == 0;
     let decoded = u64::from(input.u16());
     let wire = input.0;
 
-    let mut framing = UnsignedFraming::new(checksum, decoded);
+    let mut framing = UnsignedFraming::new(checksum, decoded, sized.then_some(wire.len() as u64));
     let mut out = std::collections::VecDeque::new();
     let mut fed = Ok(());
     for part in wire.chunks(piece) {
@@ -1599,7 +1635,7 @@ pub fn unsigned_chunks(data: &[u8]) {
                 "refused, and forwarded bytes that are not the body's"
             );
             assert!(
-                sent.len() < wire.len() || wire.is_empty(),
+                !sized || sent.len() < wire.len() || wire.is_empty(),
                 "refused, but forwarded the whole body"
             );
         }

@@ -14,7 +14,10 @@
 //! **Invariant:** the upstream body is never complete unless all of the caller's was accepted: on a
 //! violation nothing more goes out and the body fails, which aborts the upstream request short of
 //! its length (or its HTTP chunked framing), so no object or part is created; the reason is left in
-//! the [`FailureSlot`] for the client's answer.
+//! the [`FailureSlot`] for the client's answer. With a `Content-Length` (the upstream request's
+//! too), a chunk must leave room for its CRLF and a final chunk before the length is reached: at
+//! least those last bytes are held until the end, so a body cut short inside a chunk never
+//! completes the upstream's (found by the `unsigned_chunks` fuzz target).
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -91,10 +94,20 @@ pub struct UnsignedFraming {
     /// Bytes read but not accepted yet: a chunk-size line or CRLF cut by a frame's end (a few
     /// bytes), or the final chunk's line and the trailer (bounded by [`MAX_TRAILER_SECTION`]).
     held: BytesMut,
+    /// The body's length on the wire, when the caller gave one (`Content-Length`): the upstream
+    /// request has the same, so the upstream reads a body complete once that many bytes are out.
+    wire_length: Option<u64>,
+    /// Bytes read so far.
+    consumed: u64,
 }
 
+/// The fewest bytes that end a body after a chunk's data: its CRLF, then `0\r\n\r\n`.
+const LEAST_AFTER_DATA: u64 = 7;
+
 impl UnsignedFraming {
-    pub fn new(checksum: Option<TrailerChecksum>, decoded_length: u64) -> Self {
+    /// `checksum`: what `x-amz-trailer` announced; `decoded_length`: `x-amz-decoded-content-length`;
+    /// `wire_length`: the body's `Content-Length`, if it has one.
+    pub fn new(checksum: Option<TrailerChecksum>, decoded_length: u64, wire_length: Option<u64>) -> Self {
         Self {
             state: State::Size { digits: 0, size: 0 },
             checksum,
@@ -103,6 +116,8 @@ impl UnsignedFraming {
             seen: 0,
             trailer_bytes: 0,
             held: BytesMut::new(),
+            wire_length,
+            consumed: 0,
         }
     }
 
@@ -161,6 +176,7 @@ impl UnsignedFraming {
                 State::Data { left } => {
                     let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len() - i);
                     i += n;
+                    self.consumed += n as u64;
                     accepted = i;
                     let left = left - n as u64;
                     self.state = if left == 0 { State::DataCr } else { State::Data { left } };
@@ -169,6 +185,7 @@ impl UnsignedFraming {
                 _ => {
                     let b = buf[i];
                     i += 1;
+                    self.consumed += 1;
                     if self.in_trailer() {
                         self.trailer_bytes += 1;
                         if self.trailer_bytes > MAX_TRAILER_SECTION {
@@ -223,6 +240,16 @@ impl UnsignedFraming {
                     // The final chunk: held, with the trailer, until the trailer is checked.
                     self.state = State::LineStart;
                     return Ok(false);
+                }
+                // With a length, the upstream's body is complete once that many bytes are out:
+                // a chunk that leaves no room for its CRLF and the final chunk after it would
+                // have its data complete the upstream's body before the caller's is read (and
+                // found short). Refused before any of it goes.
+                if self
+                    .wire_length
+                    .is_some_and(|l| l.saturating_sub(self.consumed) < size.saturating_add(LEAST_AFTER_DATA))
+                {
+                    return Err(ChunkError::Truncated);
                 }
                 self.seen += size;
                 self.state = State::Data { left: size };
@@ -357,12 +384,14 @@ impl<B> std::fmt::Debug for CheckUnsignedChunks<B> {
     }
 }
 
-impl<B> CheckUnsignedChunks<B> {
-    /// `checksum`: what `x-amz-trailer` announced; `decoded_length`: `x-amz-decoded-content-length`.
+impl<B: Body> CheckUnsignedChunks<B> {
+    /// `checksum`: what `x-amz-trailer` announced; `decoded_length`: `x-amz-decoded-content-length`;
+    /// the body's length on the wire is the inner body's, if exact (`Content-Length`).
     pub fn new(inner: B, checksum: Option<TrailerChecksum>, decoded_length: u64, failure: FailureSlot) -> Self {
+        let wire_length = inner.size_hint().exact();
         Self {
             inner,
-            framing: UnsignedFraming::new(checksum, decoded_length),
+            framing: UnsignedFraming::new(checksum, decoded_length, wire_length),
             out: VecDeque::new(),
             inner_done: false,
             failed: None,

@@ -129,3 +129,20 @@ def test_malformed_unsigned_framing_refused_no_object(apgate, moto_s3, framing):
     out = put_unsigned(apgate, key, wire, decoded, te_chunked=False)
     assert out.status == 400 and out.code() == "IncompleteBody", out
     assert_absent_now_and_later(moto_s3, key)
+
+
+@pytest.mark.parametrize("cut", ["after-data", "after-data-crlf", "in-final-chunk"])
+def test_a_body_whose_length_ends_inside_its_chunks_creates_no_object(apgate, moto_s3, cut):
+    """Found by the unsigned_chunks fuzz target: with a Content-Length (which apgate's upstream
+    request repeats) that ends right after a chunk's data, all of the body went out before apgate
+    read that it was short, so the upstream had a complete body to read as it liked. Now a chunk
+    must leave room for its CRLF and a final chunk: refused before it goes."""
+    key = f"Bob/unsigned-trailer-cut-{cut}-{uuid.uuid4().hex[:8]}.bin"
+    data = os.urandom(100_000)
+    whole = with_trailer(data, [f"x-amz-checksum-crc32:{ac.crc32_b64(data)}"])
+    end_of_data = whole.index(b"\r\n0\r\n")
+    wire = whole[:{"after-data": end_of_data, "after-data-crlf": end_of_data + 2,
+                   "in-final-chunk": end_of_data + 4}[cut]]
+    out = put_unsigned(apgate, key, wire, len(data), te_chunked=False)
+    assert out.status == 400 and out.code() == "IncompleteBody", out
+    assert_absent_now_and_later(moto_s3, key)

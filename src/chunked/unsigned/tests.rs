@@ -60,14 +60,15 @@ fn framed(data: &[u8], sizes: &[usize], trailer: &str) -> Vec<u8> {
 }
 
 /// Feeds `wire` in the pieces `cuts` gives (their lengths), then ends it: what went out, and the
-/// outcome.
+/// outcome. `sized`: the reader knows the body's length (a `Content-Length`).
 fn run(
     wire: &[u8],
     checksum: Option<TrailerChecksum>,
     decoded: u64,
     cuts: &[usize],
+    sized: bool,
 ) -> (Vec<u8>, Result<(), ChunkError>) {
-    let mut framing = UnsignedFraming::new(checksum, decoded);
+    let mut framing = UnsignedFraming::new(checksum, decoded, sized.then_some(wire.len() as u64));
     let mut out = VecDeque::new();
     let mut sent = Vec::new();
     let mut at = 0;
@@ -94,7 +95,7 @@ fn run(
 
 /// Whether `sent` is a complete body (what was forwarded of a refused one never is).
 fn forms_a_body(sent: &[u8], checksum: Option<TrailerChecksum>, decoded: u64) -> bool {
-    run(sent, checksum, decoded, &[sent.len()]).1.is_ok()
+    run(sent, checksum, decoded, &[sent.len()], false).1.is_ok()
 }
 
 /// Runs a body whole, byte by byte and in random splits; all must agree. Returns the outcome.
@@ -104,7 +105,7 @@ fn check_all_splits(
     decoded: u64,
     rng: &mut Rng,
 ) -> Result<(), ChunkError> {
-    let whole = run(wire, checksum, decoded, &[wire.len()]);
+    let whole = run(wire, checksum, decoded, &[wire.len()], true);
     let mut splits = vec![vec![1; wire.len()]];
     for _ in 0..8 {
         let mut cuts = Vec::new();
@@ -117,22 +118,32 @@ fn check_all_splits(
         splits.push(cuts);
     }
     for cuts in &splits {
-        let split = run(wire, checksum, decoded, cuts);
-        assert_eq!(
-            split.1.is_ok(),
-            whole.1.is_ok(),
-            "{:?} split {cuts:?}: {:?} vs whole {:?}",
-            String::from_utf8_lossy(wire),
-            split.1,
-            whole.1
-        );
-        if split.1.is_ok() {
-            assert_eq!(split.0, wire, "accepted, but forwarded other bytes");
-        } else {
-            // The upstream never gets a whole body, so it never completes the request.
+        for sized in [true, false] {
+            let split = run(wire, checksum, decoded, cuts, sized);
+            assert_eq!(
+                split.1.is_ok(),
+                whole.1.is_ok(),
+                "{:?} split {cuts:?} (sized: {sized}): {:?} vs whole {:?}",
+                String::from_utf8_lossy(wire),
+                split.1,
+                whole.1
+            );
+            if split.1.is_ok() {
+                assert_eq!(split.0, wire, "accepted, but forwarded other bytes");
+                continue;
+            }
+            // The upstream never gets a whole body, so it never completes the request: not one
+            // the aws-chunked framing reads as complete, and with a length (the upstream's
+            // Content-Length), never that many bytes.
             assert!(
                 !forms_a_body(&split.0, checksum, decoded),
                 "refused, but forwarded a whole body"
+            );
+            assert!(
+                !sized || split.0.len() < wire.len() || wire.is_empty(),
+                "refused, but forwarded all {} bytes of its length: {:?}",
+                wire.len(),
+                String::from_utf8_lossy(wire)
             );
         }
     }
@@ -230,6 +241,11 @@ fn refuses_each_violation_whatever_the_splits() {
         ("less data than decoded length", format!("{HELLO}{CRC_LINE}\r\n"), CRC32, 12, "LengthMismatch"),
         ("missing final chunk", "b\r\nhello world\r\n".to_owned(), CRC32, 11, "Truncated"),
         ("cut inside the data", "b\r\nhello".to_owned(), CRC32, 11, "Truncated"),
+        // Found by the fuzz target: the body's length ends with a chunk's data, which went out
+        // whole (with a Content-Length the upstream's body was complete).
+        ("cut right after the data", "5\r\nhello".to_owned(), CRC32, 5, "Truncated"),
+        ("cut right after the data's CRLF", "5\r\nhello\r\n".to_owned(), CRC32, 5, "Truncated"),
+        ("cut inside the final chunk", "5\r\nhello\r\n0\r".to_owned(), CRC32, 5, "Truncated"),
         ("cut in the trailer", format!("{HELLO}{CRC_LINE}"), CRC32, 11, "Truncated"),
         // The trailer.
         ("extra line: ACL", format!("{HELLO}{CRC_LINE}x-amz-acl:public-read\r\n\r\n"), CRC32, 11, "MalformedTrailer"),
@@ -270,7 +286,7 @@ fn refuses_each_violation_whatever_the_splits() {
 
 #[test]
 fn forwards_data_as_it_arrives_and_holds_the_trailer_until_checked() {
-    let mut framing = UnsignedFraming::new(CRC32, 11);
+    let mut framing = UnsignedFraming::new(CRC32, 11, None);
     let mut out = VecDeque::new();
     let mut feed = |framing: &mut UnsignedFraming, bytes: &'static [u8]| {
         framing.feed(Bytes::from_static(bytes), &mut out).unwrap();
@@ -332,7 +348,8 @@ fn arbitrary_input_never_panics_and_accepted_output_equals_input() {
             cuts.push(n);
             left -= n;
         }
-        let (sent, outcome) = run(&wire, checksum, decoded, &cuts);
+        let sized = rng.below(2) == 0;
+        let (sent, outcome) = run(&wire, checksum, decoded, &cuts, sized);
         if outcome.is_ok() {
             accepted += 1;
             assert_eq!(sent, wire, "accepted {:?}", String::from_utf8_lossy(&wire));
@@ -340,6 +357,11 @@ fn arbitrary_input_never_panics_and_accepted_output_equals_input() {
             assert!(
                 !forms_a_body(&sent, checksum, decoded),
                 "refused, but forwarded a whole body"
+            );
+            assert!(
+                !sized || sent.len() < wire.len() || wire.is_empty(),
+                "refused, but forwarded all of its length: {:?}",
+                String::from_utf8_lossy(&wire)
             );
         }
     }
@@ -407,4 +429,28 @@ async fn the_body_fails_and_records_why_so_the_upstream_request_aborts() {
     let (_, failed, recorded) = through_body(&["b\r\nhello world\r\n"], 11).await;
     assert!(failed);
     assert_eq!(recorded, Some(ChunkError::Truncated));
+}
+
+/// The body's length is the inner body's when exact (its `Content-Length`, which the upstream
+/// request repeats): a body whose length ends with a chunk's data is refused before that chunk
+/// goes, so the upstream never gets all of its bytes (found by the `unsigned_chunks` fuzz target).
+#[tokio::test]
+async fn a_body_whose_length_ends_inside_its_chunks_sends_none_of_the_short_chunk() {
+    // One frame each: refused as it is read, nothing of it goes.
+    for (wire, want_sent) in [("5\r\nhello", ""), ("5\r\nhello\r\n", ""), ("1\r\nh\r\n5\r\nhello", "")] {
+        let failure: FailureSlot = FailureSlot::default();
+        let inner = http_body_util::Full::new(Bytes::from_static(wire.as_bytes()));
+        assert_eq!(inner.size_hint().exact(), Some(wire.len() as u64));
+        let decoded = if wire.starts_with("1\r") { 6 } else { 5 };
+        let mut body = std::pin::pin!(CheckUnsignedChunks::new(inner, CRC32, decoded, failure.clone()));
+        let mut sent = Vec::new();
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(frame) => sent.extend_from_slice(&frame.into_data().unwrap()),
+                Err(_) => break,
+            }
+        }
+        assert_eq!(String::from_utf8_lossy(&sent), want_sent, "{wire:?}");
+        assert_eq!(failure.get(), Some(&ChunkError::Truncated), "{wire:?}");
+    }
 }
