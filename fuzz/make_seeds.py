@@ -156,6 +156,7 @@ DEL_LOCKED = "<Delete><Object><Key>Bob/locked</Key><VersionId>v1</VersionId></Ob
 decide_seed("delete-objects-bypass", "POST", "/access-point-test?delete", [("content-length", str(len(DEL_LOCKED))), ("x-amz-bypass-governance-retention", "true")], DEL_LOCKED)
 DEL_TEAM = "<Delete><Object><Key>T/a</Key></Object><Object><Key>T/b</Key></Object></Delete>"
 decide_seed("delete-objects-team", "POST", "/access-point-test?delete", [("content-length", str(len(DEL_TEAM)))], DEL_TEAM)
+decide_seed("put-plain-says-aws-chunked", "PUT", "/access-point-test/Bob/k", [("content-length", "5"), ("content-encoding", "gzip, aws-chunked")])
 decide_seed("restore", "POST", "/access-point-test/Bob/k?restore", [("content-length", "36")], "<RestoreRequest><Days>1</Days></RestoreRequest>")
 
 # --- Config: the example files, with inline secrets so they validate ---------------------------

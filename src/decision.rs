@@ -411,6 +411,21 @@ fn body_plan(
         payload,
         PayloadHash::StreamingUnsignedTrailer | PayloadHash::StreamingSigned { .. }
     );
+    // apgate frames a body by x-amz-content-sha256; a plain body whose Content-Encoding also says
+    // aws-chunked would be one apgate reads as plain and an upstream going by that header reads
+    // as framed (trailer lines included, which S3 takes as headers). No client sends it.
+    if !aws_chunked
+        && headers.get_all(header::CONTENT_ENCODING).iter().any(|v| {
+            v.as_bytes()
+                .split(|b| *b == b',')
+                .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"aws-chunked"))
+        })
+    {
+        return Err(GatewayError::client(
+            S3ErrorCode::InvalidArgument,
+            "Content-Encoding aws-chunked belongs to aws-chunked bodies (x-amz-content-sha256 STREAMING-...).",
+        ));
+    }
     if chunked && !aws_chunked {
         return Err(GatewayError::client(
             S3ErrorCode::MissingContentLength,

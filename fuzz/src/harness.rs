@@ -1066,6 +1066,21 @@ pub fn decide(data: &[u8]) {
         }
         (None, None) => {}
     }
+    // A body goes upstream saying aws-chunked only when apgate read it as aws-chunked.
+    let says_chunked = out.headers.get_all("content-encoding").iter().any(|v| {
+        v.as_bytes()
+            .split(|b| *b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"aws-chunked"))
+    });
+    assert!(
+        !says_chunked
+            || matches!(
+                fwd.body,
+                apgate::decision::BodyPlan::UnsignedChunks { .. } | apgate::decision::BodyPlan::SignedChunks { .. }
+            ),
+        "a body read as {:?} forwarded as aws-chunked",
+        fwd.body
+    );
     // Every access change the outbound request makes, judged against a route: what the upstream
     // will read from the headers, not apgate's reading of them.
     let acl_change = op == Operation::PutObjectAcl

@@ -682,6 +682,40 @@ fn delete_objects_are_judged_by_the_route_of_each_key() {
     }
 }
 
+/// Red-team pass 3: a plain body (framed by x-amz-content-sha256) never goes upstream saying
+/// aws-chunked in its Content-Encoding, which an upstream reading framing from that header would
+/// read as chunks and a trailer apgate never checked.
+#[test]
+fn a_plain_body_never_goes_as_aws_chunked() {
+    let plain = [("content-length", "5"), ("x-amz-content-sha256", "UNSIGNED-PAYLOAD")];
+    let rows: &[(&[(&str, &str)], &str)] = &[
+        (&[("content-encoding", "aws-chunked")], "InvalidArgument"),
+        (&[("content-encoding", "AWS-Chunked")], "InvalidArgument"),
+        (&[("content-encoding", "gzip, aws-chunked")], "InvalidArgument"),
+        (&[("content-encoding", "aws-chunked,gzip")], "InvalidArgument"),
+        (
+            &[("content-encoding", "gzip"), ("content-encoding", " aws-chunked ")],
+            "InvalidArgument",
+        ),
+        (&[("content-encoding", "gzip")], "Forward /Bob/k"),
+        (&[("content-encoding", "aws-chunkedx")], "Forward /Bob/k"),
+    ];
+    for (extra, want) in rows {
+        let mut headers = plain.to_vec();
+        headers.extend_from_slice(extra);
+        assert_eq!(verdict("PUT", "/shared/Bob/k", &headers), *want, "{extra:?}");
+    }
+    // The framed bodies it belongs to go through.
+    let framed = [
+        ("content-length", "40"),
+        ("x-amz-content-sha256", "STREAMING-UNSIGNED-PAYLOAD-TRAILER"),
+        ("content-encoding", "aws-chunked"),
+        ("x-amz-decoded-content-length", "5"),
+        ("x-amz-trailer", "x-amz-checksum-crc32"),
+    ];
+    assert_eq!(verdict("PUT", "/shared/Bob/k", &framed), "Forward /Bob/k");
+}
+
 /// Issue 16: a forwarded value with a tab has its white space runs made one space, so botocore's
 /// and aws-sigv4's canonicalizations of apgate's outbound request agree; others go as they came.
 #[test]

@@ -426,6 +426,22 @@ def test_delete_objects_is_judged_by_the_routes_of_its_keys(gw, moto, moto_s3):
     assert exists(moto_s3, team[0]) and exists(moto_s3, plain)
 
 
+def test_a_plain_body_never_goes_upstream_as_aws_chunked(gw, moto, moto_s3):
+    """Red-team pass 3: apgate frames a body by x-amz-content-sha256; a plain body whose
+    Content-Encoding says aws-chunked would be read as chunks and a trailer by an upstream that
+    goes by that header."""
+    key = unique() + "k"
+    body = b"5\r\nhello\r\n0\r\nx-amz-acl:public-read\r\n\r\n"
+    for encoding in ("aws-chunked", "gzip, AWS-Chunked"):
+        mark = moto.log_mark()
+        out = send(gw, "PUT", t(key), [("Content-Encoding", encoding)], body)
+        refused_and_nothing_sent(moto, mark, out, 400, "InvalidArgument")
+        assert not exists(moto_s3, key)
+    out = send(gw, "PUT", t(key), [("Content-Encoding", "gzip")], body)
+    assert out.status == 200, out
+    assert moto_s3.get_object(Bucket=BUCKET, Key=key)["Body"].read() == body
+
+
 def sse_kms(key_id: str | None) -> list[tuple[str, str]]:
     named = [("x-amz-server-side-encryption-aws-kms-key-id", key_id)] if key_id else []
     return [("x-amz-server-side-encryption", "aws:kms"), *named]
