@@ -413,14 +413,9 @@ fn body_plan(
     );
     // apgate frames a body by x-amz-content-sha256; a plain body whose Content-Encoding also says
     // aws-chunked would be one apgate reads as plain and an upstream going by that header reads
-    // as framed (trailer lines included, which S3 takes as headers). No client sends it.
-    if !aws_chunked
-        && headers.get_all(header::CONTENT_ENCODING).iter().any(|v| {
-            v.as_bytes()
-                .split(|b| *b == b',')
-                .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"aws-chunked"))
-        })
-    {
+    // as framed (trailer lines included, which S3 takes as headers). No client sends it; any
+    // spelling that holds the word (quoted, with parameters) is refused, not only the token.
+    if !aws_chunked && headers.get_all(header::CONTENT_ENCODING).iter().any(says_aws_chunked) {
         return Err(GatewayError::client(
             S3ErrorCode::InvalidArgument,
             "Content-Encoding aws-chunked belongs to aws-chunked bodies (x-amz-content-sha256 STREAMING-...).",
@@ -535,6 +530,14 @@ fn announced_checksum(headers: &HeaderMap) -> Option<chunked::TrailerChecksum> {
         header: operation::checksum_header(name)?,
         value_len: operation::checksum_value_len(name)?,
     })
+}
+
+/// Whether a Content-Encoding value names aws-chunked anywhere in it, in any case.
+fn says_aws_chunked(value: &HeaderValue) -> bool {
+    value
+        .as_bytes()
+        .windows(b"aws-chunked".len())
+        .any(|w| w.eq_ignore_ascii_case(b"aws-chunked"))
 }
 
 /// Operations whose body apgate reads before it forwards it.

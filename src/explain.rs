@@ -312,6 +312,10 @@ impl<'c> Explainer<'c> {
         out.line("signed by:", &format!("{signer}, for region {}", ap.region()));
         out.line("retries:", &retries(&self.config.upstream.retry, method));
         match inspection {
+            None if d.operation == Some(crate::s3::Operation::DeleteObjects) => out.line(
+                "body:",
+                "read and checked before it is forwarded: the keys it names decide the route and the access point (the route and upstream above are only one of the bucket's that may delete), and each key's route must allow what the request asks for (give the body with --body to check it here)",
+            ),
             None if matches!(forward.body, BodyPlan::Inspect { .. }) => out.line(
                 "body:",
                 "read and checked before it is forwarded (give it with --body to check it here)",

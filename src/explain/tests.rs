@@ -223,6 +223,11 @@ fn reads_requests_as_json() {
     let x = Explainer::new(&c).explain(&req, SystemTime::now());
     assert!(x.allowed, "{x}");
     assert_eq!(x.json["keys"], serde_json::json!(["Bob/a"]));
+    // Without its body, a DeleteObjects is explained as one whose keys decide the route.
+    let mut bodiless = req.clone();
+    bodiless.body = None;
+    let x = Explainer::new(&c).explain(&bodiless, SystemTime::now());
+    assert!(x.to_string().contains("the keys it names decide the route"), "{x}");
     assert!(request_from_json(&serde_json::json!({"target": "/"}), &Caller::Identity("bob".to_owned())).is_err());
 }
 

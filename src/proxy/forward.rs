@@ -81,16 +81,18 @@ pub(crate) async fn forward(
     let plan = match fwd.body {
         BodyPlan::Inspect { .. } => {
             let announced = inbound.headers.get(&X_AMZ_TRAILER).and_then(|v| v.to_str().ok());
-            let (content, keys_route) =
-                read_inspected(state, ctx, body, fwd, operation, caller, announced, &mut head).await?;
-            inspected_route = keys_route;
-            if let Some(r) = &inspected_route {
-                route = r;
+            let read = read_inspected(state, ctx, body, fwd, operation, caller, announced, &mut head).await;
+            if let Ok((_, Some(r))) = &read {
                 ctx.access_point = Some(r.label.clone());
                 ctx.access_point_name = Some(r.access_point.clone());
             }
-            // Counted once the route, and so the label, is known.
+            // Counted once the route, and so the label, is known (a refused body's bytes too).
             received_bytes(state, ctx).inc_by(ctx.bytes_in.load(Ordering::Relaxed));
+            let (content, keys_route) = read?;
+            inspected_route = keys_route;
+            if let Some(r) = &inspected_route {
+                route = r;
+            }
             Planned::Held(content)
         }
         BodyPlan::Empty => Planned::Held(Bytes::new()),
@@ -154,7 +156,7 @@ pub(crate) async fn forward(
                         decoded_length,
                         failure.clone(),
                     );
-                    let resigned = held_idle(resigned, idle, client).boxed_unsync();
+                    let resigned = held_idle(resigned, state, client).boxed_unsync();
                     send_signed(state, ctx, parts, resigned, Some(failure), client).await
                 }
                 BodyPlan::UnsignedChunks {
@@ -165,7 +167,7 @@ pub(crate) async fn forward(
                     // the trailer only once checked (nothing but the announced checksum).
                     let failure: FailureSlot = Arc::default();
                     let checked = CheckUnsignedChunks::new(metered, checksum, decoded_length, failure.clone());
-                    let checked = held_idle(checked, idle, client).boxed_unsync();
+                    let checked = held_idle(checked, state, client).boxed_unsync();
                     send_once(state, ctx, outgoing, checked, Some(failure), client).await
                 }
                 _ => send_once(state, ctx, outgoing, metered.boxed_unsync(), None, client).await,
@@ -338,13 +340,20 @@ fn metered_client_body(
     })
 }
 
-/// A body that holds the client's bytes until it has checked them (an aws-chunked piece or
-/// trailer) fails as idle, like the client's own body, once it has given the upstream nothing for
-/// `idle`: a client that trickles what apgate holds, never idle itself, holds the upstream request
-/// and its slot no longer than one that stops (the upstream's stall clock does not run while a
-/// body waits on its client: `upstream::Progress`).
-fn held_idle<B>(body: B, idle: std::time::Duration, client: &ClientBody) -> crate::body::IdleTimeout<B> {
-    crate::body::IdleTimeout::new(body, idle).flagging(client.idle.clone())
+/// A body that holds the client's bytes until it has checked them (a signed aws-chunked piece of
+/// up to 64 KiB, an unsigned body's size line or its final chunk and trailer) fails as idle, like
+/// the client's own body, once it has given the upstream nothing for the longer of
+/// `client_body_idle_timeout` and `upstream.response_header_timeout`: the upstream's stall clock
+/// does not run while a body waits on its client (`upstream::Progress`), so this bounds a client
+/// that trickles what apgate holds, never idle itself, as the stall clock did before, with the
+/// client blamed. A slow but steady client (a 64 KiB piece a minute, on the defaults) is not cut.
+fn held_idle<B>(body: B, state: &State, client: &ClientBody) -> crate::body::IdleTimeout<B> {
+    let limit = state
+        .config
+        .server
+        .client_body_idle_timeout
+        .max(state.config.upstream.response_header_timeout);
+    crate::body::IdleTimeout::new(body, limit).flagging(client.idle.clone())
 }
 
 /// Reads a body into memory, at most `limit` bytes: `exact` when it must be exactly that long.

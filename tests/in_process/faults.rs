@@ -14,7 +14,8 @@
 //! | upstream slow to send headers | `upstream_slow_to_send_headers` | within the timeout: 200; slower: 504 GatewayTimeout at the timeout |
 //! | upstream stops reading an upload | `upstream_stops_reading_an_upload` | 504 GatewayTimeout after the timeout, and the client connection ends; no object |
 //! | slow but steady upload, longer than the timeout | `slow_upload_longer_than_the_response_header_timeout_succeeds` | 200, stored whole |
-//! | client trickles what apgate holds of an aws-chunked body (an unsigned trailer, a signed final chunk) | `a_trickled_aws_chunked_trailer_is_the_clients_delay` | longer than the response-head timeout: 200, forwarded whole; giving the upstream nothing for `client_body_idle_timeout_seconds`: 400 RequestTimeout, no object; no upstream error counted either way |
+//! | client trickles what apgate holds of an aws-chunked body (an unsigned trailer, a signed final chunk) | `a_trickled_aws_chunked_trailer_is_the_clients_delay` | longer than the response-head timeout: 200, forwarded whole; giving the upstream nothing for the longer of the client idle and response-head timeouts: 400 RequestTimeout, no object; no upstream error counted either way |
+//! | slow but steady signed aws-chunked upload (a 64 KiB piece takes longer than the client idle timeout) | `a_slow_but_steady_signed_upload_is_not_cut` | 200, stored |
 //! | client pauses reading a download longer than the body idle timeout | `client_pausing_a_download_longer_than_the_body_idle_timeout_still_gets_it_all` | every byte arrives |
 //! | client aborts mid-upload | `client_aborts_mid_upload` | streamed: the upstream request is aborted before its end; held (≤ replay buffer): nothing sent; no object; slots freed |
 //! | client aborts mid-upload, real S3 (moto) | tests/e2e/test_faults.py `test_client_abort_mid_upload_leaves_no_object` | no object (head_object 404), nothing or an incomplete request upstream |
@@ -79,9 +80,8 @@ async fn slow_upload_longer_than_the_response_header_timeout_succeeds() {
 /// a signed chunk), never idle for `client_body_idle_timeout` itself, waits on itself and not on the
 /// upstream: the upstream's stall clock does not run, so it is not cut off as `504` nor counted as
 /// an upstream timeout (review of 2026-12-03). What apgate holds, though, counts as idle from the
-/// upstream's side: given nothing for `client_body_idle_timeout`, the client gets `400
-/// RequestTimeout` and no object is made, so trickling holds an upstream request no longer than
-/// stopping does.
+/// upstream's side: given nothing for the longer of `client_body_idle_timeout` and the
+/// response-head timeout (here 2 s), the client gets `400 RequestTimeout` and no object is made.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trickled_aws_chunked_trailer_is_the_clients_delay() {
     let up = Upstream::start(|_, _| Act::ok(b"")).await;
@@ -158,6 +158,79 @@ async fn a_trickled_aws_chunked_trailer_is_the_clients_delay() {
     }
     let m = gw.metrics();
     assert_eq!(metric(&m, "apgate_upstream_errors_total", &[]), None, "{m}");
+}
+
+/// A signed aws-chunked upload from a slow but steady client (review of 2026-12-03): apgate holds
+/// each 64 KiB piece until it is complete, which takes this client longer than its idle timeout
+/// though it is never idle; it is cut only after the longer of the client idle and the upstream's
+/// response-head timeouts with nothing for the upstream, so it goes through as a plain one does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_but_steady_signed_upload_is_not_cut() {
+    let up = Upstream::start(|_, _| Act::ok(b"")).await;
+    let gw = gateway(
+        &url(&up),
+        Tune {
+            server: "client_body_idle_timeout_seconds = 0.5",
+            upstream: "response_header_timeout_seconds = 4",
+            ..Tune::default()
+        },
+    )
+    .await;
+    let sig = "0".repeat(64);
+    let data = pattern(0, 64 * 1024);
+    for signed in [false, true] {
+        let key = format!("/Bob/steady-{signed}");
+        let mut body = Vec::new();
+        let mut headers = vec![];
+        if signed {
+            body.extend_from_slice(format!("10000;chunk-signature={sig}\r\n").as_bytes());
+            body.extend_from_slice(&data);
+            body.extend_from_slice(format!("\r\n0;chunk-signature={sig}\r\n\r\n").as_bytes());
+            headers = vec![
+                ("x-amz-content-sha256", "STREAMING-AWS4-HMAC-SHA256-PAYLOAD"),
+                ("content-encoding", "aws-chunked"),
+                ("x-amz-decoded-content-length", "65536"),
+            ];
+        } else {
+            body.extend_from_slice(&data);
+        }
+        let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        let path = format!("/shared{key}");
+        stream
+            .write_all(&head("PUT", &path, &headers, Some(body.len())))
+            .await
+            .unwrap();
+        let started = Instant::now();
+        // 4 KiB every 100 ms: never idle for 0.5 s, but 1.6 s for the 64 KiB piece.
+        for piece in body.chunks(4096) {
+            if stream.write_all(piece).await.is_err() {
+                break; // apgate gave up on the upload: the reply says why
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let reply = read_reply(&mut stream, WITHIN).await;
+        assert!(started.elapsed() > Duration::from_millis(1500));
+        assert_eq!(reply.status(), Some(200), "signed: {signed}: {reply:?}");
+        assert_eq!(up.stored(&key).len(), 1, "signed: {signed}");
+    }
+}
+
+/// A DeleteObjects body is counted as received once its keys' route is known, and when it is
+/// refused too (review of 2026-12-03: the refused one went uncounted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_objects_bodies_are_counted_as_received_whatever_the_answer() {
+    let up = Upstream::start(|_, _| Act::ok(b"<DeleteResult/>")).await;
+    let gw = gateway(&url(&up), Tune::default()).await;
+    let mut sent = 0;
+    for (key, status) in [("Bob/a", 200), ("Alice/a", 403)] {
+        let body = format!("<Delete><Object><Key>{key}</Key></Object></Delete>");
+        sent += body.len();
+        let reply = request(gw.addr, "POST", "/shared?delete", body.as_bytes(), WITHIN).await;
+        assert_eq!(reply.status(), Some(status), "{key}: {reply:?}");
+        let m = gw.metrics();
+        let received = metric(&m, "apgate_received_bytes_total", &[("identity", "bob")]);
+        assert_eq!(received, Some(sent as f64), "{key}: {m}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
