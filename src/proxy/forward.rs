@@ -75,9 +75,8 @@ pub(crate) async fn forward(
             "apgate has no credentials to sign the upstream request with.",
         )
     })?;
-    // The route the request goes through: the decision's, or, for DeleteObjects, its keys'.
-    let mut route = &fwd.route;
-    let inspected_route;
+    // For DeleteObjects, the route of its keys, which it goes through instead of the decision's.
+    let mut keys_route = None;
     let plan = match fwd.body {
         BodyPlan::Inspect { .. } => {
             let announced = inbound.headers.get(&X_AMZ_TRAILER).and_then(|v| v.to_str().ok());
@@ -88,11 +87,8 @@ pub(crate) async fn forward(
             }
             // Counted once the route, and so the label, is known (a refused body's bytes too).
             received_bytes(state, ctx).inc_by(ctx.bytes_in.load(Ordering::Relaxed));
-            let (content, keys_route) = read?;
-            inspected_route = keys_route;
-            if let Some(r) = &inspected_route {
-                route = r;
-            }
+            let (content, route) = read?;
+            keys_route = route;
             Planned::Held(content)
         }
         BodyPlan::Empty => Planned::Held(Bytes::new()),
@@ -112,7 +108,7 @@ pub(crate) async fn forward(
         // aws-chunked: never held, so never sent twice (retry::plan would say so too).
         BodyPlan::SignedChunks { .. } | BodyPlan::UnsignedChunks { .. } => Planned::Stream(body),
     };
-    let ap = &route.access_point;
+    let ap = &keys_route.as_ref().unwrap_or(&fwd.route).access_point;
     let outgoing = Outgoing::new(
         head,
         ap,
