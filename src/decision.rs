@@ -922,30 +922,12 @@ pub fn inspect_body(
     match operation {
         Operation::DeleteObjects => {
             let entries = crate::s3::xml::delete_objects(&content).map_err(malformed)?;
-            let bucket = &forward.route.bucket;
-            for entry in entries {
-                let route = router
-                    .route(&caller.name, bucket, Scope::Key(&entry.key), OperationClass::Delete)
-                    .map_err(|denial| access_denied(&denial))?;
-                // A governance bypass asked for one request is asked for every key in it.
-                forward.changes.check(operation, &route)?;
-                match &keys_route {
-                    None => keys_route = Some(route),
-                    Some(first) if first.access_point.arn() != route.access_point.arn() => {
-                        return Err(GatewayError::client(
-                            S3ErrorCode::AccessDenied,
-                            "Access Denied: the keys of one DeleteObjects request must all be reachable through the same access point.",
-                        ));
-                    }
-                    Some(_) => {}
-                }
-                keys.push(entry.key);
-            }
-            if keys_route.is_none() {
-                return Err(GatewayError::internal(
-                    "a DeleteObjects body without a key passed its reader",
-                ));
-            }
+            keys = entries.into_iter().map(|e| e.key).collect();
+            keys_route = Some(
+                route_of_keys(forward, operation, router, caller, &keys)
+                    .map_err(KeyRefusal::into_error)?
+                    .ok_or_else(|| GatewayError::internal("a DeleteObjects body without a key passed its reader"))?,
+            );
         }
         Operation::RestoreObject => crate::s3::xml::restore_request(&content).map_err(malformed)?,
         other => return Err(GatewayError::internal(format!("{} has no body check", other.as_str()))),
@@ -956,6 +938,103 @@ pub fn inspect_body(
         keys,
         route: keys_route,
     })
+}
+
+/// The one route through which every key of a DeleteObjects goes (`None` for no key): each key is
+/// routed on its own for a delete, must be allowed what the request asks for (a governance bypass
+/// asked for one request is asked for every key in it), and all must share one access point.
+/// `apgate explain` reads the refusal to name the key and rule the client's answer does not.
+pub(crate) fn route_of_keys(
+    forward: &Forward,
+    operation: Operation,
+    router: &Router,
+    caller: &CallerIdentity,
+    keys: &[String],
+) -> Result<Option<Arc<Route>>, KeyRefusal> {
+    let mut first: Option<Arc<Route>> = None;
+    for key in keys {
+        let route = router
+            .route(
+                &caller.name,
+                &forward.route.bucket,
+                Scope::Key(key),
+                OperationClass::Delete,
+            )
+            .map_err(|denial| KeyRefusal::NoRoute {
+                key: key.clone(),
+                denial,
+            })?;
+        if let Err(error) = forward.changes.check(operation, &route) {
+            return Err(KeyRefusal::OptIn {
+                key: key.clone(),
+                route,
+                error,
+            });
+        }
+        match &first {
+            Some(f) if f.access_point.arn() != route.access_point.arn() => {
+                return Err(KeyRefusal::OtherAccessPoint {
+                    key: key.clone(),
+                    route,
+                    first: Arc::clone(f),
+                })
+            }
+            Some(_) => {}
+            None => first = Some(route),
+        }
+    }
+    Ok(first)
+}
+
+/// Why [`route_of_keys`] refused a key.
+#[derive(Debug)]
+pub(crate) enum KeyRefusal {
+    /// No route of the caller may delete it.
+    NoRoute { key: String, denial: Denial },
+    /// Its route lacks an opt-in the request asks for.
+    OptIn {
+        key: String,
+        route: Arc<Route>,
+        error: GatewayError,
+    },
+    /// Its route goes through another access point than the first key's.
+    OtherAccessPoint {
+        key: String,
+        route: Arc<Route>,
+        first: Arc<Route>,
+    },
+}
+
+impl KeyRefusal {
+    /// The client's answer: it names neither the key nor the rule.
+    fn into_error(self) -> GatewayError {
+        match self {
+            Self::NoRoute { denial, .. } => access_denied(&denial),
+            Self::OptIn { error, .. } => error,
+            Self::OtherAccessPoint { .. } => GatewayError::client(
+                S3ErrorCode::AccessDenied,
+                "Access Denied: the keys of one DeleteObjects request must all be reachable through the same access point.",
+            ),
+        }
+    }
+
+    /// For whoever holds the configuration (`apgate explain`).
+    pub(crate) fn explain(&self) -> String {
+        match self {
+            Self::NoRoute { key, denial } => format!("key {key:?}: {}", denial.explain()),
+            Self::OptIn { key, route, .. } => format!(
+                "key {key:?}: its route routes[{}] (keys under {:?}) does not let this through",
+                route.index, route.prefix
+            ),
+            Self::OtherAccessPoint { key, route, first } => format!(
+                "key {key:?}: its route routes[{}] goes through access point {}, the request's first key's routes[{}] through {}",
+                route.index,
+                route.access_point.arn(),
+                first.index,
+                first.access_point.arn()
+            ),
+        }
+    }
 }
 
 fn access_denied(denial: &Denial) -> GatewayError {

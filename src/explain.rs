@@ -112,6 +112,25 @@ impl<'c> Explainer<'c> {
         }
     }
 
+    /// For a refused DeleteObjects, the first key whose route refused it, and that route: the
+    /// client's answer names neither (it would tell the caller of the configuration's layout).
+    fn refusing_key(
+        &self,
+        forward: &crate::decision::Forward,
+        op: crate::s3::Operation,
+        caller: &crate::identity::CallerIdentity,
+        wire: &[u8],
+    ) -> Option<String> {
+        let keys: Vec<String> = crate::s3::xml::delete_objects(wire)
+            .ok()?
+            .into_iter()
+            .map(|e| e.key)
+            .collect();
+        crate::decision::route_of_keys(forward, op, &self.router, caller, &keys)
+            .err()
+            .map(|refusal| refusal.explain())
+    }
+
     /// Explains one request, decided as of `now`.
     pub fn explain(&self, req: &Request, now: SystemTime) -> Explanation {
         let out = Out::default();
@@ -329,7 +348,17 @@ impl<'c> Explainer<'c> {
                     out.line("body:", "checked");
                 }
             }
-            Some(Err(e)) => return out.deny_with(&e),
+            Some(Err(e)) => {
+                if let (Some(op @ crate::s3::Operation::DeleteObjects), Some(caller), Some(wire)) =
+                    (d.operation, &d.caller, body)
+                {
+                    if let Some(why) = self.refusing_key(forward, op, caller, wire) {
+                        out.line("refused:", &why);
+                        out.json.insert("refused_at".into(), why.into());
+                    }
+                }
+                return out.deny_with(&e);
+            }
         }
         out.allow("forwarded")
     }

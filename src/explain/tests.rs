@@ -262,3 +262,74 @@ fn explains_retries_per_method_and_setting() {
         "{x}"
     );
 }
+
+#[test]
+fn names_the_key_and_route_that_refused_a_delete_objects() {
+    let c = config(
+        r#"
+[[routes]]
+identity = "bob"
+bucket = "shared"
+prefix = "Bob/legal/"
+access_point = "arn:aws:s3:us-east-1:123456789012:accesspoint/bob-ap"
+allow = ["bypass-governance-retention"]
+[[routes]]
+identity = "bob"
+bucket = "shared"
+prefix = "Team/"
+access_point = "arn:aws:s3:us-east-1:123456789012:accesspoint/team-ap"
+"#,
+    );
+    let e = Explainer::new(&c);
+    let delete = |keys: &[&str], headers: &[(&str, &str)]| {
+        let xml: String = keys
+            .iter()
+            .map(|k| format!("<Object><Key>{k}</Key></Object>"))
+            .collect();
+        let body = format!("<Delete>{xml}</Delete>").into_bytes();
+        let mut h = vec![("content-length".to_owned(), body.len().to_string())];
+        h.extend(headers.iter().map(|(n, v)| ((*n).to_owned(), (*v).to_owned())));
+        let mut req = request("bob", "POST", "/shared?delete", &[]);
+        req.headers = h;
+        req.body = Some(body);
+        e.explain(&req, SystemTime::now())
+    };
+    let bypass: &[(&str, &str)] = &[("x-amz-bypass-governance-retention", "true")];
+    // (keys, headers, allowed, what the "refused:" line says; None: no such line)
+    let cases: &[(&[&str], &[(&str, &str)], bool, Option<&str>)] = &[
+        (&["Bob/legal/a", "Bob/legal/b"], bypass, true, None),
+        (&["Bob/a"], &[], true, None),
+        (
+            &["Bob/legal/a", "Bob/other/x"],
+            bypass,
+            false,
+            Some("key \"Bob/other/x\": its route routes[0] (keys under \"Bob/\") does not let this through"),
+        ),
+        (
+            &["Bob/a", "Team/b"],
+            &[],
+            false,
+            Some("key \"Team/b\": its route routes[2] goes through access point arn:aws:s3:us-east-1:123456789012:accesspoint/team-ap, the request's first key's routes[0] through arn:aws:s3:us-east-1:123456789012:accesspoint/bob-ap"),
+        ),
+        (
+            &["Bob/a", "Alice/x"],
+            &[],
+            false,
+            Some("key \"Alice/x\": the key or listing prefix is under none of this identity's prefixes"),
+        ),
+    ];
+    for (keys, headers, allowed, refused_at) in cases {
+        let x = delete(keys, headers);
+        assert_eq!(x.allowed, *allowed, "{keys:?}: {x}");
+        match refused_at {
+            Some(want) => {
+                assert!(x.to_string().contains(&format!("refused:   {want}")), "{keys:?}: {x}");
+                assert!(
+                    x.json["refused_at"].as_str().unwrap().starts_with(want),
+                    "{keys:?}: {x}"
+                );
+            }
+            None => assert!(!x.to_string().contains("refused:"), "{keys:?}: {x}"),
+        }
+    }
+}
