@@ -9,27 +9,67 @@
 //!
 //! Lines go to a writer thread ([`start_writer`]): a request never blocks on stdout. An idle
 //! writer writes a line at once; after each write it rests [`FLUSH_INTERVAL`], so a busy gateway
-//! makes one write syscall per interval instead of one per request. The queue is bounded; when it is full
-//! a request writes its own line (never dropped). [`flush`] drains it at shutdown.
+//! makes one write syscall per interval instead of one per request. [`flush`] drains it at shutdown.
+//!
+//! Nothing a caller sends can make the log hold memory without bound, whatever the sink's pace: a
+//! field holds at most [`KEY_MAX`] (the key) or [`FIELD_MAX`] bytes of its value (a line that cut
+//! one says `"truncated":true`), and the queue holds at most [`QUEUE_BYTES`]. When it is full, a
+//! request of a caller apgate identified writes its own line (never dropped: the record of what
+//! was done with apgate's credentials); a request refused before it had an identity may only fill
+//! half of the queue, and past that its line is dropped and counted
+//! (`apgate_access_log_lines_dropped_total`), so an unauthenticated flood cannot make the requests
+//! of identified callers wait on a slow log sink.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, SendError, Sender};
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
 use crate::s3::amzdate;
 
 static TEXT_FORMAT: AtomicBool = AtomicBool::new(false);
-static WRITER: OnceLock<SyncSender<Message>> = OnceLock::new();
+static WRITER: OnceLock<Sender<Message>> = OnceLock::new();
+/// Bytes of the lines queued for the writer.
+static QUEUED_BYTES: AtomicUsize = AtomicUsize::new(0);
+static DROPPED: OnceLock<prometheus::IntCounter> = OnceLock::new();
 
 /// How long the writer rests after a write: the most a line waits before it is written (and lags
 /// behind other log lines).
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(20);
-/// Lines queued at most; past that, requests write their own lines.
-const QUEUE: usize = 16_384;
+/// The queue's bound in bytes; past it, requests write their own lines (or drop them: see the
+/// module's documentation).
+pub const QUEUE_BYTES: usize = 8 << 20;
+/// The most bytes of an object key a line holds: S3's longest key (1,024 bytes of UTF-8).
+pub const KEY_MAX: usize = 1024;
+/// The most bytes of any other text field's value a line holds (names from the configuration,
+/// S3's codes and ids are far shorter; the method is the client's).
+pub const FIELD_MAX: usize = 256;
+
+/// The counter of lines dropped (`apgate_access_log_lines_dropped_total`): one for the process,
+/// as the writer is, registered in each [`crate::metrics::Metrics`].
+pub fn dropped_lines() -> &'static prometheus::IntCounter {
+    DROPPED.get_or_init(|| {
+        prometheus::IntCounter::new(
+            crate::metrics::ACCESS_LOG_LINES_DROPPED_TOTAL,
+            "Access log lines dropped because the log sink did not keep up: only of requests refused before apgate knew the caller.",
+        )
+        .unwrap_or_else(|e| unreachable!("a constant, valid metric name: {e}"))
+    })
+}
+
+/// Whether a line of `len` bytes may join the queue (and if so, counts it in): an identified
+/// caller's up to [`QUEUE_BYTES`], an unidentified one's only while the queue is under half of it.
+fn admit(queued: &AtomicUsize, len: usize, identified: bool) -> bool {
+    let limit = if identified { QUEUE_BYTES } else { QUEUE_BYTES / 2 };
+    queued
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+            (q.saturating_add(len) <= limit).then_some(q + len)
+        })
+        .is_ok()
+}
 
 enum Message {
     Line(String),
@@ -40,7 +80,7 @@ enum Message {
 /// request that finishes (tests, embedders).
 pub fn start_writer() {
     WRITER.get_or_init(|| {
-        let (tx, rx) = mpsc::sync_channel(QUEUE);
+        let (tx, rx) = mpsc::channel();
         let spawned = std::thread::Builder::new()
             .name("apgate-access-log".to_owned())
             .spawn(move || write_loop(&rx));
@@ -70,7 +110,10 @@ fn write_loop(rx: &Receiver<Message>) {
         let mut next = Some(first);
         while let Some(m) = next {
             match m {
-                Message::Line(line) => buf.extend_from_slice(line.as_bytes()),
+                Message::Line(line) => {
+                    buf.extend_from_slice(line.as_bytes());
+                    QUEUED_BYTES.fetch_sub(line.len(), Ordering::AcqRel);
+                }
                 Message::Flush(ack) => acks.push(ack),
             }
             if buf.len() >= 1 << 20 {
@@ -136,28 +179,46 @@ impl Record<'_> {
             // tracing event, which whatever subscriber is installed formats.
             _ => return self.emit_event(),
         };
-        let line = match writer.try_send(Message::Line(self.json_line(SystemTime::now()))) {
-            Ok(()) => return,
-            Err(TrySendError::Full(Message::Line(line)) | TrySendError::Disconnected(Message::Line(line))) => line,
-            Err(_) => return,
+        let line = self.json_line(SystemTime::now());
+        let len = line.len();
+        let identified = self.identity != crate::metrics::NONE;
+        let line = if admit(&QUEUED_BYTES, len, identified) {
+            match writer.send(Message::Line(line)) {
+                Ok(()) => return,
+                Err(SendError(message)) => {
+                    QUEUED_BYTES.fetch_sub(len, Ordering::AcqRel);
+                    match message {
+                        Message::Line(line) => line,
+                        Message::Flush(_) => return,
+                    }
+                }
+            }
+        } else if identified {
+            line
+        } else {
+            dropped_lines().inc();
+            return;
         };
-        // The queue is full: this request writes its own line, in one write (stdout is
-        // line-buffered); a failed write (a closed pipe) must not fail the request.
+        // The queue is full (or its writer gone): this request writes its own line, in one write
+        // (stdout is line-buffered); a failed write (a closed pipe) must not fail the request.
         let _ = std::io::stdout().lock().write_all(line.as_bytes());
     }
 
     fn emit_event(&self) {
+        let field = |v| clip(v, FIELD_MAX).0;
+        let truncated = self.text_fields().any(|(name, value)| clip(value, max_len(name)).1);
         tracing::info!(
             target: "apgate::access",
-            request_id = self.request_id,
-            listener = self.listener,
+            request_id = field(self.request_id),
+            listener = field(self.listener),
             remote = %self.remote,
-            identity = self.identity,
-            method = self.method,
-            operation = self.operation,
-            bucket = self.bucket,
-            key = self.key,
-            access_point = self.access_point,
+            identity = field(self.identity),
+            method = field(self.method),
+            operation = field(self.operation),
+            bucket = field(self.bucket),
+            key = clip(self.key, KEY_MAX).0,
+            access_point = field(self.access_point),
+            truncated,
             status = self.status,
             error_code = self.error_code,
             bytes_in = self.bytes_in,
@@ -166,10 +227,28 @@ impl Record<'_> {
             duration_ms = self.duration_ms,
             attempts = self.attempts,
             upstream_ms = self.upstream_ms,
-            upstream_request_id = self.upstream_request_id,
-            upstream_id2 = self.upstream_id2,
+            upstream_request_id = field(self.upstream_request_id),
+            upstream_id2 = field(self.upstream_id2),
             "request"
         );
+    }
+
+    /// The text fields, by name (what [`clip`] bounds).
+    fn text_fields(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        [
+            ("request_id", self.request_id),
+            ("listener", self.listener),
+            ("identity", self.identity),
+            ("method", self.method),
+            ("operation", self.operation),
+            ("bucket", self.bucket),
+            ("key", self.key),
+            ("access_point", self.access_point),
+            ("error_code", self.error_code),
+            ("upstream_request_id", self.upstream_request_id),
+            ("upstream_id2", self.upstream_id2),
+        ]
+        .into_iter()
     }
 
     /// The full log line, newline included.
@@ -178,18 +257,22 @@ impl Record<'_> {
         out.push_str("{\"timestamp\":\"");
         amzdate::push_rfc3339_micros(&mut out, now);
         out.push_str("\",\"level\":\"INFO\",\"message\":\"request\",");
-        self.push_fields(&mut out);
+        if self.push_fields(&mut out) {
+            out.push_str(",\"truncated\":true");
+        }
         out.push_str(",\"target\":\"apgate::access\"}\n");
         out
     }
 
-    fn push_fields(&self, out: &mut String) {
+    /// The fields between `message` and `target`; whether a value was cut.
+    fn push_fields(&self, out: &mut String) -> bool {
+        let mut cut = false;
         let strings = [("request_id", self.request_id), ("listener", self.listener)];
         for (i, (name, value)) in strings.iter().enumerate() {
             if i > 0 {
                 out.push(',');
             }
-            push_str_field(out, name, value);
+            cut |= push_str_field(out, name, value);
         }
         out.push_str(",\"remote\":\"");
         match self.remote {
@@ -217,12 +300,12 @@ impl Record<'_> {
             ("access_point", self.access_point),
         ] {
             out.push(',');
-            push_str_field(out, name, value);
+            cut |= push_str_field(out, name, value);
         }
         out.push_str(",\"status\":");
         push_u64(out, u64::from(self.status));
         out.push(',');
-        push_str_field(out, "error_code", self.error_code);
+        cut |= push_str_field(out, "error_code", self.error_code);
         out.push_str(",\"bytes_in\":");
         push_u64(out, self.bytes_in);
         out.push_str(",\"bytes_out\":");
@@ -239,9 +322,10 @@ impl Record<'_> {
         out.push_str(",\"upstream_ms\":");
         push_millis(out, self.upstream_ms);
         out.push(',');
-        push_str_field(out, "upstream_request_id", self.upstream_request_id);
+        cut |= push_str_field(out, "upstream_request_id", self.upstream_request_id);
         out.push(',');
-        push_str_field(out, "upstream_id2", self.upstream_id2);
+        cut |= push_str_field(out, "upstream_id2", self.upstream_id2);
+        cut
     }
 }
 
@@ -278,12 +362,35 @@ fn push_millis(out: &mut String, ms: f64) {
     }
 }
 
-fn push_str_field(out: &mut String, name: &str, value: &str) {
+/// A `"name":"value"` pair, the value cut to its field's bound; whether it was cut.
+fn push_str_field(out: &mut String, name: &str, value: &str) -> bool {
+    let (value, cut) = clip(value, max_len(name));
     out.push('"');
     out.push_str(name);
     out.push_str("\":\"");
     push_json_escaped(out, value);
     out.push('"');
+    cut
+}
+
+fn max_len(field: &str) -> usize {
+    if field == "key" {
+        KEY_MAX
+    } else {
+        FIELD_MAX
+    }
+}
+
+/// `value`'s first `max` bytes at most, ended on a character boundary; whether anything was cut.
+fn clip(value: &str, max: usize) -> (&str, bool) {
+    if value.len() <= max {
+        return (value, false);
+    }
+    let mut end = max;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    (&value[..end], true)
 }
 
 /// The bytes a JSON string may hold as they are (printable ASCII but `"` and `\\`): a table, one
@@ -464,6 +571,80 @@ mod tests {
             s.push('"');
             let back: String = serde_json::from_str(&s).unwrap();
             assert_eq!(back, text, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn no_field_makes_a_line_longer_than_its_bound() {
+        // What a caller controls (key, method, bucket) at its worst: every byte escaped six-fold.
+        let long = "\u{1}".repeat(60_000);
+        let wide = "é".repeat(40_000);
+        let cases: &[(&str, &str, &str)] = &[(&long, "GET", "-"), ("k", &long, "-"), (&wide, &long, &long)];
+        let bound = 6 * (KEY_MAX + 10 * FIELD_MAX) + 512;
+        for (key, method, bucket) in cases {
+            let mut r = record(key, "-");
+            r.method = method;
+            r.bucket = bucket;
+            let line = r.json_line(UNIX_EPOCH);
+            assert!(line.len() <= bound, "{} > {bound}", line.len());
+            let doc: serde_json::Value = serde_json::from_str(&line).unwrap();
+            assert_eq!(doc["truncated"], true);
+            for (field, value, max) in [
+                ("key", key, KEY_MAX),
+                ("method", method, FIELD_MAX),
+                ("bucket", bucket, FIELD_MAX),
+            ] {
+                let logged = doc[field].as_str().unwrap();
+                if value.len() <= max {
+                    assert_eq!(logged, *value, "{field}");
+                } else {
+                    assert!(
+                        value.starts_with(logged) && logged.len() <= max && max - logged.len() < 4,
+                        "{field}"
+                    );
+                }
+            }
+        }
+        // Values within their bounds are whole, and the line says nothing of truncation.
+        let key = "k".repeat(KEY_MAX);
+        let doc: serde_json::Value = serde_json::from_str(&record(&key, "bob").json_line(UNIX_EPOCH)).unwrap();
+        assert_eq!(doc["key"], key);
+        assert!(doc.get("truncated").is_none());
+    }
+
+    #[test]
+    fn clipping_ends_on_a_character() {
+        let cases: &[(&str, usize, &str, bool)] = &[
+            ("abc", 3, "abc", false),
+            ("abcd", 3, "abc", true),
+            ("aé", 2, "a", true),
+            ("aé", 3, "aé", false),
+            ("😀😀", 5, "😀", true),
+            ("😀", 3, "", true),
+            ("", 0, "", false),
+        ];
+        for (value, max, want, cut) in cases {
+            assert_eq!(clip(value, *max), (*want, *cut), "{value:?} {max}");
+        }
+    }
+
+    #[test]
+    fn the_queue_keeps_half_for_identified_callers() {
+        // (queued bytes, line length, identified, admitted)
+        let cases = [
+            (0, 500, false, true),
+            (QUEUE_BYTES / 2 - 500, 500, false, true),
+            (QUEUE_BYTES / 2 - 499, 500, false, false),
+            (QUEUE_BYTES / 2, 500, true, true),
+            (QUEUE_BYTES - 500, 500, true, true),
+            (QUEUE_BYTES - 499, 500, true, false),
+            (usize::MAX - 10, 500, true, false),
+        ];
+        for (queued, len, identified, admitted) in cases {
+            let q = AtomicUsize::new(queued);
+            assert_eq!(admit(&q, len, identified), admitted, "{queued} {len} {identified}");
+            let want = if admitted { queued + len } else { queued };
+            assert_eq!(q.load(Ordering::Relaxed), want);
         }
     }
 }

@@ -28,6 +28,7 @@ pub const CLIENT_CONNECTIONS: &str = "apgate_client_connections";
 pub const CLIENT_CONNECTIONS_CLOSED_TOTAL: &str = "apgate_client_connections_closed_total";
 pub const CLIENT_CONNECTIONS_PARKED: &str = "apgate_client_connections_parked";
 pub const DISCARDED_BODIES_TOTAL: &str = "apgate_discarded_bodies_total";
+pub const ACCESS_LOG_LINES_DROPPED_TOTAL: &str = "apgate_access_log_lines_dropped_total";
 
 /// The label used when a request never got an identity or an access point.
 pub const NONE: &str = "-";
@@ -214,6 +215,7 @@ impl Metrics {
 
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
+        registry.register(Box::new(crate::access_log::dropped_lines().clone()))?;
         registry.register(Box::new(identity_request_duration.clone()))?;
         // process_resident_memory_bytes, process_cpu_seconds_total, process_open_fds, ...
         #[cfg(target_os = "linux")]

@@ -23,6 +23,7 @@ printed, p99 under 2 s). The figures are in docs/SECURITY.md.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import http.client
 import os
 import socket
@@ -197,12 +198,13 @@ access_point = "{AP_ARN}"
 """
 
 
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory):
+@contextlib.contextmanager
+def running_gateway(tmp: Path, *, stalled_log: bool = False):
+    """apgate in front of fake_upstream.py; with ``stalled_log`` its stdout is a pipe nobody reads
+    (a log sink that stopped: every write blocks once the pipe's 64 KiB are full)."""
     binary = apgate_bin()
     if not binary.is_file():
         pytest.fail(f"apgate binary not found at {binary} (cargo build --release, or --profile ci as scripts/test)")
-    tmp = tmp_path_factory.mktemp("bounds")
     port_file, request_log, up_log = tmp / "port", tmp / "requests.jsonl", tmp / "fake_upstream.log"
     request_log.touch()
     with open(up_log, "wb") as out:
@@ -226,10 +228,16 @@ def gateway(tmp_path_factory):
                     "APGATE_TEST_BOB_SECRET": BOB_SECRET,
                     "AWS_EC2_METADATA_DISABLED": "true", **apgate_log_env()})
         log_path = tmp / "apgate.log"
-        register_apgate(log_path, UPSTREAM_SECRET, BOB_SECRET)
+        if stalled_log:
+            # Nothing but the access log at INFO, so that what is measured is the access log's.
+            env["RUST_LOG"] = "info"
+            register_apgate(None, UPSTREAM_SECRET, BOB_SECRET)
+        else:
+            register_apgate(log_path, UPSTREAM_SECRET, BOB_SECRET)
         with open(log_path, "wb") as out:
             proc = subprocess.Popen([str(binary), "serve", "-c", str(cfg)],
-                                    stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp)
+                                    stdout=subprocess.PIPE if stalled_log else out,
+                                    stderr=subprocess.STDOUT if not stalled_log else out, env=env, cwd=tmp)
         deadline = time.monotonic() + 30
         while _readyz(f"http://127.0.0.1:{admin}/readyz") != 200:
             if proc.poll() is not None or time.monotonic() > deadline:
@@ -240,6 +248,12 @@ def gateway(tmp_path_factory):
         if proc is not None:
             stop(proc)
         stop(upstream)
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory):
+    with running_gateway(tmp_path_factory.mktemp("bounds")) as gw:
+        yield gw
 
 
 def connect(source: str, port: int, rcvbuf: int | None = None) -> socket.socket:
@@ -339,3 +353,47 @@ def test_hostile_connections_cannot_pile_up_memory_or_starve_others(gateway, kin
     assert caller.percentile(0.99) < 2.0, figures
     # Give the sockets' teardown a moment before the next kind starts.
     time.sleep(1)
+
+
+def test_a_stalled_log_sink_holds_no_memory_and_stops_no_identified_caller(tmp_path):
+    """Red-team pass 4, F1: anonymous requests with 60 KB keys of control characters (a 120 KB
+    access-log line each) while the log sink reads nothing. Before: the queue (bounded in lines)
+    held every line, ~120 KB a request, and once full each request wrote its own line and
+    blocked. Now lines are bounded, the queue is bounded in bytes, and the lines of callers apgate
+    could not identify are dropped and counted past half of it."""
+    flood, key = 1500, "%01" * 20_000
+    with running_gateway(tmp_path, stalled_log=True) as gw:
+        before = rss_kib(gw.pid)
+
+        def anonymous(n: int) -> int:
+            refused = 0
+            conn = http.client.HTTPConnection("127.0.0.1", gw.shared, timeout=10)
+            for _ in range(n):
+                conn.request("GET", f"/bounds-bucket/{key}")
+                resp = conn.getresponse()
+                resp.read()
+                refused += resp.status == 403
+            conn.close()
+            return refused
+
+        with Sampler(gw.pid) as rss, concurrent.futures.ThreadPoolExecutor(4) as pool:
+            refused = sum(pool.map(anonymous, [flood // 4] * 4))
+        grown_mib = (rss.peak - before) / 1024
+        dropped = gw.gauge("apgate_access_log_lines_dropped_total")
+        # An identified caller is still served at once, and its line is queued, not dropped.
+        started = time.monotonic()
+        sock = connect("127.0.0.1", gw.shared)
+        sock.sendall(signed_head(gw, "HEAD", "/bounds-bucket/Bob/a"))
+        answer = sock.recv(4096)
+        waited = time.monotonic() - started
+        sock.close()
+        figures = {"refused": refused, "rss_grown_mib": round(grown_mib, 1), "dropped": dropped,
+                   "identified_answer_s": round(waited, 3)}
+        print(f"\n[stalled log] {figures}")
+        assert refused == flood, figures
+        # The queue's half for unidentified callers is 4 MiB; 1,500 lines as they came would be 180 MB.
+        assert grown_mib < 48, figures
+        assert dropped > 0, figures
+        assert answer.startswith(b"HTTP/1.1 200"), (figures, answer[:200])
+        assert waited < 2, figures
+        assert gw.gauge("apgate_access_log_lines_dropped_total") == dropped, figures
