@@ -55,8 +55,9 @@ pub struct State {
     pub credentials: CredentialSet,
     pub metrics: Metrics,
     pub listeners: HashMap<String, Arc<ListenerState>>,
-    /// Requests in flight per identity (for `max_concurrent_requests_per_identity`).
-    pub identity_inflight: HashMap<Arc<str>, std::sync::atomic::AtomicUsize>,
+    /// Requests in flight per identity (for `max_concurrent_requests_per_identity`). A reload
+    /// hands the running state's counters on: requests admitted before it still hold their slots.
+    pub identity_inflight: HashMap<Arc<str>, Arc<std::sync::atomic::AtomicUsize>>,
     /// apgate's own derived signing keys (base and assumed-role credentials), by access key, date
     /// and region.
     pub signing_keys: crate::sigv4::SigningKeyCache,
@@ -146,7 +147,7 @@ impl State {
         let identity_inflight = config
             .identities
             .iter()
-            .map(|i| (Arc::from(i.name.as_str()), std::sync::atomic::AtomicUsize::new(0)))
+            .map(|i| (Arc::from(i.name.as_str()), Arc::default()))
             .collect();
         Ok(Self {
             generation: 0,
@@ -246,6 +247,13 @@ impl Gateway {
         check_addresses(&running.config, &config)?;
         let mut state = State::build(config, &self.metrics).await?;
         state.generation = running.generation + 1;
+        // The identities that stay keep their counts (a fresh 0 would give each a new budget on
+        // top of the requests still running).
+        for (name, counter) in &mut state.identity_inflight {
+            if let Some(running) = running.identity_inflight.get(name) {
+                *counter = Arc::clone(running);
+            }
+        }
         self.caches.store(Arc::new(state.credentials.all().cloned().collect()));
         self.state.store(Arc::new(state));
         self.metrics.config_reloads.with_label_values(&["success"]).inc();

@@ -10,7 +10,7 @@
 //! resources until its body ends; and the per-identity limit can only apply after authentication,
 //! in the middle of the request (ARCHITECTURE.md).
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use http::HeaderMap;
@@ -34,17 +34,14 @@ impl Drop for GlobalSlot {
     }
 }
 
+/// A slot of an identity's count: the counter it took it from, whichever state is running when
+/// it is given back.
 #[derive(Debug)]
-struct IdentitySlot {
-    state: Arc<State>,
-    identity: Arc<str>,
-}
+struct IdentitySlot(Arc<AtomicUsize>);
 
 impl Drop for IdentitySlot {
     fn drop(&mut self) {
-        if let Some(counter) = self.state.identity_inflight.get(&self.identity) {
-            counter.fetch_sub(1, Ordering::AcqRel);
-        }
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -83,10 +80,7 @@ impl Slots {
                 "Please reduce your request rate (this caller is at its concurrency limit).",
             ));
         }
-        self.identity = Some(IdentitySlot {
-            state: state.clone(),
-            identity: identity.clone(),
-        });
+        self.identity = Some(IdentitySlot(Arc::clone(counter)));
         Ok(())
     }
 }

@@ -273,6 +273,56 @@ async fn a_caller_over_its_concurrency_limit_gets_slow_down() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Red-team pass 4, F3: a reload builds a new state, and the per-identity count must not start
+/// again at 0 while the requests admitted before it still run (each reload gave bob a fresh
+/// budget: 32, 64, 96, 128 requests in flight with the default limit of 32).
+#[tokio::test]
+async fn a_reload_gives_no_caller_a_fresh_concurrency_budget() {
+    let (up, seen) = scripted_upstream().await;
+    let gw = Gw::start(config_toml(
+        &format!("http://{up}"),
+        Conf {
+            upstream: "response_header_timeout_seconds = 4",
+            ..Conf::default()
+        },
+    ))
+    .await;
+    let dir = std::env::temp_dir().join(format!("apgate-limit-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("apgate.toml");
+    std::fs::write(
+        &path,
+        format!("{}\n[server]\nmax_concurrent_requests_per_identity = 1\n", gw.toml),
+    )
+    .unwrap();
+    gw.running.reload_from(&path).await.unwrap();
+    let addr = gw.addr;
+    let first = tokio::spawn(async move { send(addr, Method::GET, "/shared/Bob/slow").await.0 });
+    let started = std::time::Instant::now();
+    while seen.lock().unwrap().is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(5), "the first request never reached the upstream");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for reload in 0..3 {
+        gw.running.reload_from(&path).await.unwrap();
+        let (status, _, body) = send(gw.addr, Method::GET, "/shared/Bob/x").await;
+        assert_eq!(status, 503, "after reload {reload}: {body:?}");
+        assert!(!first.is_finished(), "the first request ended early: the check proves nothing");
+    }
+    // The slot comes back when the first request ends (its client leaves), under the new state.
+    first.abort();
+    let started = std::time::Instant::now();
+    loop {
+        let (status, _, _) = send(gw.addr, Method::GET, "/shared/Bob/x").await;
+        if status == 200 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "bob's slot never came back: {status}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Issue 15: the upstream receives the decided request, built from the decision: the parameters
 /// and headers the operation takes, the body's framing, apgate's signature over all of it; nothing
 /// else of the client's request (no `x-id`, no unknown headers, no `user-agent`, no cookie).
