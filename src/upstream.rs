@@ -88,6 +88,18 @@ thread_local! {
 /// apgate keep a connection (a descriptor and a TLS session) per name for `pool_idle_timeout`.
 pub const POOL_MAX_IDLE_PER_THREAD: usize = 1024;
 
+/// Of those, how many may be connections whose read buffer grew past [`BIG_FRAME`] (up to
+/// `upstream.read_buffer_bytes`, 1 MiB by default): hyper keeps a connection's grown buffer while it
+/// sits idle, so without this bound the connections of a burst of large downloads, or of one
+/// caller's downloads through many pattern hosts in turn, would keep ≈ 1.5 MiB each for
+/// `pool_idle_timeout`. Past the bound such a connection closes after its answer; a large download
+/// pays one more connection set-up, which its own transfer dwarfs.
+pub const POOL_MAX_BIG_IDLE_PER_THREAD: usize = 4;
+
+/// A response frame this large shows its connection's read buffer grew (hyper's buffer starts at
+/// 8 KiB and doubles while reads fill it; its frames are cut from it).
+const BIG_FRAME: usize = 64 * 1024;
+
 /// One thread's idle upstream connections: by scheme (`https` or not), then host.
 #[derive(Default)]
 struct Pool {
@@ -95,6 +107,8 @@ struct Pool {
     idle: [HashMap<Arc<str>, Vec<Idle>>; 2],
     /// How many connections `idle` holds.
     count: usize,
+    /// How many of them are [`Idle::big`].
+    big: usize,
     sweeping: bool,
 }
 
@@ -102,21 +116,25 @@ struct Idle {
     sender: Sender,
     host: Arc<str>,
     since: Instant,
+    /// Its read buffer grew past [`BIG_FRAME`] (see [`POOL_MAX_BIG_IDLE_PER_THREAD`]).
+    big: bool,
 }
 
 impl Pool {
     /// Drops connections idle for longer than `timeout` (the oldest are at the front) and closed ones.
     fn sweep(&mut self, timeout: Duration) {
         let now = Instant::now();
-        let mut count = 0;
+        let (mut count, mut big) = (0, 0);
         for by_host in &mut self.idle {
             by_host.retain(|_, list| {
                 list.retain(|i| !i.sender.is_closed() && now.duration_since(i.since) < timeout);
                 count += list.len();
+                big += list.iter().filter(|i| i.big).count();
                 !list.is_empty()
             });
         }
         self.count = count;
+        self.big = big;
     }
 }
 
@@ -132,7 +150,8 @@ struct PoolReturn {
 }
 
 impl PoolReturn {
-    fn put_back(self) {
+    /// Pools the connection, if there is room; `big` when its read buffer grew.
+    fn put_back(self, big: bool) {
         if self.sender.is_closed() || self.max_idle == 0 {
             return;
         }
@@ -156,15 +175,22 @@ impl PoolReturn {
                 .iter()
                 .take_while(|i| now.duration_since(i.since) >= self.idle_timeout)
                 .count();
-            list.drain(..expired);
-            pool.count -= expired;
-            if list.len() < self.max_idle && pool.count < self.max_idle_total {
+            for idle in list.drain(..expired) {
+                pool.count -= 1;
+                pool.big -= usize::from(idle.big);
+            }
+            if list.len() < self.max_idle
+                && pool.count < self.max_idle_total
+                && (!big || pool.big < POOL_MAX_BIG_IDLE_PER_THREAD)
+            {
                 list.push(Idle {
                     sender: self.sender,
                     host: self.host,
                     since: now,
+                    big,
                 });
                 pool.count += 1;
+                pool.big += usize::from(big);
             }
         });
     }
@@ -176,6 +202,8 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: Incoming,
         pool: Option<PoolReturn>,
+        // A frame of at least `BIG_FRAME` bytes came through.
+        big: bool,
     }
 
     impl PinnedDrop for UpstreamBody {
@@ -184,7 +212,7 @@ pin_project_lite::pin_project! {
             if let Some(ret) = this.pool.take() {
                 // A body dropped before its end leaves its connection unusable; hyper closes it.
                 if this.inner.is_end_stream() {
-                    ret.put_back();
+                    ret.put_back(*this.big);
                 }
             }
         }
@@ -206,7 +234,12 @@ impl Body for UpstreamBody {
         let polled = this.inner.as_mut().poll_frame(cx);
         let ended = match &polled {
             Poll::Ready(None) => true,
-            Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
+            Poll::Ready(Some(Ok(frame))) => {
+                if frame.data_ref().is_some_and(|d| d.len() >= BIG_FRAME) {
+                    *this.big = true;
+                }
+                this.inner.is_end_stream()
+            }
             Poll::Ready(Some(Err(_))) => {
                 this.pool.take();
                 false
@@ -215,7 +248,7 @@ impl Body for UpstreamBody {
         };
         if ended {
             if let Some(ret) = this.pool.take() {
-                ret.put_back();
+                ret.put_back(*this.big);
             }
         }
         polled
@@ -289,6 +322,7 @@ impl Upstream {
             let list = pool.idle[usize::from(https)].get_mut(host)?;
             while let Some(idle) = list.pop() {
                 pool.count -= 1;
+                pool.big -= usize::from(idle.big);
                 if !idle.sender.is_closed() && now.duration_since(idle.since) < self.config.pool_idle_timeout {
                     return Some((idle.sender, idle.host));
                 }
@@ -361,6 +395,7 @@ impl Upstream {
                     return Ok(resp.map(|inner| UpstreamBody {
                         inner,
                         pool: Some(pool),
+                        big: false,
                     }));
                 }
                 Err(mut e) => match e.take_message() {
@@ -787,6 +822,41 @@ mod tests {
         // The first two hosts' connections are pooled and reused; the third host's never is.
         assert_eq!(accepted, [1, 1, 3]);
         POOL.with(|pool| assert_eq!(pool.borrow().count, 2));
+    }
+
+    /// Red-team pass 4, F2: hyper keeps a connection's grown read buffer while it sits idle, so
+    /// a burst of large downloads left every connection of it pooled with ≈ 1.5 MiB. At most
+    /// `POOL_MAX_BIG_IDLE_PER_THREAD` such connections stay; connections of small answers pool
+    /// as before.
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_pool_keeps_few_connections_whose_buffers_grew() {
+        let burst = 2 * POOL_MAX_BIG_IDLE_PER_THREAD;
+        // (body size, connections pooled after a burst of `burst` concurrent requests, big ones)
+        let cases = [
+            (4 << 20, POOL_MAX_BIG_IDLE_PER_THREAD, POOL_MAX_BIG_IDLE_PER_THREAD),
+            (1024, burst, 0),
+        ];
+        for (body_len, pooled, big) in cases {
+            POOL.with(|pool| *pool.borrow_mut() = Pool::default());
+            let (url, _) = upstream(Then::KeepOpen, body_len).await;
+            let up = Arc::new(Upstream::new(&config(&url, 64, Duration::from_secs(30))).unwrap());
+            // All connected before any answer is read, so the burst takes `burst` connections.
+            let mut responses = Vec::new();
+            for _ in 0..burst {
+                responses.push(up.send(get(&url)).await.unwrap());
+            }
+            let reads: Vec<_> = responses
+                .into_iter()
+                .map(|resp| tokio::spawn(async move { resp.into_body().collect().await.unwrap().to_bytes().len() }))
+                .collect();
+            for read in reads {
+                assert_eq!(read.await.unwrap(), body_len);
+            }
+            POOL.with(|pool| {
+                let pool = pool.borrow();
+                assert_eq!((pool.count, pool.big), (pooled, big), "{body_len}-byte answers");
+            });
+        }
     }
 
     #[tokio::test(flavor = "current_thread")]
