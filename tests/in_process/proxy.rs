@@ -300,14 +300,20 @@ async fn a_reload_gives_no_caller_a_fresh_concurrency_budget() {
     let first = tokio::spawn(async move { send(addr, Method::GET, "/shared/Bob/slow").await.0 });
     let started = std::time::Instant::now();
     while seen.lock().unwrap().is_empty() {
-        assert!(started.elapsed() < Duration::from_secs(5), "the first request never reached the upstream");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the first request never reached the upstream"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     for reload in 0..3 {
         gw.running.reload_from(&path).await.unwrap();
         let (status, _, body) = send(gw.addr, Method::GET, "/shared/Bob/x").await;
         assert_eq!(status, 503, "after reload {reload}: {body:?}");
-        assert!(!first.is_finished(), "the first request ended early: the check proves nothing");
+        assert!(
+            !first.is_finished(),
+            "the first request ended early: the check proves nothing"
+        );
     }
     // The slot comes back when the first request ends (its client leaves), under the new state.
     first.abort();
@@ -317,7 +323,10 @@ async fn a_reload_gives_no_caller_a_fresh_concurrency_budget() {
         if status == 200 {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(5), "bob's slot never came back: {status}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "bob's slot never came back: {status}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let _ = std::fs::remove_dir_all(&dir);
