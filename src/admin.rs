@@ -1,39 +1,102 @@
 //! The admin port: `/metrics` (Prometheus text), `/healthz` (the process is alive) and `/readyz`
 //! (configuration loaded and upstream credentials obtained). It is separate from the data plane
 //! because metrics should not be reachable by S3 clients.
+//!
+//! Its clients are a scraper and a health checker, which need a handful of connections, one short
+//! GET each; but the port is often bound on every interface, and a sidecar's application can reach
+//! it, so whatever connects may be hostile. Every connection is therefore bounded by fixed
+//! constants (none is configurable: no legitimate client comes near them): how many are open at
+//! once, how long a head may take, how large it may be, and how long a connection may live. The
+//! cap is also what keeps the admin port from taking file descriptors the data plane needs.
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 
 use crate::body::{self, ResponseBody};
 use crate::state::Gateway;
 
+/// Admin connections open at once. A connection over it is closed as soon as it is accepted,
+/// before a byte is read, so hostile connections hold at most this many descriptors and buffers
+/// (a scraper and a health checker or two need a handful).
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// The most hyper buffers of one admin connection's reads, and so the largest head it takes:
+/// admin requests are short GETs. A longer head is answered `431 Request Header Fields Too Large`
+/// and the connection closed. 16 KiB: twice hyper's smallest allowed value.
+pub const MAX_BUF_BYTES: usize = 16 * 1024;
+
+/// How long a client may take to send its request head, from the moment the connection is
+/// accepted; then it is closed without an answer. A scraper or a probe sends its GET at once;
+/// this leaves room for a lost packet to be sent again.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long an admin connection may stay open at all, whatever its client does; it bounds a
+/// client that sends its head in time but then does not read the answer (hyper has no write
+/// timeout). Prometheus's default scrape timeout is the same 10 s.
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(10);
+
+/// How long the accept loop waits after a failed accept (out of descriptors: EMFILE, ENFILE)
+/// before trying again; the same pause as the data plane's accept loop (`app::accept_loop`).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Serves the admin port on `socket` until `stop` changes.
 pub(crate) async fn serve(gateway: Arc<Gateway>, socket: TcpListener, mut stop: watch::Receiver<bool>) {
     if let Ok(addr) = socket.local_addr() {
         tracing::info!(%addr, "Admin listening (/metrics, /healthz, /readyz).");
     }
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let (stream, _) = tokio::select! {
-            a = socket.accept() => match a { Ok(a) => a, Err(_) => continue },
+        let accepted = tokio::select! {
+            a = socket.accept() => a,
             _ = stop.changed() => break,
+        };
+        let (stream, remote) = match accepted {
+            Ok(a) => a,
+            Err(error) => {
+                // Out of file descriptors and the like: the error repeats at once until one is
+                // freed, so trying again straight away would spin a core and flood the log.
+                tracing::warn!(%error, "Admin accept failed.");
+                tokio::select! {
+                    () = tokio::time::sleep(ACCEPT_BACKOFF) => continue,
+                    _ = stop.changed() => break,
+                }
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            // Over the cap: closed at once, before any byte is read.
+            tracing::debug!(%remote, "Admin connection refused: over the admin connection cap.");
+            drop(stream);
+            continue;
         };
         let gateway = gateway.clone();
         tokio::spawn(async move {
+            // The slot goes back when the connection ends, however it ends.
+            let _slot = slot;
             let svc = service_fn(move |req| {
                 let gateway = gateway.clone();
                 async move { Ok::<_, Infallible>(route(&gateway, &req)) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .max_buf_size(MAX_BUF_BYTES)
+                // One request per connection: a kept-alive connection would wait for its next
+                // head with a slot held. Prometheus and probes open a new connection per scrape
+                // when an answer says `Connection: close`.
+                .keep_alive(false);
+            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+            // Dropping the connection at the deadline closes it.
+            let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
         });
     }
 }

@@ -3,6 +3,7 @@
 //! each links all of apgate and compiles the shared helpers (tests/support/) again, which made
 //! them a quarter of a cold `cargo test --release`.
 //!
+//! - `admin`: the admin port's bounds (connection cap, head deadline and size, one request each).
 //! - `bad_input`: malformed and hostile requests get the right S3 error, never a panic or a hang.
 //! - `bounds`: what one connection may hold (head buffer, unread answers, connection caps, drains).
 //! - `faults`: one test per fault (upstream resets, timeouts, stalls, shutdown under load, ...).
@@ -19,6 +20,7 @@ mod harness;
 #[path = "../support/upstream.rs"]
 mod upstream;
 
+mod admin;
 mod bad_input;
 mod bounds;
 mod faults;
