@@ -11,12 +11,16 @@
 //! writer writes a line at once; after each write it rests [`FLUSH_INTERVAL`], so a busy gateway
 //! makes one write syscall per interval instead of one per request. [`flush`] drains it at shutdown.
 //!
+//! Every other log line of apgate's goes through the same queue ([`Stdout`], the tracing
+//! subscriber's writer), so no line is written on a data-plane thread while the queue has room.
+//!
 //! Nothing a caller sends can make the log hold memory without bound, whatever the sink's pace: a
 //! field holds at most [`KEY_MAX`] (the key) or [`FIELD_MAX`] bytes of its value (a line that cut
-//! one says `"truncated":true`), and the queue holds at most [`QUEUE_BYTES`]. When it is full, a
-//! request of a caller apgate identified writes its own line (never dropped: the record of what
-//! was done with apgate's credentials); a request refused before it had an identity may only fill
-//! half of the queue, and past that its line is dropped and counted
+//! one says `"truncated":true`), and the queue holds at most [`QUEUE_BYTES`] (of allocations).
+//! When it is full, a line that must not be lost — an identified caller's access line (the record
+//! of what was done with apgate's credentials), a warning, an error — is written by the thread
+//! that logs it; any other line (a request refused before apgate knew its caller, an INFO event)
+//! may only fill half of the queue, and past that it is dropped and counted
 //! (`apgate_access_log_lines_dropped_total`), so an unauthenticated flood cannot make the requests
 //! of identified callers wait on a slow log sink.
 
@@ -54,16 +58,16 @@ pub fn dropped_lines() -> &'static prometheus::IntCounter {
     DROPPED.get_or_init(|| {
         prometheus::IntCounter::new(
             crate::metrics::ACCESS_LOG_LINES_DROPPED_TOTAL,
-            "Access log lines dropped because the log sink did not keep up: only of requests refused before apgate knew the caller.",
+            "Log lines dropped because the log sink did not keep up: access lines of requests refused before apgate knew the caller, and INFO and finer events.",
         )
         .unwrap_or_else(|e| unreachable!("a constant, valid metric name: {e}"))
     })
 }
 
-/// Whether a line of `len` bytes may join the queue (and if so, counts it in): an identified
-/// caller's up to [`QUEUE_BYTES`], an unidentified one's only while the queue is under half of it.
-fn admit(queued: &AtomicUsize, len: usize, identified: bool) -> bool {
-    let limit = if identified { QUEUE_BYTES } else { QUEUE_BYTES / 2 };
+/// Whether a line of `len` bytes may join the queue (and if so, counts it in): one to `keep` up to
+/// [`QUEUE_BYTES`], any other only while the queue is under half of it.
+fn admit(queued: &AtomicUsize, len: usize, keep: bool) -> bool {
+    let limit = if keep { QUEUE_BYTES } else { QUEUE_BYTES / 2 };
     queued
         .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
             (q.saturating_add(len) <= limit).then_some(q + len)
@@ -72,7 +76,7 @@ fn admit(queued: &AtomicUsize, len: usize, identified: bool) -> bool {
 }
 
 enum Message {
-    Line(String),
+    Line(Vec<u8>),
     Flush(mpsc::Sender<()>),
 }
 
@@ -111,8 +115,8 @@ fn write_loop(rx: &Receiver<Message>) {
         while let Some(m) = next {
             match m {
                 Message::Line(line) => {
-                    buf.extend_from_slice(line.as_bytes());
-                    QUEUED_BYTES.fetch_sub(line.len(), Ordering::AcqRel);
+                    buf.extend_from_slice(&line);
+                    QUEUED_BYTES.fetch_sub(line.capacity(), Ordering::AcqRel);
                 }
                 Message::Flush(ack) => acks.push(ack),
             }
@@ -134,6 +138,106 @@ fn write_out(buf: &mut Vec<u8>) {
         // A failed write (a closed pipe) must not stop the gateway.
         let _ = std::io::stdout().lock().write_all(buf);
         buf.clear();
+    }
+}
+
+/// Hands a finished line (newline included) to the writer thread; when the queue is over its bound
+/// for the line (see [`admit`]), writes it here if `keep`, else drops and counts it. Without a writer
+/// thread, writes it here.
+fn submit(line: Vec<u8>, keep: bool) {
+    let Some(writer) = WRITER.get() else {
+        return write_now(&line);
+    };
+    // What the queue holds is the allocation, not only the text.
+    let size = line.capacity();
+    let line = if admit(&QUEUED_BYTES, size, keep) {
+        match writer.send(Message::Line(line)) {
+            Ok(()) => return,
+            Err(SendError(message)) => {
+                QUEUED_BYTES.fetch_sub(size, Ordering::AcqRel);
+                match message {
+                    Message::Line(line) => line,
+                    Message::Flush(_) => return,
+                }
+            }
+        }
+    } else if keep {
+        line
+    } else {
+        dropped_lines().inc();
+        return;
+    };
+    write_now(&line);
+}
+
+/// One write on the calling thread (stdout is line-buffered); a failed write (a closed pipe) must
+/// not fail the request.
+fn write_now(line: &[u8]) {
+    let _ = std::io::stdout().lock().write_all(line);
+}
+
+thread_local! {
+    /// Whether the access log event being formatted on this thread is an identified caller's.
+    static KEEP_ACCESS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Where every log line of apgate's goes (`app::init_tracing`): through the access log's queue, so
+/// that no line, whoever caused it, is written on a data-plane thread while the queue has room,
+/// and a line a caller apgate could not identify can cause (an INFO event about a connection, an
+/// access line in text format) is dropped and counted rather than waited for. Warnings, errors
+/// and identified callers' access lines are never dropped.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Stdout;
+
+/// One log line as the formatter writes it; handed on when dropped.
+#[derive(Debug)]
+pub struct Line {
+    buf: Vec<u8>,
+    keep: bool,
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Stdout {
+    type Writer = Line;
+
+    fn make_writer(&'a self) -> Line {
+        Line {
+            buf: Vec::new(),
+            keep: true,
+        }
+    }
+
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> Line {
+        let keep = keeps(meta.target(), *meta.level(), KEEP_ACCESS.with(std::cell::Cell::get));
+        Line { buf: Vec::new(), keep }
+    }
+}
+
+/// Whether a line of `target` at `level` must not be dropped; `identified`: for an access line,
+/// whether its caller was identified.
+fn keeps(target: &str, level: tracing::Level, identified: bool) -> bool {
+    if target == "apgate::access" {
+        identified
+    } else {
+        level <= tracing::Level::WARN
+    }
+}
+
+impl std::io::Write for Line {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for Line {
+    fn drop(&mut self) {
+        if !self.buf.is_empty() {
+            submit(std::mem::take(&mut self.buf), self.keep);
+        }
     }
 }
 
@@ -173,35 +277,18 @@ impl Record<'_> {
         if !tracing::enabled!(target: "apgate::access", tracing::Level::INFO) {
             return;
         }
-        let writer = match WRITER.get() {
-            Some(tx) if !TEXT_FORMAT.load(Ordering::Relaxed) => tx,
-            // Text logs, or no writer thread (a library user, the in-process tests): a structured
-            // tracing event, which whatever subscriber is installed formats.
-            _ => return self.emit_event(),
-        };
-        let line = self.json_line(SystemTime::now());
-        let len = line.len();
+        // An identity's name is never `-` (config validation), the label of none.
         let identified = self.identity != crate::metrics::NONE;
-        let line = if admit(&QUEUED_BYTES, len, identified) {
-            match writer.send(Message::Line(line)) {
-                Ok(()) => return,
-                Err(SendError(message)) => {
-                    QUEUED_BYTES.fetch_sub(len, Ordering::AcqRel);
-                    match message {
-                        Message::Line(line) => line,
-                        Message::Flush(_) => return,
-                    }
-                }
-            }
-        } else if identified {
-            line
-        } else {
-            dropped_lines().inc();
+        if WRITER.get().is_none() || TEXT_FORMAT.load(Ordering::Relaxed) {
+            // Text logs, or no writer thread (a library user, the in-process tests): a structured
+            // tracing event, which whatever subscriber is installed formats ([`Stdout`] tells
+            // from `KEEP_ACCESS` whether the line may be dropped).
+            KEEP_ACCESS.with(|k| k.set(identified));
+            self.emit_event();
+            KEEP_ACCESS.with(|k| k.set(false));
             return;
-        };
-        // The queue is full (or its writer gone): this request writes its own line, in one write
-        // (stdout is line-buffered); a failed write (a closed pipe) must not fail the request.
-        let _ = std::io::stdout().lock().write_all(line.as_bytes());
+        }
+        submit(self.json_line(SystemTime::now()).into_bytes(), identified);
     }
 
     fn emit_event(&self) {
@@ -220,7 +307,7 @@ impl Record<'_> {
             access_point = field(self.access_point),
             truncated,
             status = self.status,
-            error_code = self.error_code,
+            error_code = field(self.error_code),
             bytes_in = self.bytes_in,
             bytes_out = self.bytes_out,
             complete = self.complete,
@@ -645,6 +732,24 @@ mod tests {
             assert_eq!(admit(&q, len, identified), admitted, "{queued} {len} {identified}");
             let want = if admitted { queued + len } else { queued };
             assert_eq!(q.load(Ordering::Relaxed), want);
+        }
+    }
+
+    #[test]
+    fn warnings_errors_and_identified_access_lines_are_kept() {
+        use tracing::Level;
+        // (target, level, an access line's caller identified, kept)
+        let cases = [
+            ("apgate::access", Level::INFO, true, true),
+            ("apgate::access", Level::INFO, false, false),
+            ("apgate::connection", Level::ERROR, false, true),
+            ("apgate::app", Level::WARN, false, true),
+            ("apgate::connection", Level::INFO, true, false),
+            ("hyper", Level::DEBUG, false, false),
+            ("apgate", Level::TRACE, false, false),
+        ];
+        for (target, level, identified, kept) in cases {
+            assert_eq!(keeps(target, level, identified), kept, "{target} {level}");
         }
     }
 }

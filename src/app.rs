@@ -803,7 +803,7 @@ pub fn init_tracing() {
     crate::access_log::set_text_format(text);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stdout);
+        .with_writer(crate::access_log::Stdout);
     if text {
         let _ = builder.try_init();
     } else {

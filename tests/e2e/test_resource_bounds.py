@@ -360,7 +360,8 @@ def test_a_stalled_log_sink_holds_no_memory_and_stops_no_identified_caller(tmp_p
     access-log line each) while the log sink reads nothing. Before: the queue (bounded in lines)
     held every line, ~120 KB a request, and once full each request wrote its own line and
     blocked. Now lines are bounded, the queue is bounded in bytes, and the lines of callers apgate
-    could not identify are dropped and counted past half of it."""
+    could not identify are dropped and counted past half of it; so are the INFO events anyone can
+    cause (a head over max_header_bytes), which went to stdout on the data-plane thread."""
     flood, key = 1500, "%01" * 20_000
     with running_gateway(tmp_path, stalled_log=True) as gw:
         before = rss_kib(gw.pid)
@@ -379,6 +380,13 @@ def test_a_stalled_log_sink_holds_no_memory_and_stops_no_identified_caller(tmp_p
         with Sampler(gw.pid) as rss, concurrent.futures.ThreadPoolExecutor(4) as pool:
             refused = sum(pool.map(anonymous, [flood // 4] * 4))
         grown_mib = (rss.peak - before) / 1024
+        # Other lines anyone can cause (review of the fix): heads over max_header_bytes, each an
+        # INFO event about its connection, which went to stdout on the data-plane thread.
+        for _ in range(200):
+            sock = connect("127.0.0.1", gw.shared)
+            best_effort_send(sock, b"GET /bounds-bucket/x HTTP/1.1\r\nHost: a\r\nX-Big: " + b"a" * 80_000)
+            sock.close()
+        time.sleep(1)  # until apgate has read and refused them all
         dropped = gw.gauge("apgate_access_log_lines_dropped_total")
         # An identified caller is still served at once, and its line is queued, not dropped.
         started = time.monotonic()
