@@ -247,11 +247,16 @@ impl Gateway {
         check_addresses(&running.config, &config)?;
         let mut state = State::build(config, &self.metrics).await?;
         state.generation = running.generation + 1;
-        // The identities that stay keep their counts (a fresh 0 would give each a new budget on
-        // top of the requests still running).
-        for (name, counter) in &mut state.identity_inflight {
-            if let Some(running) = running.identity_inflight.get(name) {
-                *counter = Arc::clone(running);
+        // Counts go on (a fresh 0 would give an identity a new budget on top of its requests still
+        // running): for the identities that stay, and, while requests of it still run, for one the
+        // file dropped, so that adding it back later does not start it at 0 either.
+        for (name, running) in &running.identity_inflight {
+            match state.identity_inflight.get_mut(name) {
+                Some(counter) => *counter = Arc::clone(running),
+                None if running.load(std::sync::atomic::Ordering::Acquire) > 0 => {
+                    state.identity_inflight.insert(name.clone(), Arc::clone(running));
+                }
+                None => {}
             }
         }
         self.caches.store(Arc::new(state.credentials.all().cloned().collect()));

@@ -592,6 +592,15 @@ fn validate(raw: RawConfig, env: &dyn Env, secrets_may_be_absent: bool) -> Resul
                 format!("{p}.name"),
                 format!("{:?}: want 1-64 characters of a-z, A-Z, 0-9, '-', '_', '.'", ident.name),
             );
+        } else if ident.name == crate::metrics::NONE {
+            // The metrics' and the access log's word for "no identity yet".
+            c.problem(
+                format!("{p}.name"),
+                format!(
+                    "{:?} is reserved: it stands for no identity in metrics and logs",
+                    ident.name
+                ),
+            );
         } else if !seen_names.insert(ident.name.as_str()) {
             c.problem(format!("{p}.name"), format!("{:?} is defined twice", ident.name));
         }

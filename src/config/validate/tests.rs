@@ -286,6 +286,7 @@ fn reports_each_problem_with_its_key_path() {
             "identities[0].keys[0].secret_access_key",
             "exactly one of",
         ),
+        ("name = \"bob\"", "name = \"-\"", "identities[0].name", "reserved"),
         (
             "access_key_id = \"APGTESTBOB0000000001\"",
             "access_key_id = \"short\"",
