@@ -202,7 +202,8 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: Incoming,
         pool: Option<PoolReturn>,
-        // A frame of at least `BIG_FRAME` bytes came through.
+        // A frame of at least `BIG_FRAME` bytes came through, in this answer or one before on
+        // the same connection.
         big: bool,
     }
 
@@ -287,7 +288,8 @@ impl Upstream {
     }
 
     /// An idle connection to `host` from this thread's pool.
-    fn checkout(&self, https: bool, host: &str) -> Option<(Sender, Arc<str>)> {
+    /// With it, whether its read buffer grew before ([`Idle::big`]: hyper never shrinks it).
+    fn checkout(&self, https: bool, host: &str) -> Option<(Sender, Arc<str>, bool)> {
         POOL.with(|pool| {
             let mut pool = pool.borrow_mut();
             if pool.generation != self.generation {
@@ -324,7 +326,7 @@ impl Upstream {
                 pool.count -= 1;
                 pool.big -= usize::from(idle.big);
                 if !idle.sender.is_closed() && now.duration_since(idle.since) < self.config.pool_idle_timeout {
-                    return Some((idle.sender, idle.host));
+                    return Some((idle.sender, idle.host, idle.big));
                 }
             }
             None
@@ -366,13 +368,13 @@ impl Upstream {
             .path_and_query()
             .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
         loop {
-            let (mut sender, host, reused) = match self.checkout(https, host) {
-                Some((sender, host)) => (sender, host, true),
+            let (mut sender, host, reused, big) = match self.checkout(https, host) {
+                Some((sender, host, big)) => (sender, host, true, big),
                 None => {
                     // Boxed: a new connection is the rare case, and its future (DNS, TCP, TLS,
                     // handshake) is large; inline it would enlarge every request's future.
                     let (sender, host) = Box::pin(self.connect(&uri, host)).await?;
-                    (sender, host, false)
+                    (sender, host, false, false)
                 }
             };
             if let Err(e) = sender.ready().await {
@@ -395,7 +397,7 @@ impl Upstream {
                     return Ok(resp.map(|inner| UpstreamBody {
                         inner,
                         pool: Some(pool),
-                        big: false,
+                        big,
                     }));
                 }
                 Err(mut e) => match e.take_message() {
@@ -664,6 +666,11 @@ mod tests {
 
     /// An HTTP/1.1 upstream answering every request with `body_len` bytes; counts connections.
     async fn upstream(after: Then, body_len: usize) -> (String, Arc<AtomicUsize>) {
+        upstream_sized(after, Arc::new(AtomicUsize::new(body_len))).await
+    }
+
+    /// The same, answering with as many bytes as `body_len` says at the time.
+    async fn upstream_sized(after: Then, body_len: Arc<AtomicUsize>) -> (String, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -672,6 +679,7 @@ mod tests {
             loop {
                 let (mut socket, _) = listener.accept().await.unwrap();
                 count.fetch_add(1, Ordering::SeqCst);
+                let body_len = body_len.clone();
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
                     let mut chunk = [0u8; 4096];
@@ -684,6 +692,7 @@ mod tests {
                         }
                         let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
                         buf.drain(..end);
+                        let body_len = body_len.load(Ordering::SeqCst);
                         let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {body_len}\r\n\r\n");
                         let mut answer = head.into_bytes();
                         answer.resize(answer.len() + body_len, b'x');
@@ -831,19 +840,40 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn the_pool_keeps_few_connections_whose_buffers_grew() {
         let burst = 2 * POOL_MAX_BIG_IDLE_PER_THREAD;
-        // (body size, connections pooled after a burst of `burst` concurrent requests, big ones)
+        let size = Arc::new(AtomicUsize::new(0));
+        let (url, _) = upstream_sized(Then::KeepOpen, size.clone()).await;
+        let url = url.as_str();
+        // (body size, connections pooled after a burst of `burst` concurrent requests, big ones,
+        //  start from an empty pool)
         let cases = [
-            (4 << 20, POOL_MAX_BIG_IDLE_PER_THREAD, POOL_MAX_BIG_IDLE_PER_THREAD),
-            (1024, burst, 0),
+            (
+                4 << 20,
+                POOL_MAX_BIG_IDLE_PER_THREAD,
+                POOL_MAX_BIG_IDLE_PER_THREAD,
+                true,
+            ),
+            (1024, burst, 0, true),
+            (
+                4 << 20,
+                POOL_MAX_BIG_IDLE_PER_THREAD,
+                POOL_MAX_BIG_IDLE_PER_THREAD,
+                true,
+            ),
+            // A connection stays big once its buffer grew (review of the change: reused for a
+            // small answer, it went back as small, buffer and all): small answers after the big
+            // burst take the 4 big connections and 4 new ones, and the 4 stay big.
+            (1024, burst, POOL_MAX_BIG_IDLE_PER_THREAD, false),
         ];
-        for (body_len, pooled, big) in cases {
-            POOL.with(|pool| *pool.borrow_mut() = Pool::default());
-            let (url, _) = upstream(Then::KeepOpen, body_len).await;
-            let up = Arc::new(Upstream::new(&config(&url, 64, Duration::from_secs(30))).unwrap());
+        let up = Upstream::new(&config(url, 64, Duration::from_secs(30))).unwrap();
+        for (body_len, pooled, big, fresh) in cases {
+            if fresh {
+                POOL.with(|pool| *pool.borrow_mut() = Pool::default());
+            }
+            size.store(body_len, Ordering::SeqCst);
             // All connected before any answer is read, so the burst takes `burst` connections.
             let mut responses = Vec::new();
             for _ in 0..burst {
-                responses.push(up.send(get(&url)).await.unwrap());
+                responses.push(up.send(get(url)).await.unwrap());
             }
             let reads: Vec<_> = responses
                 .into_iter()
