@@ -9,8 +9,10 @@
 //! once, how long a head may take, how large it may be, and how long a connection may live. The
 //! cap is also what keeps the admin port from taking file descriptors the data plane needs.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,13 +22,16 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
+use tokio::task::AbortHandle;
 
 use crate::body::{self, ResponseBody};
 use crate::state::Gateway;
 
-/// Admin connections open at once. A connection over it is closed as soon as it is accepted,
-/// before a byte is read, so hostile connections hold at most this many descriptors and buffers
-/// (a scraper and a health checker or two need a handful).
+/// Admin connections open at once (a scraper and a health checker or two need a handful), so
+/// hostile connections hold at most this many descriptors and buffers. When all are taken, a new
+/// connection takes the place of the oldest one that has not sent its head yet (a probe sends its
+/// head at once; a connection that holds a place without a word is the likelier attacker), or,
+/// when every one has, is closed before a byte is read.
 pub const MAX_CONNECTIONS: usize = 64;
 
 /// The most hyper buffers of one admin connection's reads, and so the largest head it takes:
@@ -54,6 +59,7 @@ pub(crate) async fn serve(gateway: Arc<Gateway>, socket: TcpListener, mut stop: 
         tracing::info!(%addr, "Admin listening (/metrics, /healthz, /readyz).");
     }
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let open = Arc::new(Mutex::new(Open::default()));
     loop {
         let accepted = tokio::select! {
             a = socket.accept() => a,
@@ -71,17 +77,49 @@ pub(crate) async fn serve(gateway: Arc<Gateway>, socket: TcpListener, mut stop: 
                 }
             }
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            // Over the cap: closed at once, before any byte is read.
-            tracing::debug!(%remote, "Admin connection refused: over the admin connection cap.");
-            drop(stream);
-            continue;
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                let evicted = lock(&open).evict_silent();
+                let slot = match evicted {
+                    // Its slot comes back once the aborted task is dropped, at once.
+                    Some(abort) => {
+                        abort.abort();
+                        tokio::time::timeout(EVICTION_WAIT, slots.clone().acquire_owned())
+                            .await
+                            .ok()
+                            .and_then(Result::ok)
+                    }
+                    None => None,
+                };
+                let Some(slot) = slot else {
+                    // Every place is taken by a connection that sent its head: closed at once,
+                    // before any byte is read.
+                    tracing::debug!(%remote, "Admin connection refused: over the admin connection cap.");
+                    drop(stream);
+                    continue;
+                };
+                slot
+            }
         };
         let gateway = gateway.clone();
-        tokio::spawn(async move {
-            // The slot goes back when the connection ends, however it ends.
+        let head = Arc::new(AtomicBool::new(false));
+        let id = {
+            let mut open = lock(&open);
+            open.next_id += 1;
+            open.next_id
+        };
+        let left = Left { open: open.clone(), id };
+        let seen = head.clone();
+        // Registered under the lock, so the task cannot end (and deregister) before it is in.
+        let mut registry = lock(&open);
+        let task = tokio::spawn(async move {
+            // The slot goes back, and the connection leaves the registry, when it ends, however
+            // it ends (an eviction included).
             let _slot = slot;
+            let _left = left;
             let svc = service_fn(move |req| {
+                seen.store(true, Ordering::Release);
                 let gateway = gateway.clone();
                 async move { Ok::<_, Infallible>(route(&gateway, &req)) }
             });
@@ -98,7 +136,59 @@ pub(crate) async fn serve(gateway: Arc<Gateway>, socket: TcpListener, mut stop: 
             // Dropping the connection at the deadline closes it.
             let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
         });
+        registry.conns.push_back(Conn {
+            id,
+            head,
+            abort: task.abort_handle(),
+        });
+        drop(registry);
     }
+}
+
+/// How long a new connection waits for the slot of the connection it evicted.
+const EVICTION_WAIT: Duration = Duration::from_millis(100);
+
+/// The admin connections open now, oldest first.
+#[derive(Default)]
+struct Open {
+    conns: VecDeque<Conn>,
+    next_id: u64,
+}
+
+struct Conn {
+    id: u64,
+    /// Its request head came in.
+    head: Arc<AtomicBool>,
+    abort: AbortHandle,
+}
+
+impl Open {
+    /// Takes the oldest connection that has not sent its head out of the registry, to be ended.
+    /// (A probe's connection, the newest, is taken only after all 63 others that are silent: a
+    /// flood must open connections faster than hyper reads a probe's head to keep it out.)
+    fn evict_silent(&mut self) -> Option<AbortHandle> {
+        let i = self.conns.iter().position(|c| !c.head.load(Ordering::Acquire))?;
+        self.conns.remove(i).map(|c| c.abort)
+    }
+}
+
+/// Takes a connection out of the registry when its task ends.
+struct Left {
+    open: Arc<Mutex<Open>>,
+    id: u64,
+}
+
+impl Drop for Left {
+    fn drop(&mut self) {
+        let mut open = lock(&self.open);
+        if let Some(i) = open.conns.iter().position(|c| c.id == self.id) {
+            open.conns.remove(i);
+        }
+    }
+}
+
+fn lock(open: &Mutex<Open>) -> std::sync::MutexGuard<'_, Open> {
+    open.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn route(gateway: &Gateway, req: &Request<Incoming>) -> Response<ResponseBody> {
