@@ -338,8 +338,14 @@ def test_valid_reload_takes_effect_without_restart(start_apgate, upstream: FakeU
     print(f"[lifecycle] SIGHUP reload took effect after {time.monotonic() - t0:.2f} s; "
           f"reloads success {before:.0f} -> {after:.0f}")
     assert after >= before + 1
-    triggers = [line.get("trigger") for line in ap.log_lines()
-                if isinstance(line, dict) and line.get("message") == "Reloading the configuration."]
+    # Log lines reach stdout through apgate's log writer, up to 20 ms after they were logged.
+    deadline = time.monotonic() + 2
+    while True:
+        triggers = [line.get("trigger") for line in ap.log_lines()
+                    if isinstance(line, dict) and line.get("message") == "Reloading the configuration."]
+        if "SIGHUP" in triggers or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
     assert "SIGHUP" in triggers, triggers
     assert get(ap.sidecar, obj("other/x"))[0] == 200
     assert get(ap.sidecar, obj("app/x"))[0] == 200
