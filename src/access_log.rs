@@ -293,7 +293,7 @@ impl Record<'_> {
 
     fn emit_event(&self) {
         let field = |v| clip(v, FIELD_MAX).0;
-        let truncated = self.text_fields().any(|(name, value)| clip(value, max_len(name)).1);
+        let truncated = self.any_cut();
         tracing::info!(
             target: "apgate::access",
             request_id = field(self.request_id),
@@ -320,22 +320,23 @@ impl Record<'_> {
         );
     }
 
-    /// The text fields, by name (what [`clip`] bounds).
-    fn text_fields(&self) -> impl Iterator<Item = (&'static str, &str)> {
-        [
-            ("request_id", self.request_id),
-            ("listener", self.listener),
-            ("identity", self.identity),
-            ("method", self.method),
-            ("operation", self.operation),
-            ("bucket", self.bucket),
-            ("key", self.key),
-            ("access_point", self.access_point),
-            ("error_code", self.error_code),
-            ("upstream_request_id", self.upstream_request_id),
-            ("upstream_id2", self.upstream_id2),
-        ]
-        .into_iter()
+    /// Whether a value is over its field's bound (what [`clip`] cuts).
+    fn any_cut(&self) -> bool {
+        self.key.len() > KEY_MAX
+            || [
+                self.request_id,
+                self.listener,
+                self.identity,
+                self.method,
+                self.operation,
+                self.bucket,
+                self.access_point,
+                self.error_code,
+                self.upstream_request_id,
+                self.upstream_id2,
+            ]
+            .iter()
+            .any(|v| v.len() > FIELD_MAX)
     }
 
     /// The full log line, newline included.
@@ -359,7 +360,7 @@ impl Record<'_> {
             if i > 0 {
                 out.push(',');
             }
-            cut |= push_str_field(out, name, value);
+            cut |= push_str_field(out, name, value, FIELD_MAX);
         }
         out.push_str(",\"remote\":\"");
         match self.remote {
@@ -378,21 +379,21 @@ impl Record<'_> {
             }
         }
         out.push('"');
-        for (name, value) in [
-            ("identity", self.identity),
-            ("method", self.method),
-            ("operation", self.operation),
-            ("bucket", self.bucket),
-            ("key", self.key),
-            ("access_point", self.access_point),
+        for (name, value, max) in [
+            ("identity", self.identity, FIELD_MAX),
+            ("method", self.method, FIELD_MAX),
+            ("operation", self.operation, FIELD_MAX),
+            ("bucket", self.bucket, FIELD_MAX),
+            ("key", self.key, KEY_MAX),
+            ("access_point", self.access_point, FIELD_MAX),
         ] {
             out.push(',');
-            cut |= push_str_field(out, name, value);
+            cut |= push_str_field(out, name, value, max);
         }
         out.push_str(",\"status\":");
         push_u64(out, u64::from(self.status));
         out.push(',');
-        cut |= push_str_field(out, "error_code", self.error_code);
+        cut |= push_str_field(out, "error_code", self.error_code, FIELD_MAX);
         out.push_str(",\"bytes_in\":");
         push_u64(out, self.bytes_in);
         out.push_str(",\"bytes_out\":");
@@ -409,9 +410,9 @@ impl Record<'_> {
         out.push_str(",\"upstream_ms\":");
         push_millis(out, self.upstream_ms);
         out.push(',');
-        cut |= push_str_field(out, "upstream_request_id", self.upstream_request_id);
+        cut |= push_str_field(out, "upstream_request_id", self.upstream_request_id, FIELD_MAX);
         out.push(',');
-        cut |= push_str_field(out, "upstream_id2", self.upstream_id2);
+        cut |= push_str_field(out, "upstream_id2", self.upstream_id2, FIELD_MAX);
         cut
     }
 }
@@ -449,23 +450,15 @@ fn push_millis(out: &mut String, ms: f64) {
     }
 }
 
-/// A `"name":"value"` pair, the value cut to its field's bound; whether it was cut.
-fn push_str_field(out: &mut String, name: &str, value: &str) -> bool {
-    let (value, cut) = clip(value, max_len(name));
+/// A `"name":"value"` pair, the value cut to `max` bytes; whether it was cut.
+fn push_str_field(out: &mut String, name: &str, value: &str, max: usize) -> bool {
+    let (value, cut) = clip(value, max);
     out.push('"');
     out.push_str(name);
     out.push_str("\":\"");
     push_json_escaped(out, value);
     out.push('"');
     cut
-}
-
-fn max_len(field: &str) -> usize {
-    if field == "key" {
-        KEY_MAX
-    } else {
-        FIELD_MAX
-    }
 }
 
 /// `value`'s first `max` bytes at most, ended on a character boundary; whether anything was cut.

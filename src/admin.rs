@@ -104,15 +104,12 @@ pub(crate) async fn serve(gateway: Arc<Gateway>, socket: TcpListener, mut stop: 
         };
         let gateway = gateway.clone();
         let head = Arc::new(AtomicBool::new(false));
-        let id = {
-            let mut open = lock(&open);
-            open.next_id += 1;
-            open.next_id
-        };
-        let left = Left { open: open.clone(), id };
         let seen = head.clone();
         // Registered under the lock, so the task cannot end (and deregister) before it is in.
         let mut registry = lock(&open);
+        registry.next_id += 1;
+        let id = registry.next_id;
+        let left = Left { open: open.clone(), id };
         let task = tokio::spawn(async move {
             // The slot goes back, and the connection leaves the registry, when it ends, however
             // it ends (an eviction included).
